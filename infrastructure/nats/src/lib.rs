@@ -1,0 +1,1 @@
+//! NATS JetStream integration for the CIM infrastructure domain.

