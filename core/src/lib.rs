@@ -1,0 +1,63 @@
+//! # cim-nats
+//!
+//! Event-sourced domains on NATS JetStream.
+//!
+//! - [`NatsEvent`]: a domain event enum that knows its subjects and metadata, implemented with
+//!   `#[derive(NatsEvent)]` (feature `derive`).
+//! - [`EventStore`]: append with optimistic concurrency ([`ExpectedVersion`]), idempotent by event
+//!   id, atomic for the events of one command; read one aggregate; read everything as a stream.
+//!   Implemented on JetStream by [`jetstream::JetStreamEventStore`] (feature `jetstream`).
+//! - [`MessageIdentity`]: correlation, causation and actor of every message.
+//! - [`testing`] (feature `testing`): a throwaway nats-server per test.
+//!
+//! ## Wire format
+//!
+//! An event is one message on `{domain}.{aggregate}.{operation}.{aggregate_id}`; its body is the
+//! event's JSON and its metadata travels in the headers named in [`headers`]. Any NATS client can
+//! read it.
+//!
+//! ## Features
+//!
+//! - `derive` (default): `#[derive(NatsEvent)]`.
+//! - `jetstream` (default): the JetStream implementations; without it the crate has no I/O and
+//!   no dependency on `async-nats`, for pure domain crates.
+//! - `testing`: [`testing::NatsServer`] and friends.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod headers;
+pub mod identity;
+pub mod memory;
+pub mod store;
+pub mod subject;
+
+#[cfg(feature = "jetstream")]
+pub mod jetstream;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use envelope::{Envelope, StoredEvent, StreamSequence};
+pub use error::{Error, SetupError, SetupErrorKind, StoreError, StoreErrorKind};
+pub use event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError, Upcaster};
+pub use identity::{CausationId, CorrelationId, MessageId, MessageIdentity};
+pub use store::{
+    decode_envelope, AppendResult, EventStore, EventStoreExt, EventStream, ExpectedVersion,
+    NewEvent, ReadFrom,
+};
+pub use subject::{AggregateId, InvalidSubject, Subject};
+
+/// `#[derive(NatsEvent)]`: implements [`NatsEvent`] for a domain event enum.
+#[cfg(feature = "derive")]
+pub use cim_nats_macros::NatsEvent;
+
+/// Not public API: paths used by the code `#[derive(NatsEvent)]` generates.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError};
+    pub use crate::subject::{AggregateId, InvalidSubject};
+    pub use serde_json;
+    pub use uuid;
+}
