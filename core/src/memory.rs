@@ -1,0 +1,278 @@
+//! [`InMemoryEventStore`]: the event store in memory, for users' unit tests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+
+use crate::envelope::{StoredEvent, StreamSequence};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::event::EventId;
+use crate::store::{AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom};
+use crate::subject::{validate_subject, AggregateId, Subject};
+
+/// Most events one append may carry, as on JetStream.
+const MAX_EVENTS_PER_APPEND: usize = 1000;
+
+/// An event store in memory with the semantics of the JetStream store: optimistic concurrency
+/// with the same errors, idempotent appends by event id, atomic multi-event appends, one global
+/// order. For unit tests of domains; nothing survives the process.
+///
+/// Like a JetStream store (one stream per domain), one in-memory store holds one domain: the
+/// first append fixes it, and events of another domain are refused.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use cim_nats::memory::InMemoryEventStore;
+/// use cim_nats::{AggregateId, EventStore};
+///
+/// let store = InMemoryEventStore::new();
+/// let id = AggregateId::new("a1").unwrap();
+/// assert_eq!(store.aggregate_version(&id).await.unwrap(), None);
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryEventStore {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    domain: Option<String>,
+    /// Every event in stream order with the time it was appended; index = sequence - 1.
+    events: Vec<(DateTime<Utc>, StoredEvent)>,
+    /// Indexes into `events` of each aggregate's events, in version order.
+    aggregates: HashMap<AggregateId, Vec<usize>>,
+    /// Index of each event id.
+    ids: HashMap<EventId, usize>,
+}
+
+impl InMemoryEventStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written: appends validate
+        // everything before the first push.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of events stored.
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    /// Is the store empty?
+    pub fn is_empty(&self) -> bool {
+        self.lock().events.is_empty()
+    }
+}
+
+impl State {
+    fn version(&self, id: &AggregateId) -> Option<u64> {
+        self.aggregates.get(id).map(|v| v.len() as u64)
+    }
+
+    /// The events of `id` at versions `base+1 ..= base+k`, if they are exactly `events`.
+    fn already_stored(
+        &self,
+        id: &AggregateId,
+        base: u64,
+        events: &[NewEvent],
+    ) -> Option<AppendResult> {
+        let indexes = self.aggregates.get(id)?;
+        let start = usize::try_from(base).ok()?;
+        let slice = indexes.get(start..start + events.len())?;
+        let same = slice
+            .iter()
+            .zip(events)
+            .all(|(&i, e)| self.events[i].1.event_id == e.event_id);
+        same.then(|| AppendResult {
+            sequences: slice
+                .iter()
+                .map(|&i| self.events[i].1.stream_sequence)
+                .collect(),
+            version: base + events.len() as u64,
+            duplicate: true,
+        })
+    }
+}
+
+#[async_trait]
+impl EventStore for InMemoryEventStore {
+    async fn append(
+        &self,
+        aggregate_id: &AggregateId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let invalid = |why: String| Err(StoreError::new(StoreErrorKind::InvalidAppend(why)));
+        if events.is_empty() {
+            return invalid("no events to append".to_owned());
+        }
+        if events.len() > MAX_EVENTS_PER_APPEND {
+            return invalid(format!(
+                "{} events in one append; at most {MAX_EVENTS_PER_APPEND}",
+                events.len()
+            ));
+        }
+        let mut subjects = Vec::with_capacity(events.len());
+        for e in &events {
+            validate_subject(&e.routing_subject, false)
+                .map_err(|err| StoreError::with_source(StoreErrorKind::InvalidSubject, err))?;
+            subjects.push(Subject::for_event(&e.routing_subject, aggregate_id));
+        }
+        let domain = events[0]
+            .routing_subject
+            .split('.')
+            .next()
+            .unwrap_or_default();
+        let mut state = self.lock();
+        if let Some(other) = events
+            .iter()
+            .find(|e| e.routing_subject.split('.').next() != Some(domain))
+        {
+            return invalid(format!(
+                "events of one append must share the domain: {:?} and {:?}",
+                events[0].routing_subject, other.routing_subject
+            ));
+        }
+        if let Some(d) = &state.domain {
+            if d != domain {
+                return invalid(format!("this store holds domain {d:?}, not {domain:?}"));
+            }
+        }
+        let actual = state.version(aggregate_id);
+        // A retry of events already stored succeeds with the original result.
+        if let Some(&i) = state.ids.get(&events[0].event_id) {
+            let first = &state.events[i].1;
+            if first.aggregate_id == *aggregate_id {
+                if let Some(result) =
+                    state.already_stored(aggregate_id, first.aggregate_version - 1, &events)
+                {
+                    return Ok(result);
+                }
+            }
+            if expected.accepts(actual) {
+                return invalid(format!(
+                    "event id {} is already used by the event at sequence {}",
+                    events[0].event_id, first.stream_sequence
+                ));
+            }
+        }
+        if !expected.accepts(actual) {
+            return Err(StoreError::new(StoreErrorKind::WrongExpectedVersion {
+                expected,
+                actual,
+            }));
+        }
+        if let Some(e) = events.iter().find(|e| state.ids.contains_key(&e.event_id)) {
+            return invalid(format!("event id {} is already stored", e.event_id));
+        }
+        let now = Utc::now();
+        let base = actual.unwrap_or(0);
+        let mut sequences = Vec::with_capacity(events.len());
+        state.domain.get_or_insert_with(|| domain.to_owned());
+        for (i, (event, subject)) in events.into_iter().zip(subjects).enumerate() {
+            let index = state.events.len();
+            let sequence = StreamSequence(index as u64 + 1);
+            sequences.push(sequence);
+            let stored = StoredEvent {
+                event_id: event.event_id,
+                event_type: event.event_type.into_owned(),
+                schema_version: event.schema_version,
+                subject: subject.into_string(),
+                aggregate_type: event.aggregate_type.into_owned(),
+                aggregate_id: aggregate_id.clone(),
+                aggregate_version: base + 1 + i as u64,
+                stream_sequence: sequence,
+                timestamp: event.timestamp,
+                correlation_id: event.correlation_id,
+                causation_id: event.causation_id,
+                actor: event.actor,
+                payload: event.payload,
+            };
+            state.ids.insert(stored.event_id, index);
+            state
+                .aggregates
+                .entry(aggregate_id.clone())
+                .or_default()
+                .push(index);
+            state.events.push((now, stored));
+        }
+        let version = base + sequences.len() as u64;
+        Ok(AppendResult {
+            sequences,
+            version,
+            duplicate: false,
+        })
+    }
+
+    async fn read_aggregate(
+        &self,
+        aggregate_id: &AggregateId,
+        after_version: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .aggregates
+            .get(aggregate_id)
+            .map(|indexes| {
+                indexes
+                    .iter()
+                    .skip(usize::try_from(after_version).unwrap_or(usize::MAX))
+                    .map(|&i| state.events[i].1.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn aggregate_version(
+        &self,
+        aggregate_id: &AggregateId,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self.lock().version(aggregate_id))
+    }
+
+    fn stream(&self, from: ReadFrom) -> EventStream<'_> {
+        const CHUNK: usize = 256;
+        let start = {
+            let state = self.lock();
+            match from {
+                ReadFrom::Start => 0,
+                ReadFrom::Sequence(seq) => {
+                    usize::try_from(seq.0.saturating_sub(1)).unwrap_or(usize::MAX)
+                }
+                ReadFrom::Time(t) => state.events.partition_point(|(at, _)| *at < t),
+            }
+        };
+        let store = self.clone();
+        Box::pin(
+            stream::unfold(start, move |next| {
+                let store = store.clone();
+                async move {
+                    let state = store.lock();
+                    let end = (next + CHUNK).min(state.events.len());
+                    if next >= end {
+                        return None;
+                    }
+                    let chunk: Vec<Result<StoredEvent, StoreError>> = state.events[next..end]
+                        .iter()
+                        .map(|(_, e)| Ok(e.clone()))
+                        .collect();
+                    Some((stream::iter(chunk), end))
+                }
+            })
+            .flatten(),
+        )
+    }
+
+    async fn last_sequence(&self) -> Result<StreamSequence, StoreError> {
+        Ok(StreamSequence(self.lock().events.len() as u64))
+    }
+}
