@@ -1,0 +1,337 @@
+//! Raw JetStream API calls the store needs beyond what `async-nats` offers: publishes whose
+//! errors keep their JetStream codes, batched direct gets, and stream info with a subject filter.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{StoreError, StoreErrorKind};
+use crate::jetstream::codec::RawMessage;
+
+/// JetStream error codes the store reacts to.
+pub(crate) mod codes {
+    /// Wrong last sequence (expected-sequence check failed).
+    pub(crate) const WRONG_LAST_SEQUENCE: u64 = 10071;
+    /// Stream not found.
+    pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
+    /// Stream name already in use with another configuration.
+    pub(crate) const STREAM_NAME_EXISTS: u64 = 10058;
+    /// Subjects overlap with an existing stream.
+    pub(crate) const SUBJECTS_OVERLAP: u64 = 10065;
+    /// JetStream not enabled for the account.
+    pub(crate) const NOT_ENABLED_FOR_ACCOUNT: u64 = 10039;
+    /// JetStream not enabled.
+    pub(crate) const NOT_ENABLED: u64 = 10076;
+    /// Store failed (limits reached with discard new: "maximum messages exceeded", ...).
+    pub(crate) const STORE_FAILED: u64 = 10077;
+    /// Message larger than the stream's maximum message size.
+    pub(crate) const MESSAGE_TOO_LARGE: u64 = 10054;
+    /// Atomic batch: a message id in the batch is a duplicate.
+    pub(crate) const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
+}
+
+/// A JetStream API error as the server sends it.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ApiError {
+    #[serde(default)]
+    pub(crate) err_code: u64,
+    #[serde(default)]
+    pub(crate) description: String,
+}
+
+/// A publish acknowledgement, or the server's refusal.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PubAckResponse {
+    #[serde(default)]
+    pub(crate) error: Option<ApiError>,
+    #[serde(default)]
+    pub(crate) seq: u64,
+    #[serde(default)]
+    pub(crate) duplicate: bool,
+    #[serde(default)]
+    pub(crate) count: Option<u64>,
+}
+
+/// The outcome of a publish: stored, or refused with a JetStream error.
+#[derive(Debug)]
+pub(crate) enum Published {
+    Stored {
+        seq: u64,
+        duplicate: bool,
+        count: Option<u64>,
+    },
+    Refused(ApiError),
+}
+
+pub(crate) fn server_error(e: &ApiError) -> StoreError {
+    let kind = match e.err_code {
+        codes::STREAM_NOT_FOUND => StoreErrorKind::StreamNotFound,
+        codes::MESSAGE_TOO_LARGE => StoreErrorKind::Server {
+            code: e.err_code,
+            description: format!("{} (the stream's max_msg_size)", e.description),
+        },
+        codes::STORE_FAILED
+            if e.description.contains("maximum") && e.description.contains("exceeded") =>
+        {
+            StoreErrorKind::StreamFull
+        }
+        _ => StoreErrorKind::Server {
+            code: e.err_code,
+            description: e.description.clone(),
+        },
+    };
+    StoreError::new(kind)
+}
+
+pub(crate) fn request_error(err: async_nats::RequestError, subject: &str) -> StoreError {
+    use async_nats::RequestErrorKind as K;
+    match err.kind() {
+        K::TimedOut => StoreError::with_source(StoreErrorKind::TimedOut, err),
+        K::NoResponders => StoreError::with_source(StoreErrorKind::StreamNotFound, err),
+        K::InvalidSubject => StoreError::with_source(StoreErrorKind::InvalidSubject, err),
+        K::Other if err.to_string().contains("permission") => {
+            StoreError::with_source(StoreErrorKind::PermissionDenied(subject.to_owned()), err)
+        }
+        _ => StoreError::with_source(StoreErrorKind::Connection, err),
+    }
+}
+
+/// Publishes one message as a request and reads the publish acknowledgement.
+pub(crate) async fn publish(
+    client: &Client,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<Published, StoreError> {
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(payload)
+        .timeout(Some(timeout));
+    let reply = client
+        .send_request(subject.clone(), request)
+        .await
+        .map_err(|e| request_error(e, &subject))?;
+    parse_ack(&reply.payload)
+}
+
+pub(crate) fn parse_ack(payload: &[u8]) -> Result<Published, StoreError> {
+    let ack: PubAckResponse = serde_json::from_slice(payload).map_err(|e| {
+        StoreError::with_source(
+            StoreErrorKind::Server {
+                code: 0,
+                description: format!(
+                    "unreadable publish acknowledgement: {}",
+                    String::from_utf8_lossy(payload)
+                ),
+            },
+            e,
+        )
+    })?;
+    Ok(match ack.error {
+        Some(e) => Published::Refused(e),
+        None => Published::Stored {
+            seq: ack.seq,
+            duplicate: ack.duplicate,
+            count: ack.count,
+        },
+    })
+}
+
+/// A direct-get request (ADR-31).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct DirectGet {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_by_subj: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) next_by_subj: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) start_time: Option<String>,
+}
+
+fn to_raw(message: async_nats::Message) -> Result<RawMessage, StoreError> {
+    let m = async_nats::jetstream::message::StreamMessage::try_from(message).map_err(|e| {
+        StoreError::with_source(
+            StoreErrorKind::Server {
+                code: 0,
+                description: "malformed direct get reply".to_owned(),
+            },
+            e,
+        )
+    })?;
+    let time = chrono::DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+        .unwrap_or_default();
+    Ok(RawMessage {
+        subject: m.subject.to_string(),
+        sequence: m.sequence,
+        time,
+        headers: m.headers,
+        payload: m.payload,
+    })
+}
+
+fn status_error(message: &async_nats::Message) -> StoreError {
+    StoreError::new(StoreErrorKind::Server {
+        code: message.status.map_or(0, |s| u64::from(s.as_u16())),
+        description: message
+            .description
+            .clone()
+            .unwrap_or_else(|| "direct get failed".to_owned()),
+    })
+}
+
+/// One message by a single direct get, `None` if there is none.
+pub(crate) async fn direct_get(
+    client: &Client,
+    api_subject: &str,
+    request: &DirectGet,
+    timeout: Duration,
+) -> Result<Option<RawMessage>, StoreError> {
+    let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
+    let req = async_nats::Request::new()
+        .payload(payload)
+        .timeout(Some(timeout));
+    let reply = client
+        .send_request(api_subject.to_owned(), req)
+        .await
+        .map_err(|e| request_error(e, api_subject))?;
+    match reply.status.map(|s| s.as_u16()) {
+        None | Some(200) => to_raw(reply).map(Some),
+        Some(404) => Ok(None),
+        Some(_) => Err(status_error(&reply)),
+    }
+}
+
+/// A page of messages by a batched direct get; `pending` is how many more match after it.
+#[derive(Debug, Default)]
+pub(crate) struct Page {
+    pub(crate) messages: Vec<RawMessage>,
+    pub(crate) pending: u64,
+}
+
+/// Runs a batched direct get and collects its replies until the end-of-batch marker.
+pub(crate) async fn direct_batch(
+    client: &Client,
+    api_subject: &str,
+    request: &DirectGet,
+    timeout: Duration,
+) -> Result<Page, StoreError> {
+    let inbox = client.new_inbox();
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
+    let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
+    client
+        .publish_with_reply(api_subject.to_owned(), inbox, payload)
+        .await
+        .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
+    let mut page = Page::default();
+    let expected = request.batch.unwrap_or(1);
+    page.messages.reserve(expected.min(1024));
+    loop {
+        let message = match tokio::time::timeout(timeout, sub.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(StoreError::new(StoreErrorKind::Connection)),
+            Err(_) => return Err(StoreError::new(StoreErrorKind::TimedOut)),
+        };
+        match message.status.map(|s| s.as_u16()) {
+            None | Some(200) => {
+                let pending = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Num-Pending"))
+                    .and_then(|v| v.as_str().parse::<u64>().ok());
+                page.messages.push(to_raw(message)?);
+                if let Some(p) = pending {
+                    page.pending = p;
+                }
+            }
+            // End of batch: the headers carry how many are still pending.
+            Some(204) => {
+                if let Some(p) = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Num-Pending"))
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                {
+                    page.pending = p;
+                }
+                break;
+            }
+            Some(404) => {
+                page.pending = 0;
+                break;
+            }
+            Some(_) => return Err(status_error(&message)),
+        }
+    }
+    let _ = sub.unsubscribe().await;
+    Ok(page)
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamInfoResponse {
+    #[serde(default)]
+    error: Option<ApiError>,
+    #[serde(default)]
+    state: Option<StreamState>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamState {
+    #[serde(default)]
+    last_seq: u64,
+    #[serde(default)]
+    subjects: Option<HashMap<String, u64>>,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamInfoRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subjects_filter: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<usize>,
+}
+
+/// The stream's last sequence and, with a filter, the matching subjects with their counts.
+pub(crate) async fn stream_state(
+    client: &Client,
+    stream: &str,
+    subjects_filter: Option<&str>,
+    timeout: Duration,
+) -> Result<(u64, HashMap<String, u64>), StoreError> {
+    let subject = format!("$JS.API.STREAM.INFO.{stream}");
+    let body = serde_json::to_vec(&StreamInfoRequest {
+        subjects_filter,
+        offset: None,
+    })
+    .unwrap_or_default();
+    let req = async_nats::Request::new()
+        .payload(Bytes::from(body))
+        .timeout(Some(timeout));
+    let reply = client
+        .send_request(subject.clone(), req)
+        .await
+        .map_err(|e| request_error(e, &subject))?;
+    let info: StreamInfoResponse = serde_json::from_slice(&reply.payload)
+        .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
+    if let Some(e) = info.error {
+        return Err(server_error(&e));
+    }
+    let state = info.state.unwrap_or(StreamState {
+        last_seq: 0,
+        subjects: None,
+    });
+    Ok((state.last_seq, state.subjects.unwrap_or_default()))
+}

@@ -1,0 +1,12 @@
+//! The JetStream implementations (feature `jetstream`, on by default).
+
+mod api;
+mod codec;
+mod config;
+mod read;
+mod server;
+mod store;
+
+pub use config::{Storage, StoreConfig};
+pub use server::{check_server_info, ServerVersion, MIN_SERVER_VERSION};
+pub use store::{JetStreamEventStore, MAX_EVENTS_PER_APPEND};

@@ -1,0 +1,907 @@
+//! [`JetStreamEventStore`]: the event store on a JetStream stream.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::Client;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::envelope::{StoredEvent, StreamSequence};
+use crate::error::{SetupError, SetupErrorKind, StoreError, StoreErrorKind};
+use crate::headers as h;
+use crate::jetstream::api::{self, codes, DirectGet, Published};
+use crate::jetstream::codec::{decode_stored, event_headers, RawMessage};
+use crate::jetstream::config::{Storage, StoreConfig};
+use crate::jetstream::server::check_server_info;
+use crate::store::{AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom};
+use crate::subject::{validate_subject, AggregateId, Subject};
+
+/// Most events one append may carry (the server's limit for an atomic batch).
+pub const MAX_EVENTS_PER_APPEND: usize = 1000;
+
+/// Aggregates whose last known position is remembered, to skip a lookup before an append.
+const POSITION_CACHE: usize = 16_384;
+
+/// Messages per page when reading an aggregate or the whole stream.
+const PAGE: usize = 1000;
+
+/// The last event of an aggregate: its version and stream sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    version: u64,
+    sequence: u64,
+}
+
+/// The last event of an aggregate as read from the server: its position and its id.
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    position: Position,
+    event_id: Option<uuid::Uuid>,
+}
+
+/// An event store on a JetStream stream.
+///
+/// Each event is one message on `{domain}.{aggregate}.{operation}.{aggregate_id}` with its JSON as
+/// body and its metadata in headers (see [`crate::headers`]). Concurrency is checked by the server:
+/// every append carries `Nats-Expected-Last-Subject-Sequence` for the aggregate's subjects
+/// `{domain}.*.*.{aggregate_id}`. Events of one append are stored atomically (a JetStream atomic
+/// batch when there are several). Retries are recognised by event id (`Nats-Msg-Id`) within the
+/// stream's duplicate window, and by comparing ids after it.
+///
+/// Cheap to clone; clones share the connection and caches.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
+///
+/// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+/// let store = JetStreamEventStore::new(client, StoreConfig::for_domain("inventory")).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct JetStreamEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    context: jetstream::Context,
+    config: StoreConfig,
+    direct_subject: String,
+    timeout: Duration,
+    max_payload: usize,
+    positions: Mutex<HashMap<AggregateId, Position>>,
+}
+
+impl fmt::Debug for JetStreamEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamEventStore")
+            .field("stream", &self.inner.config.stream_name)
+            .field("subjects", &self.inner.config.subjects)
+            .finish_non_exhaustive()
+    }
+}
+
+fn setup_error(code: u64, description: String) -> SetupError {
+    SetupError::new(SetupErrorKind::Server { code, description })
+}
+
+impl JetStreamEventStore {
+    /// Connects the store to its stream, creating the stream if it does not exist.
+    ///
+    /// Checks first that the server is nats-server >= 2.12.1 with JetStream. Creating is
+    /// idempotent; an existing stream with other settings is left unchanged and reported.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupErrorKind::ServerTooOld`], [`SetupErrorKind::JetStreamDisabled`],
+    /// [`SetupErrorKind::StreamConfigMismatch`], [`SetupErrorKind::SubjectsOverlap`],
+    /// [`SetupErrorKind::InvalidConfig`], or a server error.
+    pub async fn new(client: Client, config: impl Into<StoreConfig>) -> Result<Self, SetupError> {
+        let config = config.into();
+        config.validate()?;
+        let info = client.server_info();
+        check_server_info(&info)?;
+        let context = jetstream::new(client.clone());
+        ensure_stream(&context, &config).await?;
+        let direct_subject = format!("$JS.API.DIRECT.GET.{}", config.stream_name);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                context,
+                config,
+                direct_subject,
+                timeout: Duration::from_secs(10),
+                max_payload: info.max_payload,
+                positions: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The store's configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> &str {
+        &self.inner.config.stream_name
+    }
+
+    /// The NATS client the store uses.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The JetStream context the store uses.
+    pub fn context(&self) -> &jetstream::Context {
+        &self.inner.context
+    }
+
+    /// The subject filter of one aggregate's events: the routing subject's first token, `*` for
+    /// each further token, then the id (`infrastructure.*.*.{id}`).
+    fn scope(routing: &str, id: &AggregateId) -> String {
+        let mut tokens = routing.split('.');
+        let mut scope = String::with_capacity(routing.len() + id.as_str().len() + 8);
+        scope.push_str(tokens.next().unwrap_or_default());
+        for _ in tokens {
+            scope.push_str(".*");
+        }
+        scope.push('.');
+        scope.push_str(id.as_str());
+        scope
+    }
+
+    fn cached(&self, id: &AggregateId) -> Option<Position> {
+        self.inner
+            .positions
+            .lock()
+            .ok()
+            .and_then(|p| p.get(id).copied())
+    }
+
+    fn remember(&self, id: &AggregateId, position: Position) {
+        if let Ok(mut p) = self.inner.positions.lock() {
+            if p.len() >= POSITION_CACHE && !p.contains_key(id) {
+                p.clear();
+            }
+            let entry = p.entry(id.clone()).or_insert(position);
+            if position.sequence >= entry.sequence {
+                *entry = position;
+            }
+        }
+    }
+
+    fn forget(&self, id: &AggregateId) {
+        if let Ok(mut p) = self.inner.positions.lock() {
+            p.remove(id);
+        }
+    }
+
+    /// The last event of the aggregate, read from the server (one direct get).
+    async fn position(&self, scope: &str) -> Result<Option<Position>, StoreError> {
+        Ok(self.last(scope).await?.map(|l| l.position))
+    }
+
+    /// The last event of the aggregate with its id.
+    async fn last(&self, scope: &str) -> Result<Option<Last>, StoreError> {
+        let request = DirectGet {
+            last_by_subj: Some(scope.to_owned()),
+            ..DirectGet::default()
+        };
+        let raw = api::direct_get(
+            &self.inner.client,
+            &self.inner.direct_subject,
+            &request,
+            self.inner.timeout,
+        )
+        .await?;
+        raw.map(|raw| {
+            let version = version_of(&raw)?;
+            let event_id = raw
+                .headers
+                .get(h::MSG_ID)
+                .and_then(|v| uuid::Uuid::parse_str(v.as_str()).ok());
+            Ok(Last {
+                position: Position {
+                    version,
+                    sequence: raw.sequence,
+                },
+                event_id,
+            })
+        })
+        .transpose()
+    }
+
+    /// One message by its stream sequence.
+    async fn message_at(&self, sequence: u64) -> Result<Option<RawMessage>, StoreError> {
+        let request = DirectGet {
+            seq: Some(sequence),
+            ..DirectGet::default()
+        };
+        api::direct_get(
+            &self.inner.client,
+            &self.inner.direct_subject,
+            &request,
+            self.inner.timeout,
+        )
+        .await
+    }
+
+    fn check_events(
+        &self,
+        aggregate_id: &AggregateId,
+        events: &[NewEvent],
+    ) -> Result<(String, Vec<Subject>), StoreError> {
+        let invalid = |why: String| Err(StoreError::new(StoreErrorKind::InvalidAppend(why)));
+        if events.is_empty() {
+            return invalid("no events to append".to_owned());
+        }
+        if events.len() > MAX_EVENTS_PER_APPEND {
+            return invalid(format!(
+                "{} events in one append; at most {MAX_EVENTS_PER_APPEND}",
+                events.len()
+            ));
+        }
+        let scope = Self::scope(&events[0].routing_subject, aggregate_id);
+        let mut subjects = Vec::with_capacity(events.len());
+        for event in events {
+            validate_subject(&event.routing_subject, false)
+                .map_err(|e| StoreError::with_source(StoreErrorKind::InvalidSubject, e))?;
+            if Self::scope(&event.routing_subject, aggregate_id) != scope {
+                return invalid(format!(
+                    "events of one append must share the domain and subject shape: {:?} and {:?}",
+                    events[0].routing_subject, event.routing_subject
+                ));
+            }
+            let subject = Subject::for_event(&event.routing_subject, aggregate_id);
+            if !self
+                .inner
+                .config
+                .subjects
+                .iter()
+                .any(|s| crate::subject::subject_matches(s, subject.as_str()))
+            {
+                return invalid(format!(
+                    "subject {subject} is not captured by stream {} ({:?})",
+                    self.inner.config.stream_name, self.inner.config.subjects
+                ));
+            }
+            subjects.push(subject);
+        }
+        Ok((scope, subjects))
+    }
+
+    fn headers_for(
+        &self,
+        event: &NewEvent,
+        subject: &Subject,
+        aggregate_id: &AggregateId,
+        version: u64,
+    ) -> Result<async_nats::HeaderMap, StoreError> {
+        let headers = event_headers(event, aggregate_id, version);
+        let size = event.payload.len() + subject.as_str().len() + headers_len(&headers) + 64;
+        if size > self.inner.max_payload {
+            return Err(StoreError::new(StoreErrorKind::PayloadTooLarge {
+                size,
+                max: self.inner.max_payload,
+            }));
+        }
+        Ok(headers)
+    }
+
+    /// Were these events already stored right after `expected` (a retry after the dedupe
+    /// window)? Then the append is a success and this returns the original result.
+    async fn already_stored(
+        &self,
+        aggregate_id: &AggregateId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        last: Option<Last>,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        let base = match expected {
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(n) => n,
+            ExpectedVersion::Any => return Ok(None),
+        };
+        let k = events.len() as u64;
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        let top = last.position.version;
+        if top < base + k {
+            return Ok(None);
+        }
+        if top == base + k {
+            // The aggregate's last event decides: ours (the events of one append are stored
+            // together, at consecutive sequences) or someone else's.
+            let ours = events
+                .last()
+                .is_some_and(|e| last.event_id == Some(*e.event_id.as_uuid()));
+            return Ok(ours.then(|| AppendResult {
+                sequences: (last.position.sequence + 1 - k..=last.position.sequence)
+                    .map(StreamSequence)
+                    .collect(),
+                version: top,
+                duplicate: true,
+            }));
+        }
+        let stored = self.read_aggregate(aggregate_id, base).await?;
+        if stored.len() < events.len() {
+            return Ok(None);
+        }
+        let same = stored
+            .iter()
+            .zip(events)
+            .all(|(s, e)| s.event_id == e.event_id);
+        if !same {
+            return Ok(None);
+        }
+        Ok(Some(AppendResult {
+            sequences: stored[..events.len()]
+                .iter()
+                .map(|s| s.stream_sequence)
+                .collect(),
+            version: base + events.len() as u64,
+            duplicate: true,
+        }))
+    }
+
+    async fn publish_one(
+        &self,
+        subject: &Subject,
+        mut headers: async_nats::HeaderMap,
+        scope: &str,
+        last: u64,
+        payload: Bytes,
+    ) -> Result<Published, StoreError> {
+        headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
+        headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, scope);
+        api::publish(
+            &self.inner.client,
+            subject.as_str().to_owned(),
+            headers,
+            payload,
+            self.inner.timeout,
+        )
+        .await
+    }
+
+    /// Publishes several events as one atomic batch (ADR-50): all are stored or none.
+    async fn publish_batch(
+        &self,
+        subjects: &[Subject],
+        headers: Vec<async_nats::HeaderMap>,
+        events: &[NewEvent],
+        scope: &str,
+        last: u64,
+    ) -> Result<Published, StoreError> {
+        let batch_id = uuid::Uuid::new_v4().simple().to_string();
+        let count = events.len();
+        let client = &self.inner.client;
+        for (i, ((subject, mut headers), event)) in
+            subjects.iter().zip(headers).zip(events).enumerate()
+        {
+            headers.insert(h::BATCH_ID, batch_id.as_str());
+            headers.insert(h::BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            if i == 0 {
+                headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
+                headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, scope);
+            }
+            if i + 1 == count {
+                headers.insert(h::BATCH_COMMIT, "1");
+                return api::publish(
+                    client,
+                    subject.as_str().to_owned(),
+                    headers,
+                    event.payload.clone(),
+                    self.inner.timeout,
+                )
+                .await;
+            }
+            client
+                .publish_with_headers(subject.as_str().to_owned(), headers, event.payload.clone())
+                .await
+                .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
+        }
+        Err(StoreError::new(StoreErrorKind::InvalidAppend(
+            "no events to append".to_owned(),
+        )))
+    }
+}
+
+fn headers_len(headers: &async_nats::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, vs)| {
+            vs.iter()
+                .map(|v| k.to_string().len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+        + 12
+}
+
+fn version_of(raw: &RawMessage) -> Result<u64, StoreError> {
+    raw.headers
+        .get(h::AGGREGATE_VERSION)
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .ok_or_else(|| {
+            StoreError::new(StoreErrorKind::Decode {
+                sequence: raw.sequence,
+                reason: format!(
+                    "message on {} has no valid {} header (written by another client?)",
+                    raw.subject,
+                    h::AGGREGATE_VERSION
+                ),
+            })
+        })
+}
+
+#[async_trait]
+impl EventStore for JetStreamEventStore {
+    async fn append(
+        &self,
+        aggregate_id: &AggregateId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let (scope, subjects) = self.check_events(aggregate_id, &events)?;
+        let mut retries = 0;
+        loop {
+            // A remembered position saves the lookup; the server's check makes it safe.
+            let (position, last) = match self.cached(aggregate_id) {
+                Some(p) if expected.accepts(Some(p.version)) => (Some(p), None),
+                _ => {
+                    let last = self.last(&scope).await?;
+                    (last.map(|l| l.position), last)
+                }
+            };
+            let actual = position.map(|p| p.version);
+            if !expected.accepts(actual) {
+                if let Some(result) = self
+                    .already_stored(aggregate_id, expected, &events, last)
+                    .await?
+                {
+                    return Ok(result);
+                }
+                return Err(StoreError::new(StoreErrorKind::WrongExpectedVersion {
+                    expected,
+                    actual,
+                }));
+            }
+            let base = actual.unwrap_or(0);
+            let last = position.map_or(0, |p| p.sequence);
+            let mut headers = Vec::with_capacity(events.len());
+            for (i, (event, subject)) in events.iter().zip(&subjects).enumerate() {
+                headers.push(self.headers_for(
+                    event,
+                    subject,
+                    aggregate_id,
+                    base + 1 + i as u64,
+                )?);
+            }
+            let outcome = if events.len() == 1 {
+                let headers = headers.pop().unwrap_or_default();
+                self.publish_one(
+                    &subjects[0],
+                    headers,
+                    &scope,
+                    last,
+                    events[0].payload.clone(),
+                )
+                .await?
+            } else {
+                self.publish_batch(&subjects, headers, &events, &scope, last)
+                    .await?
+            };
+            match outcome {
+                Published::Stored {
+                    seq,
+                    duplicate: false,
+                    count,
+                } => {
+                    let n = events.len() as u64;
+                    if n > 1 && count != Some(n) {
+                        return Err(StoreError::new(StoreErrorKind::Server {
+                            code: 0,
+                            description: format!(
+                                "atomic batch of {n} events acknowledged with count {count:?}"
+                            ),
+                        }));
+                    }
+                    let version = base + n;
+                    self.remember(
+                        aggregate_id,
+                        Position {
+                            version,
+                            sequence: seq,
+                        },
+                    );
+                    return Ok(AppendResult {
+                        sequences: (seq + 1 - n..=seq).map(StreamSequence).collect(),
+                        version,
+                        duplicate: false,
+                    });
+                }
+                Published::Stored {
+                    seq,
+                    duplicate: true,
+                    ..
+                } => {
+                    // The server recognised the event id: the event is stored at `seq`.
+                    let raw = self.message_at(seq).await?.ok_or_else(|| {
+                        StoreError::new(StoreErrorKind::Server {
+                            code: 0,
+                            description: format!(
+                                "duplicate acknowledged at {seq}, but no message is there"
+                            ),
+                        })
+                    })?;
+                    if raw.subject != subjects[0].as_str() {
+                        return Err(StoreError::new(StoreErrorKind::InvalidAppend(format!(
+                            "event id {} is already used by the event at sequence {seq} on {}",
+                            events[0].event_id, raw.subject
+                        ))));
+                    }
+                    let version = version_of(&raw)?;
+                    return Ok(AppendResult {
+                        sequences: vec![StreamSequence(seq)],
+                        version,
+                        duplicate: true,
+                    });
+                }
+                Published::Refused(e)
+                    if e.err_code == codes::WRONG_LAST_SEQUENCE
+                        || e.err_code == codes::BATCH_DUPLICATE_MSG_ID =>
+                {
+                    // Someone else appended since the position was read, or (batch) these
+                    // events are already stored. Read the truth and decide.
+                    self.forget(aggregate_id);
+                    let last = self.last(&scope).await?;
+                    let actual = last.map(|l| l.position.version);
+                    if let Some(result) = self
+                        .already_stored(aggregate_id, expected, &events, last)
+                        .await?
+                    {
+                        return Ok(result);
+                    }
+                    if expected.accepts(actual) && retries < 32 {
+                        retries += 1;
+                        continue;
+                    }
+                    return Err(StoreError::new(StoreErrorKind::WrongExpectedVersion {
+                        expected,
+                        actual,
+                    }));
+                }
+                Published::Refused(e) => return Err(api::server_error(&e)),
+            }
+        }
+    }
+
+    async fn read_aggregate(
+        &self,
+        aggregate_id: &AggregateId,
+        after_version: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_aggregate_after(aggregate_id, after_version, StreamSequence(0))
+            .await
+    }
+
+    async fn read_aggregate_after(
+        &self,
+        aggregate_id: &AggregateId,
+        after_version: u64,
+        after_sequence: StreamSequence,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut events = Vec::new();
+        // The aggregate's literal subjects, with their counts, from the subject index; then each
+        // subject read by batched direct gets, in parallel. A wildcard filter over a big stream
+        // is slow; literal subjects are not.
+        let filter = format!("{}.*.*.{aggregate_id}", self.inner.config.domain());
+        let (_, subjects) = api::stream_state(
+            &self.inner.client,
+            &self.inner.config.stream_name,
+            Some(&filter),
+            self.inner.timeout,
+        )
+        .await?;
+        let reads = subjects
+            .into_keys()
+            .map(|subject| self.read_subject(subject, after_sequence));
+        for page in futures::future::try_join_all(reads).await? {
+            events.extend(page);
+        }
+        events.sort_by_key(|raw| raw.sequence);
+        let mut out = Vec::with_capacity(events.len());
+        for raw in events {
+            let event = decode_stored(raw)?;
+            if event.aggregate_version > after_version {
+                out.push(event);
+            }
+        }
+        let mut expected_version = after_version;
+        for event in &out {
+            expected_version += 1;
+            if event.aggregate_version != expected_version {
+                return Err(StoreError::new(StoreErrorKind::Decode {
+                    sequence: event.stream_sequence.0,
+                    reason: format!(
+                        "aggregate {aggregate_id} has version {} where {expected_version} was expected",
+                        event.aggregate_version
+                    ),
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn aggregate_version(
+        &self,
+        aggregate_id: &AggregateId,
+    ) -> Result<Option<u64>, StoreError> {
+        let scope = format!("{}.*.*.{aggregate_id}", self.inner.config.domain());
+        let best = self.position(&scope).await?;
+        Ok(best.map(|p| p.version))
+    }
+
+    fn stream(&self, from: ReadFrom) -> EventStream<'_> {
+        Box::pin(crate::jetstream::read::stream_all(self.clone(), from))
+    }
+
+    async fn last_sequence(&self) -> Result<StreamSequence, StoreError> {
+        let (last, _) = api::stream_state(
+            &self.inner.client,
+            &self.inner.config.stream_name,
+            None,
+            self.inner.timeout,
+        )
+        .await?;
+        Ok(StreamSequence(last))
+    }
+}
+
+impl JetStreamEventStore {
+    /// Every message on one literal subject after `after`, by pages of batched direct gets.
+    async fn read_subject(
+        &self,
+        subject: String,
+        after: StreamSequence,
+    ) -> Result<Vec<RawMessage>, StoreError> {
+        let mut out = Vec::new();
+        let mut next = after.0 + 1;
+        loop {
+            let request = DirectGet {
+                seq: Some(next),
+                next_by_subj: Some(subject.clone()),
+                batch: Some(PAGE),
+                ..DirectGet::default()
+            };
+            let page = api::direct_batch(
+                &self.inner.client,
+                &self.inner.direct_subject,
+                &request,
+                self.inner.timeout,
+            )
+            .await?;
+            let Some(last) = page.messages.last().map(|m| m.sequence) else {
+                break;
+            };
+            out.extend(page.messages);
+            if page.pending == 0 {
+                break;
+            }
+            next = last + 1;
+        }
+        Ok(out)
+    }
+
+    /// One page of the whole stream for [`EventStore::stream`].
+    pub(crate) async fn page(&self, from: PageStart) -> Result<api::Page, StoreError> {
+        let mut request = DirectGet {
+            batch: Some(PAGE),
+            ..DirectGet::default()
+        };
+        match from {
+            PageStart::Sequence(seq) => request.seq = Some(seq.max(1)),
+            PageStart::Time(t) => {
+                request.start_time = Some(t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+            }
+        }
+        api::direct_batch(
+            &self.inner.client,
+            &self.inner.direct_subject,
+            &request,
+            self.inner.timeout,
+        )
+        .await
+    }
+}
+
+/// Where a page of the whole stream starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PageStart {
+    Sequence(u64),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+fn wanted_config(config: &StoreConfig) -> stream::Config {
+    stream::Config {
+        name: config.stream_name.clone(),
+        subjects: config.subjects.clone(),
+        description: config.description.clone(),
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        max_messages: config.max_messages.map_or(-1, |n| n as i64),
+        max_bytes: config.max_bytes.map_or(-1, |n| n as i64),
+        max_age: config.max_age.unwrap_or_default(),
+        max_messages_per_subject: -1,
+        storage: match config.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        num_replicas: config.replicas,
+        duplicate_window: config.duplicate_window,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        deny_delete: true,
+        deny_purge: false,
+        ..Default::default()
+    }
+}
+
+fn differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let mut check = |name: &str, w: String, h: String| {
+        if w != h {
+            diffs.push(format!("{name}: configured {w}, stream has {h}"));
+        }
+    };
+    let mut ws = want.subjects.clone();
+    let mut hs = have.subjects.clone();
+    ws.sort();
+    hs.sort();
+    check("subjects", format!("{ws:?}"), format!("{hs:?}"));
+    check(
+        "storage",
+        format!("{:?}", want.storage),
+        format!("{:?}", have.storage),
+    );
+    check(
+        "retention",
+        format!("{:?}", want.retention),
+        format!("{:?}", have.retention),
+    );
+    check(
+        "discard",
+        format!("{:?}", want.discard),
+        format!("{:?}", have.discard),
+    );
+    check(
+        "max_messages",
+        want.max_messages.to_string(),
+        have.max_messages.to_string(),
+    );
+    check(
+        "max_bytes",
+        want.max_bytes.to_string(),
+        have.max_bytes.to_string(),
+    );
+    check(
+        "max_age",
+        format!("{:?}", want.max_age),
+        format!("{:?}", have.max_age),
+    );
+    check(
+        "duplicate_window",
+        format!("{:?}", want.duplicate_window),
+        format!("{:?}", have.duplicate_window),
+    );
+    check(
+        "replicas",
+        want.num_replicas.to_string(),
+        have.num_replicas.to_string(),
+    );
+    check(
+        "allow_direct",
+        want.allow_direct.to_string(),
+        have.allow_direct.to_string(),
+    );
+    check(
+        "allow_atomic_publish",
+        want.allow_atomic_publish.to_string(),
+        have.allow_atomic_publish.to_string(),
+    );
+    diffs
+}
+
+async fn ensure_stream(
+    context: &jetstream::Context,
+    config: &StoreConfig,
+) -> Result<(), SetupError> {
+    use jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
+    let want = wanted_config(config);
+    for _ in 0..3 {
+        match context.get_stream(&config.stream_name).await {
+            Ok(mut stream) => {
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| SetupError::with_source(SetupErrorKind::Connection, e))?;
+                let diffs = differences(&want, &info.config);
+                if diffs.is_empty() {
+                    return Ok(());
+                }
+                return Err(SetupError::new(SetupErrorKind::StreamConfigMismatch {
+                    stream: config.stream_name.clone(),
+                    differences: diffs,
+                }));
+            }
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j) => match j.error_code().0 {
+                    codes::STREAM_NOT_FOUND => {}
+                    codes::NOT_ENABLED | codes::NOT_ENABLED_FOR_ACCOUNT => {
+                        return Err(SetupError::with_source(
+                            SetupErrorKind::JetStreamDisabled,
+                            e,
+                        ))
+                    }
+                    code => return Err(setup_error(code, j.to_string())),
+                },
+                // No JetStream responder for this account.
+                GetStreamErrorKind::Request if e.to_string().contains("no responders") => {
+                    return Err(SetupError::with_source(
+                        SetupErrorKind::JetStreamDisabled,
+                        e,
+                    ))
+                }
+                _ => return Err(SetupError::with_source(SetupErrorKind::Connection, e)),
+            },
+        }
+        match context.create_stream(want.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => match e.kind() {
+                CreateStreamErrorKind::JetStream(j) => match j.error_code().0 {
+                    // Created concurrently by another process: compare on the next round.
+                    codes::STREAM_NAME_EXISTS => continue,
+                    codes::SUBJECTS_OVERLAP => {
+                        return Err(SetupError::with_source(
+                            SetupErrorKind::SubjectsOverlap {
+                                stream: config.stream_name.clone(),
+                            },
+                            e,
+                        ))
+                    }
+                    codes::NOT_ENABLED | codes::NOT_ENABLED_FOR_ACCOUNT => {
+                        return Err(SetupError::with_source(
+                            SetupErrorKind::JetStreamDisabled,
+                            e,
+                        ))
+                    }
+                    code => return Err(setup_error(code, j.to_string())),
+                },
+                CreateStreamErrorKind::JetStreamUnavailable => {
+                    return Err(SetupError::with_source(
+                        SetupErrorKind::JetStreamDisabled,
+                        e,
+                    ))
+                }
+                _ => return Err(SetupError::with_source(SetupErrorKind::Connection, e)),
+            },
+        }
+    }
+    Err(setup_error(
+        codes::STREAM_NAME_EXISTS,
+        format!(
+            "stream {:?} could not be created or read",
+            config.stream_name
+        ),
+    ))
+}
