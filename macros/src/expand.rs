@@ -1,0 +1,330 @@
+//! The generated `impl NatsEvent`. Every path is absolute (`::cim_nats::__private::...`,
+//! `::core::...`), every local is `Span::mixed_site()`, and all static strings are literals
+//! computed here.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Ident, Type};
+
+use crate::ast::Input;
+use crate::errors::Errors;
+use crate::fallback;
+use crate::valid::{self, Event, Marked, Model};
+
+/// Expands `#[derive(NatsEvent)]` on `input`: the impl, or the errors (with a fallback impl
+/// when the input is an enum, so that uses of the trait do not add errors of their own).
+pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
+    let mut errors = Errors::default();
+    let ast = match Input::from_syn(input, &mut errors) {
+        Ok(ast) => ast,
+        Err(error) => return error.to_compile_error(),
+    };
+    match valid::check(&ast, errors) {
+        Ok(model) => impl_nats_event(&model),
+        Err(error) => {
+            let error = error.to_compile_error();
+            let fallback = fallback::impl_nats_event(&input.ident);
+            quote!(#error #fallback)
+        }
+    }
+}
+
+fn impl_nats_event(model: &Model<'_>) -> TokenStream {
+    let ident = model.ident;
+    let domain = &model.domain;
+    let domain_wildcard = format!("{domain}.>");
+    let events = model.events.iter().map(|event| descriptor(model, event));
+    let event_types = model.events.iter().map(|e| &e.event_type);
+    let subjects = distinct(model.events.iter().map(|e| model.subject(e)));
+    let wildcards = distinct(model.events.iter().map(|e| e.aggregate.clone()))
+        .into_iter()
+        .map(|aggregate| {
+            let wildcard = format!("{domain}.{aggregate}.>");
+            quote!((#aggregate, #wildcard))
+        });
+    let descriptor_fn = descriptor_fn(model);
+    let event_id_fn = event_id_fn(model);
+    let aggregate_id_fn = aggregate_id_fn(model);
+    let upcast_fn = upcast_fn(model);
+
+    quote! {
+        #[automatically_derived]
+        impl ::cim_nats::__private::NatsEvent for #ident {
+            const DOMAIN: &'static str = #domain;
+            const EVENTS: &'static [::cim_nats::__private::EventDescriptor] = &[#(#events),*];
+            const EVENT_TYPES: &'static [&'static str] = &[#(#event_types),*];
+            const SUBJECTS: &'static [&'static str] = &[#(#subjects),*];
+            const AGGREGATE_WILDCARDS: &'static [(&'static str, &'static str)] =
+                &[#(#wildcards),*];
+            const DOMAIN_WILDCARD: &'static str = #domain_wildcard;
+
+            #descriptor_fn
+            #event_id_fn
+            #aggregate_id_fn
+            #upcast_fn
+        }
+    }
+}
+
+fn descriptor(model: &Model<'_>, event: &Event<'_>) -> TokenStream {
+    let Event {
+        event_type,
+        aggregate,
+        operation,
+        version,
+        ..
+    } = event;
+    let subject = model.subject(event);
+    let from = event.upcasts.iter().map(|(from, _)| from);
+    quote! {
+        ::cim_nats::__private::EventDescriptor {
+            event_type: #event_type,
+            aggregate: #aggregate,
+            operation: #operation,
+            version: #version,
+            upcasts_from: &[#(#from),*],
+            subject: #subject,
+        }
+    }
+}
+
+fn descriptor_fn(model: &Model<'_>) -> TokenStream {
+    let body = if model.events.is_empty() {
+        quote!(match *self {})
+    } else {
+        let arms = model.events.iter().enumerate().map(|(i, event)| {
+            let variant = event.ident;
+            quote! {
+                Self::#variant { .. } => &<Self as ::cim_nats::__private::NatsEvent>::EVENTS[#i]
+            }
+        });
+        quote!(match self { #(#arms,)* })
+    };
+    quote! {
+        fn descriptor(&self) -> &'static ::cim_nats::__private::EventDescriptor {
+            #body
+        }
+    }
+}
+
+fn event_id_fn(model: &Model<'_>) -> TokenStream {
+    let field = Ident::new("field", Span::mixed_site());
+    let arms: Vec<_> = model
+        .events
+        .iter()
+        .filter_map(|event| {
+            let variant = event.ident;
+            let Marked { member, ty } = event.event_id?;
+            // A type without `Into<EventId>` is reported at the field's type.
+            let id = quote_spanned! {located_at(ty)=>
+                ::core::convert::Into::into(::core::clone::Clone::clone(#field))
+            };
+            Some(quote! {
+                Self::#variant { #member: #field, .. } => ::core::option::Option::Some(#id)
+            })
+        })
+        .collect();
+    let body = match_marked(model, &arms, quote!(::core::option::Option::None));
+    quote! {
+        fn event_id(&self) -> ::core::option::Option<::cim_nats::__private::EventId> {
+            #body
+        }
+    }
+}
+
+/// The aggregate id is built from the field by the cheapest path its type allows, chosen at
+/// compile time by method resolution (autoref specialisation): an `AggregateId` is cloned
+/// (an `Arc` clone), a `Uuid` is formatted on the stack and needs no check, a string-like
+/// value is checked in place, anything else goes through `Display`.
+fn aggregate_id_fn(model: &Model<'_>) -> TokenStream {
+    let field = Ident::new("field", Span::mixed_site());
+    let arms: Vec<_> = model
+        .events
+        .iter()
+        .filter_map(|event| {
+            let variant = event.ident;
+            let Marked { member, ty } = event.aggregate_id?;
+            // A type that is none of the four is reported at the field's type, as not `Display`.
+            let id = quote_spanned! {located_at(ty)=>
+                (&&&&Source(#field)).to_aggregate_id()
+            };
+            Some(quote! {
+                Self::#variant { #member: #field, .. } => ::core::result::Result::map(
+                    #id,
+                    ::core::option::Option::Some,
+                )
+            })
+        })
+        .collect();
+    let body = match_marked(
+        model,
+        &arms,
+        quote!(::core::result::Result::Ok(::core::option::Option::None)),
+    );
+    let helpers = (!arms.is_empty()).then(|| {
+        quote! {
+            type Id = ::core::result::Result<
+                ::cim_nats::__private::AggregateId,
+                ::cim_nats::__private::InvalidSubject,
+            >;
+            struct Source<'a, T: ?::core::marker::Sized>(&'a T);
+            trait FromAggregateId {
+                fn to_aggregate_id(&self) -> Id;
+            }
+            impl FromAggregateId for &&&Source<'_, ::cim_nats::__private::AggregateId> {
+                fn to_aggregate_id(&self) -> Id {
+                    ::core::result::Result::Ok(::core::clone::Clone::clone(self.0))
+                }
+            }
+            trait FromUuid {
+                fn to_aggregate_id(&self) -> Id;
+            }
+            impl FromUuid for &&Source<'_, ::cim_nats::__private::uuid::Uuid> {
+                fn to_aggregate_id(&self) -> Id {
+                    ::core::result::Result::Ok(::core::convert::From::from(*self.0))
+                }
+            }
+            trait FromStrLike {
+                fn to_aggregate_id(&self) -> Id;
+            }
+            impl<T> FromStrLike for &Source<'_, T>
+            where
+                T: ?::core::marker::Sized + ::core::convert::AsRef<::core::primitive::str>,
+            {
+                fn to_aggregate_id(&self) -> Id {
+                    ::cim_nats::__private::AggregateId::new(
+                        ::core::convert::AsRef::<::core::primitive::str>::as_ref(self.0),
+                    )
+                }
+            }
+            // The bound is on the method, not the impl: a type that is not `Display` selects
+            // this impl and fails with "`T` doesn't implement `Display`".
+            trait FromDisplay<T: ?::core::marker::Sized> {
+                fn to_aggregate_id(&self) -> Id
+                where
+                    T: ::core::fmt::Display;
+            }
+            impl<T: ?::core::marker::Sized> FromDisplay<T> for Source<'_, T> {
+                fn to_aggregate_id(&self) -> Id
+                where
+                    T: ::core::fmt::Display,
+                {
+                    ::cim_nats::__private::AggregateId::new(
+                        ::std::string::ToString::to_string(self.0),
+                    )
+                }
+            }
+        }
+    });
+    quote! {
+        fn aggregate_id(
+            &self,
+        ) -> ::core::result::Result<
+            ::core::option::Option<::cim_nats::__private::AggregateId>,
+            ::cim_nats::__private::InvalidSubject,
+        > {
+            #helpers
+            #body
+        }
+    }
+}
+
+/// `match self` over the arms of the variants that have a marked field, with `none` for the
+/// others.
+fn match_marked(model: &Model<'_>, arms: &[TokenStream], none: TokenStream) -> TokenStream {
+    if arms.is_empty() {
+        none
+    } else if arms.len() == model.events.len() {
+        quote!(match self { #(#arms,)* })
+    } else {
+        quote!(match self { #(#arms,)* _ => #none, })
+    }
+}
+
+fn upcast_fn(model: &Model<'_>) -> TokenStream {
+    let event_type = Ident::new("event_type", Span::mixed_site());
+    let from = Ident::new("from", Span::mixed_site());
+    let json = Ident::new("json", Span::mixed_site());
+    let p = quote!(::cim_nats::__private);
+    let arms = model.events.iter().enumerate().map(|(i, event)| {
+        let name = &event.event_type;
+        let current = event.version;
+        let chain = event.upcasts.first().map(|&(lowest, _)| {
+            let last = current - 1;
+            let steps = event.upcasts.iter().map(|&(step, with)| {
+                let upcaster = quote_spanned! {with.span()=>
+                    let upcaster: fn(
+                        #p::serde_json::Value,
+                    ) -> ::core::result::Result<#p::serde_json::Value, #p::UpcastError> = #with;
+                };
+                let apply = quote! {
+                    #upcaster
+                    #json = ::core::result::Result::map_err(upcaster(#json), |source| {
+                        #p::DecodeError::Upcast {
+                            event_type: ::std::borrow::ToOwned::to_owned(#event_type),
+                            from: #step,
+                            source,
+                        }
+                    })?;
+                };
+                // Every version in the arm's range takes the last step.
+                if step == last {
+                    quote!({ #apply })
+                } else {
+                    quote!(if #from <= #step { #apply })
+                }
+            });
+            quote! {
+                #lowest..=#last => {
+                    let mut #json = #json;
+                    #(#steps)*
+                    ::core::result::Result::Ok(#json)
+                }
+            }
+        });
+        quote! {
+            #name => match #from {
+                #current => ::core::result::Result::Ok(#json),
+                #chain
+                _ => ::core::result::Result::Err(#p::DecodeError::UnknownVersion {
+                    event_type: ::std::borrow::ToOwned::to_owned(#event_type),
+                    version: #from,
+                    current: #current,
+                    upcasts_from: <Self as #p::NatsEvent>::EVENTS[#i].upcasts_from,
+                }),
+            }
+        }
+    });
+    quote! {
+        fn upcast(
+            #event_type: &::core::primitive::str,
+            #from: ::core::primitive::u32,
+            #json: #p::serde_json::Value,
+        ) -> ::core::result::Result<#p::serde_json::Value, #p::DecodeError> {
+            match #event_type {
+                #(#arms,)*
+                _ => ::core::result::Result::Err(#p::DecodeError::UnknownEventType {
+                    domain: <Self as #p::NatsEvent>::DOMAIN,
+                    event_type: ::std::borrow::ToOwned::to_owned(#event_type),
+                }),
+            }
+        }
+    }
+}
+
+/// A span with the hygiene of generated code, shown at `ty` in error messages.
+fn located_at(ty: &Type) -> Span {
+    Span::call_site().located_at(ty.span())
+}
+
+/// The values in order of first appearance, without repeats.
+fn distinct(values: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for value in values {
+        if !out.contains(&value) {
+            out.push(value);
+        }
+    }
+    out
+}

@@ -1,0 +1,59 @@
+//! `#[derive(NatsEvent)]` for `cim-nats`, checked at compile time. Use it through
+//! `cim_nats::NatsEvent` (feature `derive`, on by default).
+
+mod ast;
+mod attr;
+mod errors;
+mod expand;
+mod fallback;
+mod symbol;
+mod valid;
+
+/// Derives `cim_nats::NatsEvent`: a variant per event type, on `{domain}.{aggregate}.{operation}`.
+///
+/// - On the enum: `domain` (required), `aggregate` (default for the variants), `event_id =
+///   "field"` (a field every struct variant has).
+/// - On a variant: `operation` (required), `aggregate`, `version` (default 1), `event_type`
+///   (default: the variant's name), `upcast(from = N, with = path)` (repeatable; the `from`s
+///   run without gaps up to `version - 1`).
+/// - On a field: `event_id` (into `EventId`), `aggregate_id` (`Display`, e.g. a `Uuid`).
+///
+/// ```
+/// use cim_nats::{EventId, NatsEvent, UpcastError};
+/// use serde::{Deserialize, Serialize};
+/// use serde_json::{json, Value};
+///
+/// #[derive(Serialize, Deserialize, NatsEvent)]
+/// #[nats_event(domain = "infrastructure", aggregate = "compute")]
+/// enum InfraEvent {
+///     #[nats_event(operation = "registered")]
+///     ComputeRegistered {
+///         #[nats_event(event_id)] event_id: EventId,
+///         #[nats_event(aggregate_id)] infra: uuid::Uuid,
+///         host: String,
+///     },
+///     #[nats_event(aggregate = "network", operation = "defined", version = 2,
+///                  upcast(from = 1, with = net_v1_to_v2))]
+///     NetworkDefined { #[nats_event(event_id)] id: EventId, cidr: String },
+///     #[nats_event(operation = "severed", event_type = "ConnectionSevered")]
+///     Severed(#[nats_event(event_id)] EventId, String),
+///     #[nats_event(aggregate = "policy", operation = "cleared")]
+///     PolicyCleared,
+/// }
+///
+/// fn net_v1_to_v2(mut v1: Value) -> Result<Value, UpcastError> {
+///     let net = &mut v1["NetworkDefined"];
+///     net["cidr"] = net.get("net").cloned().ok_or("no `net`")?;
+///     Ok(v1)
+/// }
+///
+/// assert_eq!(InfraEvent::SUBJECTS[1], "infrastructure.network.defined");
+/// let v1 = json!({"NetworkDefined": {"id": EventId::new(), "net": "10.0.0.0/8"}});
+/// let event = InfraEvent::decode("NetworkDefined", 1, &serde_json::to_vec(&v1).unwrap()).unwrap();
+/// assert_eq!(event.routing_subject(), "infrastructure.network.defined");
+/// ```
+#[proc_macro_derive(NatsEvent, attributes(nats_event))]
+pub fn derive_nats_event(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    expand::derive(&input).into()
+}

@@ -1,0 +1,92 @@
+//! The generated code is hygienic: absolute paths only (clean under `unused_qualifications`),
+//! no reliance on the prelude, and its locals do not capture user names.
+#![deny(unused_qualifications, warnings)]
+
+use cim_nats::{AggregateId, DecodeError, EventId, NatsEvent};
+
+mod no_prelude {
+    #![no_implicit_prelude]
+
+    use ::cim_nats::{EventId, NatsEvent, UpcastError};
+    use ::serde_json::Value;
+
+    /// Names the generated code must not pick up.
+    #[allow(dead_code)]
+    pub(crate) struct Option;
+    #[allow(dead_code)]
+    pub(crate) struct Some;
+    #[allow(dead_code)]
+    pub(crate) struct Clone;
+    #[allow(dead_code)]
+    pub(crate) struct Into;
+
+    /// Upcasters named like the generated function's parameters.
+    pub(crate) fn json(mut v: Value) -> ::core::result::Result<Value, UpcastError> {
+        v["Made"]["two"] = ::serde_json::Value::Bool(true);
+        ::core::result::Result::Ok(v)
+    }
+
+    pub(crate) fn from(mut v: Value) -> ::core::result::Result<Value, UpcastError> {
+        v["Made"]["three"] = ::serde_json::Value::Bool(true);
+        ::core::result::Result::Ok(v)
+    }
+
+    #[derive(::core::fmt::Debug, ::serde::Serialize, ::serde::Deserialize, NatsEvent)]
+    #[nats_event(domain = "hygiene", aggregate = "thing")]
+    pub(crate) enum Event {
+        #[nats_event(
+            operation = "made",
+            version = 3,
+            upcast(from = 1, with = json),
+            upcast(from = 2, with = from)
+        )]
+        Made {
+            #[nats_event(event_id)]
+            field: EventId,
+            #[nats_event(aggregate_id)]
+            source: ::std::string::String,
+            two: bool,
+            three: bool,
+        },
+        #[nats_event(operation = "unmade")]
+        Unmade(#[nats_event(event_id)] EventId),
+    }
+}
+
+use no_prelude::Event;
+
+#[test]
+fn generated_code_is_hygienic() {
+    let id = EventId::new();
+    let event = Event::Made {
+        field: id,
+        source: "t-1".to_owned(),
+        two: true,
+        three: true,
+    };
+    assert_eq!(event.event_id(), Some(id));
+    assert_eq!(
+        event.aggregate_id().unwrap(),
+        Some(AggregateId::new("t-1").unwrap())
+    );
+    assert_eq!(
+        Event::SUBJECTS,
+        ["hygiene.thing.made", "hygiene.thing.unmade"]
+    );
+
+    let v1 = serde_json::json!({"Made": {"field": id, "source": "t-1"}});
+    let payload = serde_json::to_vec(&v1).unwrap();
+    let event = Event::decode("Made", 1, &payload).unwrap();
+    assert!(matches!(
+        event,
+        Event::Made {
+            two: true,
+            three: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        Event::decode("Made", 4, &payload),
+        Err(DecodeError::UnknownVersion { current: 3, .. })
+    ));
+}

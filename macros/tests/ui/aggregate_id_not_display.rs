@@ -1,0 +1,19 @@
+use cim_nats::NatsEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Host {
+    name: String,
+}
+
+#[derive(Serialize, Deserialize, NatsEvent)]
+#[nats_event(domain = "infrastructure", aggregate = "compute")]
+enum Event {
+    #[nats_event(operation = "registered")]
+    Registered {
+        #[nats_event(aggregate_id)]
+        host: Host,
+    },
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+use cim_nats::NatsEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, NatsEvent)]
+#[nats_event(domain = "infrastructure", aggregate = "compute")]
+enum Event {
+    #[nats_event(operation = "registered")]
+    Registered {
+        #[nats_event(event_id)]
+        id: cim_nats::EventId,
+        #[nats_event(event_id)]
+        other: cim_nats::EventId,
+    },
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use cim_nats::NatsEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, NatsEvent)]
+#[nats_event(domain = "infrastructure", aggregate = "compute")]
+enum Event {
+    #[nats_event(operation = "registered", subject = "infrastructure.compute.registered")]
+    Registered,
+}
+
+fn main() {}
