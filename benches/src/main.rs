@@ -1,0 +1,265 @@
+//! `cargo xtask bench [--quick]`: cim-nats against raw async-nats doing the same JetStream work,
+//! on one server in one run, printed as a Markdown table of both figures and their ratio.
+
+mod harness;
+
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
+use cim_nats::testing::NatsServer;
+use cim_nats::{headers, AggregateId, EventStore};
+use futures::StreamExt;
+
+use harness::{latency, print_table, Row};
+
+/// Events per aggregate in the load cases.
+const PER_AGGREGATE: u64 = 20;
+
+struct Options {
+    quick: bool,
+}
+
+fn payload() -> Bytes {
+    Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(490)))
+}
+
+/// Fills `domain`'s stream with `aggregates` aggregates of 20 events each (1 `created`, 19
+/// `updated`), interleaved across the whole stream, in the store's wire format, by pipelined
+/// raw publishes.
+async fn fill(client: &async_nats::Client, domain: &str, aggregates: u64) -> Duration {
+    let js = async_nats::jetstream::new(client.clone());
+    let payload = payload();
+    let started = Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for version in 1..=PER_AGGREGATE {
+        for a in 0..aggregates {
+            let op = if version == 1 { "created" } else { "updated" };
+            let mut h = HeaderMap::new();
+            h.insert(headers::MSG_ID, uuid::Uuid::now_v7().to_string().as_str());
+            h.insert(headers::EVENT_TYPE, op);
+            h.insert(headers::AGGREGATE_VERSION, version.to_string().as_str());
+            h.insert(headers::AGGREGATE_ID, format!("a{a}").as_str());
+            h.insert(headers::CONTENT_TYPE, headers::JSON);
+            let ack = js
+                .publish_with_headers(format!("{domain}.item.{op}.a{a}"), h, payload.clone())
+                .await
+                .expect("publish");
+            acks.push(ack.into_future());
+            if acks.len() >= 2048 {
+                acks.next().await.expect("ack").expect("stored");
+            }
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack.expect("stored");
+    }
+    started.elapsed()
+}
+
+/// Raw async-nats: the aggregate's events by batched direct gets on its literal subjects
+/// (known in advance), collected on one inbox until every batch has ended.
+async fn raw_load(client: &async_nats::Client, stream: &str, subjects: &[String]) -> usize {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+    for s in subjects {
+        let req = serde_json::json!({ "seq": 1, "next_by_subj": s, "batch": 1000 });
+        client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{stream}"),
+                inbox.clone(),
+                serde_json::to_vec(&req).expect("json").into(),
+            )
+            .await
+            .expect("request");
+    }
+    let mut ended = 0;
+    let mut messages = Vec::new();
+    while ended < subjects.len() {
+        let m = sub.next().await.expect("reply");
+        match m.status.map(|s| s.as_u16()) {
+            None | Some(200) => messages.push(m),
+            _ => ended += 1,
+        }
+    }
+    let _ = sub.unsubscribe().await;
+    messages.len()
+}
+
+async fn load_case(
+    client: &async_nats::Client,
+    domain: &str,
+    aggregates: u64,
+    reps: usize,
+    rows: &mut Vec<Row>,
+) {
+    let config = StoreConfig::for_domain(domain);
+    let stream = config.stream_name.clone();
+    let store = JetStreamEventStore::new(client.clone(), config)
+        .await
+        .expect("store");
+    let filled = fill(client, domain, aggregates).await;
+    let total = aggregates * PER_AGGREGATE;
+    eprintln!(
+        "filled {total} events in {filled:?} ({:.0}/s)",
+        total as f64 / filled.as_secs_f64()
+    );
+    let pick = |i: usize| (i as u64 * 7919) % aggregates;
+    let (f, r) = latency(
+        20,
+        reps,
+        |i| {
+            let store = store.clone();
+            async move {
+                let id = AggregateId::new(format!("a{}", pick(i))).expect("id");
+                let events = store.read_aggregate(&id, 0).await.expect("load");
+                assert_eq!(events.len() as u64, PER_AGGREGATE);
+            }
+        },
+        |i| {
+            let client = client.clone();
+            let stream = stream.clone();
+            async move {
+                let a = pick(i);
+                let subjects = [
+                    format!("{domain}.item.created.a{a}"),
+                    format!("{domain}.item.updated.a{a}"),
+                ];
+                let n = raw_load(&client, &stream, &subjects).await;
+                assert_eq!(n as u64, PER_AGGREGATE);
+            }
+        },
+    )
+    .await;
+    let case = format!("load a 20-event aggregate, stream of {total}");
+    rows.push(Row::latency(
+        &case,
+        "p50 µs",
+        f.percentile(0.5),
+        r.percentile(0.5),
+    ));
+    rows.push(Row::latency(
+        &case,
+        "p99 µs",
+        f.percentile(0.99),
+        r.percentile(0.99),
+    ));
+}
+
+/// Raw async-nats: the whole stream by pages of batched direct gets, without decoding.
+async fn raw_replay(client: &async_nats::Client, stream: &str) -> u64 {
+    let mut next = 1u64;
+    let mut count = 0u64;
+    loop {
+        let inbox = client.new_inbox();
+        let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+        let req = serde_json::json!({ "seq": next, "batch": 1000 });
+        client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{stream}"),
+                inbox,
+                serde_json::to_vec(&req).expect("json").into(),
+            )
+            .await
+            .expect("request");
+        let mut last = None;
+        let mut pending = 0u64;
+        while let Some(m) = sub.next().await {
+            let pend = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Num-Pending"))
+                .and_then(|v| v.as_str().parse::<u64>().ok());
+            match m.status.map(|s| s.as_u16()) {
+                None | Some(200) => {
+                    count += 1;
+                    last = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Sequence"))
+                        .and_then(|v| v.as_str().parse::<u64>().ok());
+                    pending = pend.unwrap_or(pending);
+                }
+                _ => {
+                    pending = pend.unwrap_or(0);
+                    break;
+                }
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        match last {
+            Some(l) if pending > 0 => next = l + 1,
+            _ => return count,
+        }
+    }
+}
+
+async fn replay_case(client: &async_nats::Client, domain: &str, rows: &mut Vec<Row>) {
+    let config = StoreConfig::for_domain(domain);
+    let stream = config.stream_name.clone();
+    let store = JetStreamEventStore::new(client.clone(), config)
+        .await
+        .expect("store");
+    let total = store.last_sequence().await.expect("state").0;
+    let mut f = Vec::new();
+    let mut r = Vec::new();
+    for round in 0..3 {
+        let framework = async {
+            let t = Instant::now();
+            let n = store
+                .stream(cim_nats::ReadFrom::Start)
+                .fold(0u64, |n, e| async move {
+                    e.expect("event");
+                    n + 1
+                })
+                .await;
+            assert_eq!(n, total);
+            n as f64 / t.elapsed().as_secs_f64()
+        };
+        let raw = async {
+            let t = Instant::now();
+            let n = raw_replay(client, &stream).await;
+            assert_eq!(n, total);
+            n as f64 / t.elapsed().as_secs_f64()
+        };
+        if round % 2 == 0 {
+            f.push(framework.await);
+            r.push(raw.await);
+        } else {
+            r.push(raw.await);
+            f.push(framework.await);
+        }
+    }
+    f.sort_by(f64::total_cmp);
+    r.sort_by(f64::total_cmp);
+    rows.push(Row::throughput(
+        &format!("replay the whole stream of {total}"),
+        "events/s (median of 3)",
+        f[1],
+        r[1],
+    ));
+}
+
+#[tokio::main]
+async fn main() {
+    let options = Options {
+        quick: std::env::args().any(|a| a == "--quick"),
+    };
+    let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let client = server.connect().await.expect("connect");
+    eprintln!(
+        "nats-server {} at {}; mode {}",
+        server.binary().version,
+        server.url(),
+        if options.quick { "quick" } else { "full" }
+    );
+    let mut rows = Vec::new();
+    let reps = if options.quick { 200 } else { 2000 };
+    load_case(&client, "small", 50, reps, &mut rows).await;
+    let big = if options.quick { 5_000 } else { 50_000 };
+    load_case(&client, "large", big, reps, &mut rows).await;
+    replay_case(&client, "large", &mut rows).await;
+    print_table(&rows);
+}
