@@ -105,9 +105,7 @@ impl Row {
 }
 
 fn human(v: f64) -> String {
-    if v >= 10_000.0 {
-        format!("{:.0}", v)
-    } else if v >= 100.0 {
+    if v >= 100.0 {
         format!("{:.0}", v)
     } else {
         format!("{:.1}", v)

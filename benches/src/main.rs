@@ -34,8 +34,18 @@ async fn fill(client: &async_nats::Client, domain: &str, aggregates: u64) -> Dur
     let payload = payload();
     let started = Instant::now();
     let mut acks = futures::stream::FuturesUnordered::new();
-    for version in 1..=PER_AGGREGATE {
-        for a in 0..aggregates {
+    let contiguous = std::env::var("BENCH_FILL").as_deref() == Ok("contiguous");
+    let order: Vec<(u64, u64)> = if contiguous {
+        (0..aggregates)
+            .flat_map(|a| (1..=PER_AGGREGATE).map(move |v| (v, a)))
+            .collect()
+    } else {
+        (1..=PER_AGGREGATE)
+            .flat_map(|v| (0..aggregates).map(move |a| (v, a)))
+            .collect()
+    };
+    {
+        for (version, a) in order {
             let op = if version == 1 { "created" } else { "updated" };
             let mut h = HeaderMap::new();
             h.insert(headers::MSG_ID, uuid::Uuid::now_v7().to_string().as_str());
@@ -107,33 +117,43 @@ async fn load_case(
         total as f64 / filled.as_secs_f64()
     );
     let pick = |i: usize| (i as u64 * 7919) % aggregates;
+    let raw = |i: usize| {
+        let client = client.clone();
+        let stream = stream.clone();
+        async move {
+            let a = pick(i);
+            let subjects = [
+                format!("{domain}.item.created.a{a}"),
+                format!("{domain}.item.updated.a{a}"),
+            ];
+            let n = raw_load(&client, &stream, &subjects).await;
+            assert_eq!(n as u64, PER_AGGREGATE);
+        }
+    };
+    let routing = [
+        format!("{domain}.item.created"),
+        format!("{domain}.item.updated"),
+    ];
     let (f, r) = latency(
         20,
         reps,
         |i| {
             let store = store.clone();
+            let routing = routing.clone();
             async move {
                 let id = AggregateId::new(format!("a{}", pick(i))).expect("id");
-                let events = store.read_aggregate(&id, 0).await.expect("load");
+                let routing: Vec<&str> = routing.iter().map(String::as_str).collect();
+                let events = store
+                    .read_aggregate_routed(&id, &routing, 0, cim_nats::StreamSequence(0))
+                    .await
+                    .expect("load");
                 assert_eq!(events.len() as u64, PER_AGGREGATE);
             }
         },
-        |i| {
-            let client = client.clone();
-            let stream = stream.clone();
-            async move {
-                let a = pick(i);
-                let subjects = [
-                    format!("{domain}.item.created.a{a}"),
-                    format!("{domain}.item.updated.a{a}"),
-                ];
-                let n = raw_load(&client, &stream, &subjects).await;
-                assert_eq!(n as u64, PER_AGGREGATE);
-            }
-        },
+        raw,
     )
     .await;
-    let case = format!("load a 20-event aggregate, stream of {total}");
+    let case = format!("load a 20-event aggregate (typed), stream of {total}");
     rows.push(Row::latency(
         &case,
         "p50 µs",
@@ -145,6 +165,28 @@ async fn load_case(
         "p99 µs",
         f.percentile(0.99),
         r.percentile(0.99),
+    ));
+    let (f, r) = latency(
+        20,
+        reps,
+        |i| {
+            let store = store.clone();
+            async move {
+                let id = AggregateId::new(format!("a{}", pick(i))).expect("id");
+                let events = store.read_aggregate(&id, 0).await.expect("load");
+                assert_eq!(events.len() as u64, PER_AGGREGATE);
+            }
+        },
+        raw,
+    )
+    .await;
+    let case =
+        format!("load a 20-event aggregate (untyped: subjects discovered), stream of {total}");
+    rows.push(Row::latency(
+        &case,
+        "p50 µs",
+        f.percentile(0.5),
+        r.percentile(0.5),
     ));
 }
 

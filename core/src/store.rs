@@ -226,6 +226,25 @@ pub trait EventStore: Send + Sync + fmt::Debug {
         Ok(events)
     }
 
+    /// Reads one aggregate's events knowing the routing subjects its events can be on (a domain
+    /// enum's [`NatsEvent::SUBJECTS`]), which lets an implementation skip discovering them.
+    /// Events on other subjects are still found (by a slower path), never skipped.
+    ///
+    /// # Errors
+    ///
+    /// As [`EventStore::read_aggregate`].
+    async fn read_aggregate_routed(
+        &self,
+        aggregate_id: &AggregateId,
+        routing_subjects: &[&str],
+        after_version: u64,
+        after_sequence: StreamSequence,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let _ = routing_subjects;
+        self.read_aggregate_after(aggregate_id, after_version, after_sequence)
+            .await
+    }
+
     /// The aggregate's current version (`None` if it has no events).
     ///
     /// # Errors
@@ -319,7 +338,7 @@ pub trait EventStoreExt: EventStore {
         aggregate_id: &AggregateId,
         after_version: u64,
     ) -> Result<Vec<Envelope<E>>, StoreError> {
-        self.read_aggregate(aggregate_id, after_version)
+        self.read_aggregate_routed(aggregate_id, E::SUBJECTS, after_version, StreamSequence(0))
             .await?
             .into_iter()
             .map(decode_envelope)

@@ -303,6 +303,41 @@ async fn concurrent_writers(store: Arc<dyn EventStore>) {
     );
 }
 
+async fn routed_reads_find_every_event(store: Arc<dyn EventStore>) {
+    let a = id("a");
+    store
+        .append(
+            &a,
+            ExpectedVersion::NoStream,
+            vec![event("placed"), event("paid"), event("shipped")],
+        )
+        .await
+        .unwrap();
+    let all = ["shop.order.placed", "shop.order.paid", "shop.order.shipped"];
+    for hint in [&all[..], &all[..1], &all[1..], &[]] {
+        let events = store
+            .read_aggregate_routed(&a, hint, 0, StreamSequence(0))
+            .await
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.aggregate_version).collect::<Vec<_>>(),
+            [1, 2, 3],
+            "with hint {hint:?}"
+        );
+    }
+    let later = store
+        .read_aggregate_routed(&a, &all, 1, StreamSequence(0))
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 2);
+    let after_seq = store
+        .read_aggregate_routed(&a, &all, 2, later[0].stream_sequence)
+        .await
+        .unwrap();
+    assert_eq!(after_seq.len(), 1);
+    assert_eq!(after_seq[0].event_type, "SHIPPED");
+}
+
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
         mod jetstream {
@@ -338,4 +373,5 @@ conformance!(
     retries_are_recognised,
     bad_appends_are_refused,
     concurrent_writers,
+    routed_reads_find_every_event,
 );

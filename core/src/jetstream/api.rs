@@ -335,3 +335,64 @@ pub(crate) async fn stream_state(
     });
     Ok((state.last_seq, state.subjects.unwrap_or_default()))
 }
+
+/// What several batched direct gets on one inbox returned: the messages, and per subject the
+/// number still pending after the last message received for it.
+#[derive(Debug, Default)]
+pub(crate) struct MultiPage {
+    pub(crate) messages: Vec<RawMessage>,
+    pub(crate) pending: HashMap<String, (u64, u64)>,
+}
+
+/// Runs several batched direct gets (each on one literal subject) on one inbox, in parallel, and
+/// collects the replies until every batch has ended.
+pub(crate) async fn direct_batches(
+    client: &Client,
+    api_subject: &str,
+    requests: &[DirectGet],
+    timeout: Duration,
+) -> Result<MultiPage, StoreError> {
+    let mut out = MultiPage::default();
+    if requests.is_empty() {
+        return Ok(out);
+    }
+    let inbox = client.new_inbox();
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
+    for request in requests {
+        let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
+        client
+            .publish_with_reply(api_subject.to_owned(), inbox.clone(), payload)
+            .await
+            .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
+    }
+    let mut ended = 0;
+    while ended < requests.len() {
+        let message = match tokio::time::timeout(timeout, sub.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(StoreError::new(StoreErrorKind::Connection)),
+            Err(_) => return Err(StoreError::new(StoreErrorKind::TimedOut)),
+        };
+        match message.status.map(|s| s.as_u16()) {
+            None | Some(200) => {
+                let pending = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Num-Pending"))
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                    .unwrap_or(0);
+                let raw = to_raw(message)?;
+                out.pending
+                    .insert(raw.subject.clone(), (raw.sequence, pending));
+                out.messages.push(raw);
+            }
+            // End of one batch, or nothing on that subject.
+            Some(204 | 404) => ended += 1,
+            Some(_) => return Err(status_error(&message)),
+        }
+    }
+    let _ = sub.unsubscribe().await;
+    Ok(out)
+}

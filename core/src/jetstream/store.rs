@@ -601,10 +601,9 @@ impl EventStore for JetStreamEventStore {
         after_version: u64,
         after_sequence: StreamSequence,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut events = Vec::new();
-        // The aggregate's literal subjects, with their counts, from the subject index; then each
-        // subject read by batched direct gets, in parallel. A wildcard filter over a big stream
-        // is slow; literal subjects are not.
+        // The aggregate's literal subjects, from the subject index; then all of them read by
+        // batched direct gets on one inbox. A wildcard filter over a big stream is slow; literal
+        // subjects are not.
         let filter = format!("{}.*.*.{aggregate_id}", self.inner.config.domain());
         let (_, subjects) = api::stream_state(
             &self.inner.client,
@@ -613,34 +612,47 @@ impl EventStore for JetStreamEventStore {
             self.inner.timeout,
         )
         .await?;
-        let reads = subjects
-            .into_keys()
-            .map(|subject| self.read_subject(subject, after_sequence));
-        for page in futures::future::try_join_all(reads).await? {
-            events.extend(page);
-        }
-        events.sort_by_key(|raw| raw.sequence);
-        let mut out = Vec::with_capacity(events.len());
-        for raw in events {
-            let event = decode_stored(raw)?;
-            if event.aggregate_version > after_version {
-                out.push(event);
+        let messages = self
+            .read_subjects(subjects.into_keys().collect(), after_sequence)
+            .await?;
+        Self::assemble(aggregate_id, messages, after_version)
+    }
+
+    async fn read_aggregate_routed(
+        &self,
+        aggregate_id: &AggregateId,
+        routing_subjects: &[&str],
+        after_version: u64,
+        after_sequence: StreamSequence,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let domain = self.inner.config.domain();
+        let subjects: Vec<String> = routing_subjects
+            .iter()
+            .filter(|r| r.split('.').next() == Some(domain))
+            .map(|r| Subject::for_event(r, aggregate_id).into_string())
+            .collect();
+        // The subjects are known: read them all at once, and, in parallel, the aggregate's last
+        // event, which tells whether an event sits on a subject the caller did not name.
+        let scope = format!("{domain}.*.*.{aggregate_id}");
+        let (messages, last) = tokio::join!(
+            self.read_subjects(subjects, after_sequence),
+            self.position(&scope)
+        );
+        let last = last?.map_or(0, |p| p.version);
+        let complete = match Self::assemble(aggregate_id, messages?, after_version) {
+            Ok(events) => {
+                let top = events.last().map_or(after_version, |e| e.aggregate_version);
+                (top == last.max(after_version)).then_some(events)
+            }
+            Err(_) => None,
+        };
+        match complete {
+            Some(events) => Ok(events),
+            None => {
+                self.read_aggregate_after(aggregate_id, after_version, after_sequence)
+                    .await
             }
         }
-        let mut expected_version = after_version;
-        for event in &out {
-            expected_version += 1;
-            if event.aggregate_version != expected_version {
-                return Err(StoreError::new(StoreErrorKind::Decode {
-                    sequence: event.stream_sequence.0,
-                    reason: format!(
-                        "aggregate {aggregate_id} has version {} where {expected_version} was expected",
-                        event.aggregate_version
-                    ),
-                }));
-            }
-        }
-        Ok(out)
     }
 
     async fn aggregate_version(
@@ -669,36 +681,72 @@ impl EventStore for JetStreamEventStore {
 }
 
 impl JetStreamEventStore {
-    /// Every message on one literal subject after `after`, by pages of batched direct gets.
-    async fn read_subject(
+    /// Every message on the given literal subjects after `after`: one batched direct get per
+    /// subject, all on one inbox, repeated for the subjects that had more than a page.
+    async fn read_subjects(
         &self,
-        subject: String,
+        subjects: Vec<String>,
         after: StreamSequence,
     ) -> Result<Vec<RawMessage>, StoreError> {
         let mut out = Vec::new();
-        let mut next = after.0 + 1;
-        loop {
-            let request = DirectGet {
-                seq: Some(next),
-                next_by_subj: Some(subject.clone()),
-                batch: Some(PAGE),
-                ..DirectGet::default()
-            };
-            let page = api::direct_batch(
+        let mut round: Vec<(String, u64)> =
+            subjects.into_iter().map(|s| (s, after.0 + 1)).collect();
+        while !round.is_empty() {
+            let requests: Vec<DirectGet> = round
+                .iter()
+                .map(|(subject, from)| DirectGet {
+                    seq: Some(*from),
+                    next_by_subj: Some(subject.clone()),
+                    batch: Some(PAGE),
+                    ..DirectGet::default()
+                })
+                .collect();
+            let page = api::direct_batches(
                 &self.inner.client,
                 &self.inner.direct_subject,
-                &request,
+                &requests,
                 self.inner.timeout,
             )
             .await?;
-            let Some(last) = page.messages.last().map(|m| m.sequence) else {
-                break;
-            };
             out.extend(page.messages);
-            if page.pending == 0 {
-                break;
+            round = page
+                .pending
+                .into_iter()
+                .filter(|(_, (_, pending))| *pending > 0)
+                .map(|(subject, (last, _))| (subject, last + 1))
+                .collect();
+        }
+        Ok(out)
+    }
+
+    /// Decodes an aggregate's messages in stream order and checks that the versions after
+    /// `after_version` follow each other.
+    fn assemble(
+        aggregate_id: &AggregateId,
+        mut messages: Vec<RawMessage>,
+        after_version: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        messages.sort_by_key(|raw| raw.sequence);
+        messages.dedup_by_key(|raw| raw.sequence);
+        let mut out = Vec::with_capacity(messages.len());
+        for raw in messages {
+            let event = decode_stored(raw)?;
+            if event.aggregate_version > after_version {
+                out.push(event);
             }
-            next = last + 1;
+        }
+        let mut expected_version = after_version;
+        for event in &out {
+            expected_version += 1;
+            if event.aggregate_version != expected_version {
+                return Err(StoreError::new(StoreErrorKind::Decode {
+                    sequence: event.stream_sequence.0,
+                    reason: format!(
+                        "aggregate {aggregate_id} has version {} where {expected_version} was expected",
+                        event.aggregate_version
+                    ),
+                }));
+            }
         }
         Ok(out)
     }
