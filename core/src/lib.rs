@@ -24,9 +24,11 @@
 //! - `testing`: [`testing::NatsServer`] and friends.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod aggregate;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod harness;
 pub mod headers;
 pub mod identity;
 pub mod memory;
@@ -39,6 +41,7 @@ pub mod jetstream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use aggregate::Aggregate;
 pub use envelope::{Envelope, StoredEvent, StreamSequence};
 pub use error::{Error, SetupError, SetupErrorKind, StoreError, StoreErrorKind};
 pub use event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError, Upcaster};
