@@ -4,13 +4,17 @@ use std::fmt;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::event::{DecodeError, EventId, NatsEvent};
 use crate::identity::{CausationId, CorrelationId};
 use crate::subject::AggregateId;
 
 /// A position in a stream: JetStream's stream sequence, from 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 pub struct StreamSequence(pub u64);
 
 impl fmt::Display for StreamSequence {

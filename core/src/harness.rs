@@ -151,7 +151,10 @@ where
     pub fn then_expect_error_matching(self, check: impl FnOnce(&A::Error) -> bool) {
         match self.result {
             Ok(events) => panic!("expected an error, the command produced {events:?}"),
-            Err(e) => assert!(check(&e), "the command failed with an unexpected error: {e:?}"),
+            Err(e) => assert!(
+                check(&e),
+                "the command failed with an unexpected error: {e:?}"
+            ),
         }
     }
 }

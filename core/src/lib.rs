@@ -32,6 +32,8 @@ pub mod harness;
 pub mod headers;
 pub mod identity;
 pub mod memory;
+pub mod repository;
+pub mod snapshot;
 pub mod store;
 pub mod subject;
 
@@ -46,6 +48,8 @@ pub use envelope::{Envelope, StoredEvent, StreamSequence};
 pub use error::{Error, SetupError, SetupErrorKind, StoreError, StoreErrorKind};
 pub use event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError, Upcaster};
 pub use identity::{CausationId, CorrelationId, MessageId, MessageIdentity};
+pub use repository::{CommandError, CommandOutcome, Loaded, Repository};
+pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotStore};
 pub use store::{
     decode_envelope, AppendResult, EventStore, EventStoreExt, EventStream, ExpectedVersion,
     NewEvent, ReadFrom,

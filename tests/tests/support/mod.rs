@@ -1,6 +1,8 @@
 //! Shared helpers of the cross-crate tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod bank;
+
 use std::time::{Duration, Instant};
 
 use cim_nats::testing::NatsServer;

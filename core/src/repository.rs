@@ -1,0 +1,375 @@
+//! [`Repository`]: load an aggregate (snapshot + later events), decide, append with the loaded
+//! version as the expected version.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::aggregate::Aggregate;
+use crate::envelope::StreamSequence;
+use crate::error::{StoreError, StoreErrorKind};
+use crate::event::NatsEvent;
+use crate::identity::MessageIdentity;
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::store::{AppendResult, EventStore, ExpectedVersion, NewEvent};
+use crate::subject::AggregateId;
+
+/// An aggregate as loaded: its state, its version and the stream sequence of its last event.
+#[derive(Debug)]
+pub struct Loaded<A> {
+    /// The aggregate instance.
+    pub id: AggregateId,
+    /// The state after every event up to `version`.
+    pub state: A,
+    /// The number of events applied (0: none yet).
+    pub version: u64,
+    /// The stream sequence of the event at `version` (0 if none).
+    pub sequence: StreamSequence,
+    snapshot_version: u64,
+}
+
+impl<A> Loaded<A> {
+    /// The expected version for appending to this aggregate.
+    pub fn expected_version(&self) -> ExpectedVersion {
+        ExpectedVersion::from_loaded(self.version)
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command.
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+    /// The store failed, or another writer changed the aggregate first
+    /// ([`CommandError::is_conflict`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<E: std::error::Error + 'static> CommandError<E> {
+    /// Is this a concurrency conflict (another writer appended first)? Retrying the command on a
+    /// fresh load may succeed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(e) if matches!(e.kind(), StoreErrorKind::WrongExpectedVersion { .. })
+        )
+    }
+}
+
+/// What a command did.
+#[derive(Debug)]
+pub struct CommandOutcome<E> {
+    /// The events it produced and the store appended (empty: nothing to do).
+    pub events: Vec<E>,
+    /// Where they were stored (`None` when there were no events).
+    pub append: Option<AppendResult>,
+    /// The aggregate's version afterwards.
+    pub version: u64,
+}
+
+/// A bounded in-memory map of recently used aggregates.
+struct Cache<A> {
+    capacity: usize,
+    tick: u64,
+    entries: HashMap<AggregateId, (u64, Loaded<A>)>,
+}
+
+impl<A> Cache<A> {
+    fn take(&mut self, id: &AggregateId) -> Option<Loaded<A>> {
+        self.entries.remove(id).map(|(_, l)| l)
+    }
+
+    fn put(&mut self, loaded: Loaded<A>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity {
+            // Evict the least recently used tenth.
+            let mut ticks: Vec<u64> = self.entries.values().map(|(t, _)| *t).collect();
+            ticks.sort_unstable();
+            let cut = ticks[(ticks.len() / 10).min(ticks.len() - 1)];
+            self.entries.retain(|_, (t, _)| *t > cut);
+        }
+        self.tick += 1;
+        self.entries.insert(loaded.id.clone(), (self.tick, loaded));
+    }
+}
+
+/// Loads and saves aggregates of type `A` on an [`EventStore`].
+///
+/// - Loads read the aggregate's events on the literal subjects of `A::Event` (never a scan), after
+///   the latest snapshot when snapshots are on.
+/// - Saves append with the loaded version as the expected version: a concurrent change is
+///   refused by the store ([`CommandError::is_conflict`]); [`Repository::execute_with_retry`]
+///   reloads and retries.
+/// - With a cache ([`Repository::with_cache`]), a command on a recently used aggregate costs one
+///   round trip: the cached state is used as is, and the store's concurrency check catches a
+///   change made elsewhere (the aggregate is then reloaded).
+pub struct Repository<A: Aggregate> {
+    store: Arc<dyn EventStore>,
+    snapshots: Option<Arc<dyn SnapshotStore>>,
+    snapshot_every: u64,
+    cache: Option<Mutex<Cache<A>>>,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> fmt::Debug for Repository<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("aggregate", &A::TYPE)
+            .field("store", &self.store)
+            .field("snapshots", &self.snapshots)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("cache", &self.cache.is_some())
+            .finish()
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A repository on `store`, without snapshots or cache.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            snapshots: None,
+            snapshot_every: 0,
+            cache: None,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Keeps a snapshot every `every` events (at least 1) in `snapshots`; loads start from the
+    /// latest snapshot of the aggregate's schema.
+    #[must_use]
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn SnapshotStore>, every: u64) -> Self {
+        self.snapshots = Some(snapshots);
+        self.snapshot_every = every.max(1);
+        self
+    }
+
+    /// Keeps up to `capacity` recently used aggregates in memory.
+    #[must_use]
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = Some(Mutex::new(Cache {
+            capacity,
+            tick: 0,
+            entries: HashMap::new(),
+        }));
+        self
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    fn take_cached(&self, id: &AggregateId) -> Option<Loaded<A>> {
+        self.cache
+            .as_ref()
+            .and_then(|c| c.lock().ok().and_then(|mut c| c.take(id)))
+    }
+
+    fn put_cached(&self, loaded: Loaded<A>) {
+        if let Some(cache) = &self.cache {
+            if let Ok(mut c) = cache.lock() {
+                c.put(loaded);
+            }
+        }
+    }
+
+    /// Drops a cached aggregate (e.g. after learning it changed elsewhere).
+    pub fn forget(&self, id: &AggregateId) {
+        let _ = self.take_cached(id);
+    }
+
+    /// Loads an aggregate from its latest usable snapshot and the events after it (all its
+    /// events without snapshots). An aggregate with no events loads at version 0.
+    ///
+    /// # Errors
+    ///
+    /// From the store; a [`StoreErrorKind::Decode`] names the sequence of an event `A::Event`
+    /// cannot decode.
+    pub async fn load(&self, id: &AggregateId) -> Result<Loaded<A>, StoreError> {
+        let mut loaded = Loaded {
+            id: id.clone(),
+            state: A::default(),
+            version: 0,
+            sequence: StreamSequence(0),
+            snapshot_version: 0,
+        };
+        if let Some(snapshots) = &self.snapshots {
+            if let Some(s) = snapshots.load(A::TYPE, id).await? {
+                if s.schema == A::SNAPSHOT_VERSION && s.aggregate_id == *id {
+                    match serde_json::from_slice::<A>(&s.state) {
+                        Ok(state) => {
+                            loaded.state = state;
+                            loaded.version = s.version;
+                            loaded.sequence = s.sequence;
+                            loaded.snapshot_version = s.version;
+                        }
+                        Err(e) => tracing::warn!(
+                            aggregate = A::TYPE, id = %id, error = %e,
+                            "ignoring a snapshot that does not decode"
+                        ),
+                    }
+                }
+            }
+        }
+        let events = self
+            .store
+            .read_aggregate_routed(
+                id,
+                <A::Event as NatsEvent>::SUBJECTS,
+                loaded.version,
+                loaded.sequence,
+            )
+            .await?;
+        for stored in events {
+            let event = stored.decode::<A::Event>().map_err(|e| {
+                StoreError::new(StoreErrorKind::Decode {
+                    sequence: stored.stream_sequence.0,
+                    reason: e.to_string(),
+                })
+            })?;
+            loaded.state.apply(&event);
+            loaded.version = stored.aggregate_version;
+            loaded.sequence = stored.stream_sequence;
+        }
+        Ok(loaded)
+    }
+
+    /// Appends `events` to a loaded aggregate with its version as the expected version, and
+    /// applies them to it.
+    ///
+    /// # Errors
+    ///
+    /// A conflict ([`StoreErrorKind::WrongExpectedVersion`]) if the aggregate changed since it
+    /// was loaded; others from the store.
+    pub async fn save(
+        &self,
+        loaded: &mut Loaded<A>,
+        events: &[A::Event],
+        identity: Option<&MessageIdentity>,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let mut new = Vec::with_capacity(events.len());
+        for e in events {
+            let event = NewEvent::from_event(e)?;
+            new.push(match identity {
+                Some(identity) => event.with_identity(identity),
+                None => event,
+            });
+        }
+        let result = self
+            .store
+            .append(&loaded.id, loaded.expected_version(), new)
+            .await?;
+        for e in events {
+            loaded.state.apply(e);
+        }
+        loaded.version = result.version;
+        if let Some(seq) = result.last_sequence() {
+            loaded.sequence = seq;
+        }
+        self.maybe_snapshot(loaded).await;
+        Ok(Some(result))
+    }
+
+    async fn maybe_snapshot(&self, loaded: &mut Loaded<A>) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        if loaded.version / self.snapshot_every <= loaded.snapshot_version / self.snapshot_every {
+            return;
+        }
+        let state = match serde_json::to_vec(&loaded.state) {
+            Ok(s) => Bytes::from(s),
+            Err(e) => {
+                tracing::warn!(aggregate = A::TYPE, error = %e, "state does not serialise; no snapshot");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            aggregate_type: A::TYPE.to_owned(),
+            aggregate_id: loaded.id.clone(),
+            schema: A::SNAPSHOT_VERSION,
+            version: loaded.version,
+            sequence: loaded.sequence,
+            state,
+        };
+        // A snapshot is a cache: failing to write one loses nothing.
+        match snapshots.save(snapshot).await {
+            Ok(()) => loaded.snapshot_version = loaded.version,
+            Err(e) => tracing::warn!(aggregate = A::TYPE, error = %e, "snapshot not saved"),
+        }
+    }
+
+    /// Loads the aggregate (from the cache when it has it), decides `command`, appends the
+    /// events with the loaded version as the expected version. One attempt: a conflict is
+    /// returned ([`CommandError::is_conflict`]) and the cached copy dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError::Rejected`] with the aggregate's error; [`CommandError::Store`] for a
+    /// conflict or a store failure.
+    pub async fn execute(
+        &self,
+        id: &AggregateId,
+        command: A::Command,
+        identity: Option<&MessageIdentity>,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let mut loaded = match self.take_cached(id) {
+            Some(l) => l,
+            None => self.load(id).await?,
+        };
+        let events = match loaded.state.handle(command) {
+            Ok(events) => events,
+            Err(e) => {
+                self.put_cached(loaded);
+                return Err(CommandError::Rejected(e));
+            }
+        };
+        match self.save(&mut loaded, &events, identity).await {
+            Ok(append) => {
+                let version = loaded.version;
+                self.put_cached(loaded);
+                Ok(CommandOutcome {
+                    events,
+                    append,
+                    version,
+                })
+            }
+            // The aggregate changed elsewhere (or the store failed): the copy is stale.
+            Err(e) => Err(CommandError::Store(e)),
+        }
+    }
+
+    /// [`Repository::execute`], reloading and deciding again on a conflict, up to `retries`
+    /// times. `command` makes the command for each attempt.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repository::execute`]; the last conflict when the retries run out.
+    pub async fn execute_with_retry(
+        &self,
+        id: &AggregateId,
+        mut command: impl FnMut() -> A::Command + Send,
+        identity: Option<&MessageIdentity>,
+        retries: usize,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        let mut attempt = 0;
+        loop {
+            match self.execute(id, command(), identity).await {
+                Err(e) if e.is_conflict() && attempt < retries => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+}
