@@ -32,6 +32,7 @@ pub mod harness;
 pub mod headers;
 pub mod identity;
 pub mod memory;
+pub mod projection;
 pub mod repository;
 pub mod snapshot;
 pub mod store;
@@ -48,6 +49,7 @@ pub use envelope::{Envelope, StoredEvent, StreamSequence};
 pub use error::{Error, SetupError, SetupErrorKind, StoreError, StoreErrorKind};
 pub use event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError, Upcaster};
 pub use identity::{CausationId, CorrelationId, MessageId, MessageIdentity};
+pub use projection::{replay, OnUnreadable, Projection, ProjectionError};
 pub use repository::{CommandError, CommandOutcome, Loaded, Repository};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotStore};
 pub use store::{

@@ -162,3 +162,19 @@ pub(crate) fn decode_stored(raw: RawMessage) -> Result<StoredEvent, StoreError> 
         payload: raw.payload,
     })
 }
+
+/// A message delivered by a JetStream consumer, as it is stored (subject, stream sequence,
+/// store time, headers, payload); `None` if its reply subject carries no JetStream metadata.
+pub(crate) fn raw_from_delivery(message: &async_nats::jetstream::Message) -> Option<RawMessage> {
+    let info = message.info().ok()?;
+    let time =
+        DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
+            .unwrap_or_default();
+    Some(RawMessage {
+        subject: message.subject.to_string(),
+        sequence: info.stream_sequence,
+        time,
+        headers: message.headers.clone().unwrap_or_default(),
+        payload: message.payload.clone(),
+    })
+}

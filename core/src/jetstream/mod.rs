@@ -4,11 +4,13 @@ mod api;
 mod codec;
 mod config;
 mod kv;
+mod projection;
 mod read;
 mod server;
 mod store;
 
 pub use config::{Storage, StoreConfig};
 pub use kv::KvSnapshotStore;
+pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
 pub use server::{check_server_info, ServerVersion, MIN_SERVER_VERSION};
 pub use store::{JetStreamEventStore, MAX_EVENTS_PER_APPEND};

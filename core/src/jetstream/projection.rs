@@ -1,0 +1,458 @@
+//! [`ProjectionRunner`]: a projection kept up to date from a JetStream stream, with its state
+//! and checkpoint in one KV entry.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::{watch, RwLock, RwLockReadGuard};
+use tokio::task::JoinHandle;
+
+use crate::envelope::StreamSequence;
+use crate::error::{StoreError, StoreErrorKind};
+use crate::event::NatsEvent;
+use crate::jetstream::codec::{decode_stored, raw_from_delivery};
+use crate::jetstream::kv::{kv_key, open_bucket};
+use crate::jetstream::store::JetStreamEventStore;
+use crate::projection::{OnUnreadable, Projection, ProjectionError};
+use crate::store::decode_envelope;
+
+/// How a runner checkpoints and what it does with unreadable events.
+#[derive(Debug, Clone)]
+pub struct ProjectionOptions {
+    /// The KV bucket of checkpoints (created if missing).
+    pub bucket: String,
+    /// Write the checkpoint after this many events...
+    pub checkpoint_every: u64,
+    /// ... or after this long with unwritten progress, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// Skip-and-record or stop on an event that cannot be read or decoded.
+    pub on_unreadable: OnUnreadable,
+}
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        Self {
+            bucket: "PROJECTIONS".to_owned(),
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_millis(200),
+            on_unreadable: OnUnreadable::Stop,
+        }
+    }
+}
+
+/// An event a runner skipped under [`OnUnreadable::SkipAndRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// Why it could not be applied.
+    pub reason: String,
+}
+
+/// The most skipped events kept with a checkpoint.
+const MAX_SKIPPED: usize = 1000;
+
+#[derive(Serialize)]
+struct CheckpointOut<'a, P> {
+    name: &'a str,
+    version: u32,
+    sequence: u64,
+    skipped: &'a [Skipped],
+    state: &'a P,
+}
+
+#[derive(Deserialize)]
+struct CheckpointIn<P> {
+    version: u32,
+    sequence: u64,
+    #[serde(default)]
+    skipped: Vec<Skipped>,
+    state: P,
+}
+
+struct Shared<P> {
+    state: RwLock<P>,
+    skipped: std::sync::Mutex<Vec<Skipped>>,
+}
+
+/// A running projection: query its state, wait for it to reach a sequence, stop it.
+pub struct ProjectionHandle<P> {
+    shared: Arc<Shared<P>>,
+    applied: watch::Receiver<u64>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ProjectionError>>,
+}
+
+impl<P> fmt::Debug for ProjectionHandle<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProjectionHandle")
+            .field("applied", &*self.applied.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts projections on a [`JetStreamEventStore`].
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectionRunner;
+
+impl ProjectionRunner {
+    /// Starts projection `P`: resumes from its checkpoint (state and last applied sequence,
+    /// read from KV) or, if there is none or it is of another [`Projection::VERSION`], starts
+    /// from a fresh `P` at the beginning of the stream; replays what it missed, then follows new
+    /// events as they are stored, with no gap and nothing applied twice (one ordered consumer
+    /// does both, from the sequence after the checkpoint).
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Store`] if the checkpoint bucket or the consumer cannot be set up.
+    pub async fn start<P>(
+        store: &JetStreamEventStore,
+        options: ProjectionOptions,
+    ) -> Result<ProjectionHandle<P>, ProjectionError>
+    where
+        P: Projection + Default + Serialize + DeserializeOwned,
+    {
+        let name = P::NAME.to_owned();
+        let setup = |e: crate::error::SetupError| ProjectionError::Store {
+            projection: name.clone(),
+            source: StoreError::with_source(
+                StoreErrorKind::Server {
+                    code: 0,
+                    description: "checkpoint bucket".to_owned(),
+                },
+                e,
+            ),
+        };
+        let context = store.context().clone();
+        let bucket = open_bucket(
+            &context,
+            &options.bucket,
+            "projection checkpoints (cim-nats)",
+            store.config().replicas,
+        )
+        .await
+        .map_err(setup)?;
+        let key = kv_key("projection", P::NAME);
+        let entry = bucket
+            .entry(key.clone())
+            .await
+            .map_err(|e| store_error(&name, e))?;
+        let revision = entry.as_ref().map_or(0, |e| e.revision);
+        let resumed = entry.as_ref().and_then(|e| {
+            match serde_json::from_slice::<CheckpointIn<P>>(&e.value) {
+                Ok(c) if c.version == P::VERSION => Some(c),
+                Ok(c) => {
+                    tracing::info!(
+                        projection = P::NAME,
+                        stored = c.version,
+                        current = P::VERSION,
+                        "projection version changed: rebuilding from the start"
+                    );
+                    None
+                }
+                Err(err) => {
+                    tracing::warn!(projection = P::NAME, error = %err,
+                        "checkpoint unreadable: rebuilding from the start");
+                    None
+                }
+            }
+        });
+        let rebuild = entry.is_some() && resumed.is_none();
+        let (state, start, skipped) = match resumed {
+            Some(c) => (c.state, c.sequence, c.skipped),
+            None => {
+                let mut fresh = P::default();
+                fresh.reset().await?;
+                (fresh, 0, Vec::new())
+            }
+        };
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            skipped: std::sync::Mutex::new(skipped),
+        });
+        let deliver_policy = if start == 0 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start + 1,
+            }
+        };
+        let stream = context
+            .get_stream_no_info(store.stream_name())
+            .await
+            .map_err(|e| store_error(&name, e))?;
+        let ordered = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: <P::Event as NatsEvent>::DOMAIN_WILDCARD.to_owned(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| store_error(&name, e))?;
+        let messages = ordered
+            .messages()
+            .await
+            .map_err(|e| store_error(&name, e))?;
+        let (applied_tx, applied) = watch::channel(start);
+        let (stop, stop_rx) = watch::channel(false);
+        let run = Run {
+            shared: Arc::clone(&shared),
+            bucket,
+            key,
+            revision,
+            options,
+            applied: applied_tx,
+            name,
+        };
+        let task = tokio::spawn(run.run(messages, stop_rx, start, rebuild));
+        Ok(ProjectionHandle {
+            shared,
+            applied,
+            stop,
+            task,
+        })
+    }
+}
+
+fn store_error(name: &str, e: impl std::error::Error + Send + Sync + 'static) -> ProjectionError {
+    ProjectionError::Store {
+        projection: name.to_owned(),
+        source: StoreError::with_source(StoreErrorKind::Connection, e),
+    }
+}
+
+struct Run<P> {
+    shared: Arc<Shared<P>>,
+    bucket: kv::Store,
+    key: String,
+    revision: u64,
+    options: ProjectionOptions,
+    applied: watch::Sender<u64>,
+    name: String,
+}
+
+impl<P> Run<P>
+where
+    P: Projection + Serialize,
+{
+    async fn checkpoint(&mut self, sequence: u64) -> Result<(), ProjectionError> {
+        let value = {
+            let state = self.shared.state.read().await;
+            let skipped = self
+                .shared
+                .skipped
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default();
+            serde_json::to_vec(&CheckpointOut {
+                name: &self.name,
+                version: P::VERSION,
+                sequence,
+                skipped: &skipped,
+                state: &*state,
+            })
+            .map_err(|e| ProjectionError::Store {
+                projection: self.name.clone(),
+                source: StoreError::with_source(StoreErrorKind::Encode, e),
+            })?
+        };
+        let value = Bytes::from(value);
+        // Compare-and-set: if another process moved the checkpoint, two runners are applying
+        // the same events, and this one stops.
+        let result = if self.revision == 0 {
+            self.bucket.create(&self.key, value).await.map_err(|e| {
+                (
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    e.to_string(),
+                )
+            })
+        } else {
+            self.bucket
+                .update(&self.key, value, self.revision)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                })
+        };
+        match result {
+            Ok(revision) => {
+                self.revision = revision;
+                Ok(())
+            }
+            Err((true, _)) => Err(ProjectionError::Contended(self.name.clone())),
+            Err((false, reason)) => Err(ProjectionError::Store {
+                projection: self.name.clone(),
+                source: StoreError::new(StoreErrorKind::Server {
+                    code: 0,
+                    description: format!("checkpoint not written: {reason}"),
+                }),
+            }),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut messages: consumer::pull::Ordered,
+        mut stop: watch::Receiver<bool>,
+        start: u64,
+        rebuild: bool,
+    ) -> Result<(), ProjectionError> {
+        if rebuild {
+            // Record the rebuild at once: the old checkpoint is of another version, and a crash
+            // during the rebuild must start it over, not resume the old state.
+            self.checkpoint(0).await?;
+        }
+        let mut last = start;
+        let mut written = start;
+        let mut tick = tokio::time::interval(self.options.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    if last > written {
+                        self.checkpoint(last).await?;
+                    }
+                    return Ok(());
+                }
+                _ = tick.tick() => {
+                    if last > written {
+                        self.checkpoint(last).await?;
+                        written = last;
+                    }
+                }
+                next = messages.next() => {
+                    let Some(message) = next else {
+                        return Err(ProjectionError::Aborted(self.name.clone()));
+                    };
+                    let message = message.map_err(|e| store_error(&self.name, e))?;
+                    let Some(raw) = raw_from_delivery(&message) else {
+                        continue;
+                    };
+                    let sequence = raw.sequence;
+                    if sequence <= last {
+                        continue;
+                    }
+                    match decode_stored(raw).and_then(decode_envelope::<P::Event>) {
+                        Ok(envelope) => {
+                            let mut state = self.shared.state.write().await;
+                            state.apply(&envelope).await?;
+                        }
+                        Err(e) => match (self.options.on_unreadable, e.kind()) {
+                            (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { reason, .. }) => {
+                                tracing::warn!(projection = %self.name, sequence, %reason,
+                                    "skipping an unreadable event");
+                                if let Ok(mut skipped) = self.shared.skipped.lock() {
+                                    if skipped.len() < MAX_SKIPPED {
+                                        skipped.push(Skipped { sequence, reason: reason.clone() });
+                                    }
+                                }
+                            }
+                            _ => {
+                                if last > written {
+                                    self.checkpoint(last).await?;
+                                }
+                                return Err(ProjectionError::Unreadable {
+                                    projection: self.name.clone(),
+                                    source: e,
+                                });
+                            }
+                        },
+                    }
+                    last = sequence;
+                    let _ = self.applied.send(last);
+                    if last - written >= self.options.checkpoint_every {
+                        self.checkpoint(last).await?;
+                        written = last;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<P> ProjectionHandle<P> {
+    /// Read access to the projection's current state.
+    pub async fn read(&self) -> RwLockReadGuard<'_, P> {
+        self.shared.state.read().await
+    }
+
+    /// The stream sequence of the last event applied.
+    pub fn applied(&self) -> StreamSequence {
+        StreamSequence(*self.applied.borrow())
+    }
+
+    /// The events skipped under [`OnUnreadable::SkipAndRecord`].
+    pub fn skipped(&self) -> Vec<Skipped> {
+        self.shared
+            .skipped
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the projection has applied the event at `sequence` (e.g. the sequence an
+    /// append returned), so a caller can read its own writes.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Timeout`] after `timeout`; [`ProjectionError::Aborted`] if the runner
+    /// ended.
+    pub async fn wait_for(
+        &self,
+        sequence: StreamSequence,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError>
+    where
+        P: Projection,
+    {
+        let mut rx = self.applied.clone();
+        let reached = tokio::time::timeout(timeout, async move {
+            rx.wait_for(|s| *s >= sequence.0).await.map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ProjectionError::Aborted(P::NAME.to_owned())),
+            Err(_) => Err(ProjectionError::Timeout {
+                projection: P::NAME.to_owned(),
+                wanted: sequence.0,
+                reached: *self.applied.borrow(),
+            }),
+        }
+    }
+
+    /// Stops the runner after the event in hand, writes a last checkpoint, and returns how it
+    /// ended.
+    ///
+    /// # Errors
+    ///
+    /// The error the runner stopped with, if any.
+    pub async fn shutdown(self) -> Result<(), ProjectionError>
+    where
+        P: Projection,
+    {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .unwrap_or_else(|_| Err(ProjectionError::Aborted(P::NAME.to_owned())))
+    }
+
+    /// Kills the runner at once, without a last checkpoint, as a crash would.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
+    /// Has the runner ended (stopped with an error, or aborted)?
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}

@@ -1,0 +1,245 @@
+//! Projections on a real server: resume after a crash with each event applied once, catch up
+//! then follow live, rebuild on a version bump, unreadable events by policy.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cim_nats::jetstream::{JetStreamEventStore, ProjectionOptions, ProjectionRunner, StoreConfig};
+use cim_nats::{
+    AggregateId, Envelope, EventId, EventStoreExt, ExpectedVersion, OnUnreadable, Projection,
+    ProjectionError, StreamSequence,
+};
+use serde::{Deserialize, Serialize};
+use support::bank::AccountEvent;
+
+/// Counts what it applies and remembers each sequence, to prove each event is applied once and
+/// in order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Counter {
+    applied: u64,
+    deposits: u64,
+    last: u64,
+    seen: BTreeSet<u64>,
+}
+
+impl Counter {
+    fn count(&mut self, event: &Envelope<AccountEvent>) -> Result<(), ProjectionError> {
+        let seq = event.sequence().0;
+        if seq <= self.last {
+            return Err(ProjectionError::Apply {
+                projection: "counter".into(),
+                sequence: seq,
+                reason: format!("out of order after {}", self.last),
+            });
+        }
+        self.last = seq;
+        self.applied += 1;
+        self.seen.insert(seq);
+        if let AccountEvent::Deposited { amount, .. } = &event.event {
+            self.deposits += amount;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Projection for Counter {
+    type Event = AccountEvent;
+    const NAME: &'static str = "counter";
+
+    async fn apply(&mut self, event: &Envelope<AccountEvent>) -> Result<(), ProjectionError> {
+        self.count(event)
+    }
+}
+
+/// The same read model, version 2.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CounterV2(Counter);
+
+#[async_trait]
+impl Projection for CounterV2 {
+    type Event = AccountEvent;
+    const NAME: &'static str = "counter";
+    const VERSION: u32 = 2;
+
+    async fn apply(&mut self, event: &Envelope<AccountEvent>) -> Result<(), ProjectionError> {
+        self.0.count(event)
+    }
+}
+
+async fn publish(store: &JetStreamEventStore, accounts: u64, per_account: u64) -> StreamSequence {
+    let mut last = StreamSequence(0);
+    for a in 0..accounts {
+        let id = AggregateId::new(format!("acc-{a}-{}", uuid::Uuid::now_v7())).unwrap();
+        let mut events = vec![AccountEvent::Opened {
+            id: EventId::new(),
+            owner: format!("owner {a}"),
+        }];
+        events.extend((1..per_account).map(|_| AccountEvent::Deposited {
+            id: EventId::new(),
+            amount: 1,
+        }));
+        for chunk in events.chunks(100) {
+            let version = store.aggregate_version(&id).await.unwrap().unwrap_or(0);
+            let r = store
+                .append_events(&id, ExpectedVersion::from_loaded(version), chunk, None)
+                .await
+                .unwrap();
+            last = r.last_sequence().unwrap();
+        }
+    }
+    last
+}
+
+use cim_nats::EventStore;
+
+fn options() -> ProjectionOptions {
+    ProjectionOptions {
+        checkpoint_every: 100,
+        checkpoint_interval: Duration::from_millis(50),
+        ..ProjectionOptions::default()
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_projection_resumes_and_applies_each_event_once() {
+    let (_server, client) = support::server().await;
+    let store = JetStreamEventStore::new(client, StoreConfig::for_domain("bank"))
+        .await
+        .unwrap();
+    let last = publish(&store, 20, 100).await; // 2,000 events
+    assert_eq!(last.0, 2000);
+
+    let first = ProjectionRunner::start::<Counter>(&store, options())
+        .await
+        .unwrap();
+    first.wait_for(StreamSequence(500), WAIT).await.unwrap();
+    let at_kill = first.applied().0;
+    first.abort(); // a crash: no last checkpoint
+
+    let second = ProjectionRunner::start::<Counter>(&store, options())
+        .await
+        .unwrap();
+    assert!(
+        second.applied().0 <= at_kill,
+        "resumes from its last checkpoint"
+    );
+    second.wait_for(last, WAIT).await.unwrap();
+    {
+        let counter = second.read().await;
+        assert_eq!(counter.applied, 2000, "each event applied exactly once");
+        assert_eq!(counter.seen.len(), 2000);
+        assert_eq!(counter.deposits, 20 * 99);
+    }
+    println!(
+        "killed at {at_kill}, resumed and finished at {}",
+        second.applied()
+    );
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_published_during_catch_up_are_applied_in_order_once() {
+    let (_server, client) = support::server().await;
+    let store = JetStreamEventStore::new(client, StoreConfig::for_domain("bank"))
+        .await
+        .unwrap();
+    publish(&store, 10, 100).await;
+    let runner = ProjectionRunner::start::<Counter>(&store, options())
+        .await
+        .unwrap();
+    // Publish while it catches up.
+    let last = publish(&store, 5, 100).await;
+    runner.wait_for(last, WAIT).await.unwrap();
+    let counter = runner.read().await;
+    assert_eq!(counter.applied, 1500);
+    assert_eq!(counter.seen.len(), 1500);
+    assert_eq!(counter.last, last.0);
+    drop(counter);
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_bump_rebuilds_from_the_start() {
+    let (_server, client) = support::server().await;
+    let store = JetStreamEventStore::new(client, StoreConfig::for_domain("bank"))
+        .await
+        .unwrap();
+    let last = publish(&store, 3, 100).await;
+    let v1 = ProjectionRunner::start::<Counter>(&store, options())
+        .await
+        .unwrap();
+    v1.wait_for(last, WAIT).await.unwrap();
+    v1.shutdown().await.unwrap();
+    // Version 1 resumes at the end: nothing more to apply.
+    let again = ProjectionRunner::start::<Counter>(&store, options())
+        .await
+        .unwrap();
+    assert_eq!(again.applied(), last);
+    assert_eq!(again.read().await.applied, 300);
+    again.shutdown().await.unwrap();
+    // Version 2 of the same projection starts over and sees everything once.
+    let v2 = ProjectionRunner::start::<CounterV2>(&store, options())
+        .await
+        .unwrap();
+    assert_eq!(v2.applied(), StreamSequence(0));
+    v2.wait_for(last, WAIT).await.unwrap();
+    assert_eq!(v2.read().await.0.applied, 300);
+    v2.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_events_stop_or_are_skipped_and_recorded() {
+    let (_server, client) = support::server().await;
+    let store = JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("bank"))
+        .await
+        .unwrap();
+    publish(&store, 1, 3).await;
+    // A foreign client writes something that is not an event.
+    async_nats::jetstream::new(client)
+        .publish("bank.account.deposited.x", "junk".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let last = publish(&store, 1, 2).await;
+
+    let stop = ProjectionRunner::start::<Counter>(&store, options())
+        .await
+        .unwrap();
+    let err = stop.wait_for(last, WAIT).await.unwrap_err();
+    assert!(matches!(err, ProjectionError::Aborted(_)), "{err}");
+    assert_eq!(
+        stop.applied(),
+        StreamSequence(3),
+        "stopped before the bad event"
+    );
+    match stop.shutdown().await.unwrap_err() {
+        ProjectionError::Unreadable { source, .. } => {
+            assert!(source.to_string().contains("sequence 4"), "{source}");
+        }
+        other => panic!("{other}"),
+    }
+
+    let skip = ProjectionRunner::start::<Counter>(
+        &store,
+        ProjectionOptions {
+            bucket: "OTHER_CHECKPOINTS".into(),
+            on_unreadable: OnUnreadable::SkipAndRecord,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    skip.wait_for(last, WAIT).await.unwrap();
+    assert_eq!(skip.read().await.applied, 5);
+    let skipped = skip.skipped();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].sequence, 4);
+    skip.shutdown().await.unwrap();
+}
