@@ -320,7 +320,10 @@ async fn routed_reads_find_every_event(store: Arc<dyn EventStore>) {
             .await
             .unwrap();
         assert_eq!(
-            events.iter().map(|e| e.aggregate_version).collect::<Vec<_>>(),
+            events
+                .iter()
+                .map(|e| e.aggregate_version)
+                .collect::<Vec<_>>(),
             [1, 2, 3],
             "with hint {hint:?}"
         );
