@@ -73,6 +73,8 @@ pub(crate) struct Row {
     pub(crate) raw: f64,
     /// For latencies a ratio above 1 is worse; for throughputs below 1.
     pub(crate) higher_is_better: bool,
+    /// What the second column is, when it is not raw async-nats.
+    pub(crate) raw_label: Option<&'static str>,
 }
 
 impl Row {
@@ -83,6 +85,7 @@ impl Row {
             framework: f.as_secs_f64() * 1e6,
             raw: r.as_secs_f64() * 1e6,
             higher_is_better: false,
+            raw_label: None,
         }
     }
 
@@ -93,6 +96,7 @@ impl Row {
             framework: f,
             raw: r,
             higher_is_better: true,
+            raw_label: None,
         }
     }
 
@@ -115,15 +119,16 @@ fn human(v: f64) -> String {
 /// Prints the table as Markdown.
 pub(crate) fn print_table(rows: &[Row]) {
     println!();
-    println!("| case | metric | cim-nats | raw async-nats | ratio (cim-nats / raw) |");
+    println!("| case | metric | cim-nats | baseline | ratio |");
     println!("|---|---|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {:.2}{} |",
+            "| {} | {} | {} | {} ({}) | {:.2}{} |",
             r.case,
             r.metric,
             human(r.framework),
             human(r.raw),
+            r.raw_label.unwrap_or("raw async-nats"),
             r.ratio(),
             if r.higher_is_better { "" } else { " (latency)" }
         );

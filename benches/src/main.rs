@@ -2,6 +2,7 @@
 //! on one server in one run, printed as a Markdown table of both figures and their ratio.
 
 mod harness;
+mod sample;
 
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
@@ -284,6 +285,62 @@ async fn replay_case(client: &async_nats::Client, domain: &str, rows: &mut Vec<R
     ));
 }
 
+/// A repository load of an aggregate of 10,000 events (from its snapshot) against one of 10
+/// events (no snapshot yet), both through the repository.
+async fn snapshot_case(client: &async_nats::Client, reps: usize, rows: &mut Vec<Row>) {
+    use cim_nats::jetstream::KvSnapshotStore;
+    use cim_nats::{EventStore, Repository};
+    use std::sync::Arc;
+    let store: Arc<dyn EventStore> = Arc::new(
+        JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("ledger"))
+            .await
+            .expect("store"),
+    );
+    let snapshots = Arc::new(
+        KvSnapshotStore::new(client.clone(), "LEDGER_SNAPSHOTS")
+            .await
+            .expect("bucket"),
+    );
+    let repo = Repository::<sample::Ledger>::new(Arc::clone(&store)).with_snapshots(snapshots, 100);
+    let long = AggregateId::new("long").expect("id");
+    let short = AggregateId::new("short").expect("id");
+    for i in 0..10_000i64 {
+        repo.execute(&long, i + 1, None).await.expect("command");
+    }
+    for i in 0..10i64 {
+        repo.execute(&short, i + 1, None).await.expect("command");
+    }
+    let (f, r) = latency(
+        20,
+        reps,
+        |_| {
+            let repo = &repo;
+            let long = long.clone();
+            async move {
+                let loaded = repo.load(&long).await.expect("load");
+                assert_eq!(loaded.version, 10_000);
+            }
+        },
+        |_| {
+            let repo = &repo;
+            let short = short.clone();
+            async move {
+                let loaded = repo.load(&short).await.expect("load");
+                assert_eq!(loaded.version, 10);
+            }
+        },
+    )
+    .await;
+    let mut row = Row::latency(
+        "repository load: 10,000-event aggregate (snapshot) vs 10-event aggregate",
+        "p50 µs",
+        f.percentile(0.5),
+        r.percentile(0.5),
+    );
+    row.raw_label = Some("10-event aggregate");
+    rows.push(row);
+}
+
 #[tokio::main]
 async fn main() {
     let options = Options {
@@ -303,5 +360,6 @@ async fn main() {
     let big = if options.quick { 5_000 } else { 50_000 };
     load_case(&client, "large", big, reps, &mut rows).await;
     replay_case(&client, "large", &mut rows).await;
+    snapshot_case(&client, reps, &mut rows).await;
     print_table(&rows);
 }
