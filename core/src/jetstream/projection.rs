@@ -446,9 +446,11 @@ impl<P> ProjectionHandle<P> {
             .unwrap_or_else(|_| Err(ProjectionError::Aborted(P::NAME.to_owned())))
     }
 
-    /// Kills the runner at once, without a last checkpoint, as a crash would.
-    pub fn abort(self) {
+    /// Kills the runner at once, without a last checkpoint, as a crash would, and returns once
+    /// its task is gone.
+    pub async fn abort(self) {
         self.task.abort();
+        let _ = self.task.await;
     }
 
     /// Has the runner ended (stopped with an error, or aborted)?
