@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::identity::{MessageId, MessageIdentity};
 use crate::subject::{AggregateId, InvalidSubject, Subject};
 
 /// The id of one event, used as `Nats-Msg-Id` so that a retried append of the same event is
@@ -28,6 +29,53 @@ impl EventId {
     pub const fn as_uuid(&self) -> &uuid::Uuid {
         &self.0
     }
+
+    /// The id of the event at position `index` among the events decided for the command whose
+    /// message id is `message_id`: the same command (same message id) always yields the same
+    /// event ids, so the store recognises the events of a retried command as the ones it already
+    /// has (`Nats-Msg-Id` dedupe), while another command's events at the same version conflict.
+    ///
+    /// The id has the UUID version 7 layout: its 48-bit millisecond timestamp is the message
+    /// id's when that is itself a version 7 UUID (0 otherwise), so event ids still sort by the
+    /// time of their command; the other 74 bits are a deterministic mix (splitmix64) of the
+    /// whole message id and `index`, and the version and variant bits are set as RFC 9562 says.
+    ///
+    /// ```
+    /// use cim_nats::{EventId, MessageIdentity};
+    ///
+    /// let command = MessageIdentity::new_from_user("alice");
+    /// let first = EventId::for_command(&command.message_id, 0);
+    /// assert_eq!(first, EventId::for_command(&command.message_id, 0));
+    /// assert_ne!(first, EventId::for_command(&command.message_id, 1));
+    /// assert_eq!(first.as_uuid().get_version_num(), 7);
+    /// assert_eq!(first.as_uuid().as_bytes()[..6], command.message_id.as_uuid().as_bytes()[..6]);
+    /// ```
+    pub fn for_command(message_id: &MessageId, index: u32) -> EventId {
+        let source = message_id.as_uuid();
+        let millis =
+            if source.get_version_num() == 7 && source.get_variant() == uuid::Variant::RFC4122 {
+                let b = source.as_bytes();
+                u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+            } else {
+                0
+            };
+        let bits = source.as_u128();
+        let (high, low) = ((bits >> 64) as u64, bits as u64);
+        let first = splitmix64(high ^ splitmix64(low ^ splitmix64(u64::from(index))));
+        let second = splitmix64(first ^ low.rotate_left(29) ^ u64::from(index).rotate_left(47));
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&first.to_be_bytes());
+        random[8..].copy_from_slice(&second.to_be_bytes()[..2]);
+        EventId(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
+    }
+}
+
+/// One step of the splitmix64 generator: a bijective, well-mixing map of 64-bit values.
+const fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Default for EventId {
@@ -239,6 +287,14 @@ pub trait NatsEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
         json: serde_json::Value,
     ) -> Result<serde_json::Value, DecodeError>;
 
+    /// The identity carried by the event, if the enum marks a field for it
+    /// (`#[nats_event(identity)]`): its correlation (the conversation), its causation (the
+    /// command that caused it) and its actor (who acted). The store writes them in the event's
+    /// headers.
+    fn message_identity(&self) -> Option<&MessageIdentity> {
+        None
+    }
+
     /// The event type name (e.g. `ComputeRegistered`).
     fn event_type(&self) -> &'static str {
         self.descriptor().event_type
@@ -330,5 +386,76 @@ pub trait NatsEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
             });
         }
         Ok(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn for_command_is_deterministic() {
+        let message = MessageId::from_uuid(uuid::Uuid::now_v7());
+        for index in [0, 1, 7, u32::MAX] {
+            assert_eq!(
+                EventId::for_command(&message, index),
+                EventId::for_command(&message, index)
+            );
+        }
+    }
+
+    #[test]
+    fn for_command_differs_by_index_and_by_command() {
+        let message = MessageId::from_uuid(uuid::Uuid::now_v7());
+        let ids: std::collections::HashSet<_> = (0..10_000)
+            .map(|i| EventId::for_command(&message, i))
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        let other = MessageId::from_uuid(uuid::Uuid::now_v7());
+        assert_ne!(
+            EventId::for_command(&message, 0),
+            EventId::for_command(&other, 0)
+        );
+    }
+
+    #[test]
+    fn for_command_has_the_v7_layout_and_the_command_time() {
+        let source = uuid::Uuid::now_v7();
+        let message = MessageId::from_uuid(source);
+        for index in 0..100 {
+            let id = *EventId::for_command(&message, index).as_uuid();
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_version(), Some(uuid::Version::SortRand));
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(id.as_bytes()[..6], source.as_bytes()[..6]);
+        }
+    }
+
+    /// The derivation is part of the wire format: a retry after an upgrade must still yield the
+    /// ids of the first attempt.
+    #[test]
+    fn for_command_is_stable() {
+        let message = MessageId::from_uuid(uuid::uuid!("01890a5d-ac96-774b-bcce-b302099a8057"));
+        assert_eq!(
+            EventId::for_command(&message, 0).to_string(),
+            "01890a5d-ac96-79ef-bbae-170be8efcc62"
+        );
+        assert_eq!(
+            EventId::for_command(&message, 1).to_string(),
+            "01890a5d-ac96-73ba-a896-3054e1e961e4"
+        );
+    }
+
+    #[test]
+    fn for_command_of_a_non_v7_message_has_time_zero() {
+        let message = MessageId::from_uuid(uuid::Uuid::new_v4());
+        let id = *EventId::for_command(&message, 3).as_uuid();
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(id.as_bytes()[..6], [0; 6]);
+        assert_eq!(
+            EventId::for_command(&message, 3),
+            EventId::for_command(&message, 3)
+        );
     }
 }

@@ -66,6 +66,7 @@ pub use cim_nats_macros::NatsEvent;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError};
+    pub use crate::identity::MessageIdentity;
     pub use crate::subject::{AggregateId, InvalidSubject};
     pub use serde_json;
     pub use uuid;

@@ -88,7 +88,9 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// Encodes a domain event. Its id is the event's own (the field marked
-    /// `#[nats_event(event_id)]`) or, if the enum has none, a new UUID v7.
+    /// `#[nats_event(event_id)]`) or, if the enum has none, a new UUID v7. Its correlation,
+    /// causation and actor are those of the identity the event carries (the field marked
+    /// `#[nats_event(identity)]`, see [`NatsEvent::message_identity`]), if any.
     ///
     /// # Errors
     ///
@@ -98,6 +100,7 @@ impl NewEvent {
             .encode()
             .map_err(|e| StoreError::with_source(StoreErrorKind::Encode, e))?;
         let d = event.descriptor();
+        let identity = event.message_identity();
         Ok(Self {
             event_id: event.event_id().unwrap_or_default(),
             event_type: Cow::Borrowed(d.event_type),
@@ -106,9 +109,9 @@ impl NewEvent {
             routing_subject: Cow::Borrowed(d.subject),
             payload: Bytes::from(payload),
             timestamp: Utc::now(),
-            correlation_id: None,
-            causation_id: None,
-            actor: None,
+            correlation_id: identity.map(|id| id.correlation_id),
+            causation_id: identity.map(|id| id.causation_id),
+            actor: identity.map(|id| id.actor.clone()),
         })
     }
 

@@ -9,8 +9,8 @@ use syn::{Attribute, LitInt, LitStr, Path, Token};
 
 use crate::errors::Errors;
 use crate::symbol::{
-    AGGREGATE, AGGREGATE_ID, DOMAIN, ENUM_KEYS, EVENT_ID, EVENT_TYPE, FIELD_KEYS, FROM, NATS_EVENT,
-    OPERATION, UPCAST, UPCAST_KEYS, VARIANT_KEYS, VERSION, WITH,
+    AGGREGATE, AGGREGATE_ID, DOMAIN, ENUM_KEYS, EVENT_ID, EVENT_TYPE, FIELD_KEYS, FROM, IDENTITY,
+    NATS_EVENT, OPERATION, UPCAST, UPCAST_KEYS, VARIANT_KEYS, VERSION, WITH,
 };
 
 /// An integer literal with the value it holds.
@@ -54,6 +54,7 @@ pub(crate) struct Upcast {
 pub(crate) struct FieldAttrs {
     pub(crate) event_id: Option<Span>,
     pub(crate) aggregate_id: Option<Span>,
+    pub(crate) identity: Option<Span>,
 }
 
 pub(crate) fn enum_attrs(attrs: &[Attribute], errors: &mut Errors) -> EnumAttrs {
@@ -101,6 +102,8 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
             (&mut out.event_id, EVENT_ID)
         } else if meta.path.is_ident(AGGREGATE_ID) {
             (&mut out.aggregate_id, AGGREGATE_ID)
+        } else if meta.path.is_ident(IDENTITY) {
+            (&mut out.identity, IDENTITY)
         } else {
             return Err(unknown_key(&meta, "a field", FIELD_KEYS));
         };

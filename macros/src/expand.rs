@@ -46,6 +46,7 @@ fn impl_nats_event(model: &Model<'_>) -> TokenStream {
     let descriptor_fn = descriptor_fn(model);
     let event_id_fn = event_id_fn(model);
     let aggregate_id_fn = aggregate_id_fn(model);
+    let message_identity_fn = message_identity_fn(model);
     let upcast_fn = upcast_fn(model);
 
     quote! {
@@ -62,6 +63,7 @@ fn impl_nats_event(model: &Model<'_>) -> TokenStream {
             #descriptor_fn
             #event_id_fn
             #aggregate_id_fn
+            #message_identity_fn
             #upcast_fn
         }
     }
@@ -131,6 +133,42 @@ fn event_id_fn(model: &Model<'_>) -> TokenStream {
             #body
         }
     }
+}
+
+/// Overrides the trait's `message_identity` (which returns `None`) when a variant marks a field
+/// with `#[nats_event(identity)]`; the field must be a `MessageIdentity`.
+fn message_identity_fn(model: &Model<'_>) -> Option<TokenStream> {
+    let field = Ident::new("field", Span::mixed_site());
+    // Named by its public path: `::cim_nats::__private` does not re-export it.
+    let identity = quote!(::cim_nats::__private::MessageIdentity);
+    let arms: Vec<_> = model
+        .events
+        .iter()
+        .filter_map(|event| {
+            let variant = event.ident;
+            let Marked { member, ty } = event.identity?;
+            // A field of another type is reported at the field's type.
+            let value = Ident::new("field", Span::mixed_site().located_at(ty.span()));
+            let id = quote! {
+                {
+                    let #field: &#identity = #value;
+                    #field
+                }
+            };
+            Some(quote! {
+                Self::#variant { #member: #field, .. } => ::core::option::Option::Some(#id)
+            })
+        })
+        .collect();
+    if arms.is_empty() {
+        return None;
+    }
+    let body = match_marked(model, &arms, quote!(::core::option::Option::None));
+    Some(quote! {
+        fn message_identity(&self) -> ::core::option::Option<&#identity> {
+            #body
+        }
+    })
 }
 
 /// The aggregate id is built from the field by the cheapest path its type allows, chosen at

@@ -16,7 +16,8 @@ mod valid;
 /// - On a variant: `operation` (required), `aggregate`, `version` (default 1), `event_type`
 ///   (default: the variant's name), `upcast(from = N, with = path)` (repeatable; the `from`s
 ///   run without gaps up to `version - 1`).
-/// - On a field: `event_id` (into `EventId`), `aggregate_id` (`Display`, e.g. a `Uuid`).
+/// - On a field: `event_id` (into `EventId`), `aggregate_id` (`Display`, e.g. a `Uuid`),
+///   `identity` (a `MessageIdentity`: correlation, causation and actor).
 ///
 /// ```
 /// use cim_nats::{EventId, NatsEvent, UpcastError};

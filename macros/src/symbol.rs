@@ -23,12 +23,14 @@ pub(crate) const FROM: &str = "from";
 pub(crate) const WITH: &str = "with";
 /// Field: marks the aggregate id.
 pub(crate) const AGGREGATE_ID: &str = "aggregate_id";
+/// Field: marks the identity (a `MessageIdentity`) of the event: correlation, causation, actor.
+pub(crate) const IDENTITY: &str = "identity";
 
 /// Keys accepted on the enum.
 pub(crate) const ENUM_KEYS: &[&str] = &[DOMAIN, AGGREGATE, EVENT_ID];
 /// Keys accepted on a variant.
 pub(crate) const VARIANT_KEYS: &[&str] = &[AGGREGATE, OPERATION, VERSION, EVENT_TYPE, UPCAST];
 /// Keys accepted on a field.
-pub(crate) const FIELD_KEYS: &[&str] = &[EVENT_ID, AGGREGATE_ID];
+pub(crate) const FIELD_KEYS: &[&str] = &[EVENT_ID, AGGREGATE_ID, IDENTITY];
 /// Keys accepted inside `upcast(...)`.
 pub(crate) const UPCAST_KEYS: &[&str] = &[FROM, WITH];

@@ -34,9 +34,10 @@ pub(crate) struct Event<'a> {
     pub(crate) upcasts: Vec<(u32, &'a Path)>,
     pub(crate) event_id: Option<Marked<'a>>,
     pub(crate) aggregate_id: Option<Marked<'a>>,
+    pub(crate) identity: Option<Marked<'a>>,
 }
 
-/// A field marked as the event id or the aggregate id.
+/// A field marked as the event id, the aggregate id or the identity.
 #[derive(Clone, Copy)]
 pub(crate) struct Marked<'a> {
     pub(crate) member: &'a Member,
@@ -213,7 +214,11 @@ fn check_variant<'a>(
         errors,
     );
     let enum_event_id = input.attrs.event_id.as_ref();
-    let (event_id, aggregate_id) = check_fields(&name, variant, enum_event_id, errors);
+    let Marks {
+        event_id,
+        aggregate_id,
+        identity,
+    } = check_fields(&name, variant, enum_event_id, errors);
     if attrs.incomplete {
         return None;
     }
@@ -226,6 +231,7 @@ fn check_variant<'a>(
         upcasts,
         event_id,
         aggregate_id,
+        identity,
     })
 }
 
@@ -292,13 +298,20 @@ fn check_upcasts<'a>(
         .collect()
 }
 
-/// Finds the event id and aggregate id fields of a variant.
+/// The marked fields of one variant.
+struct Marks<'a> {
+    event_id: Option<Marked<'a>>,
+    aggregate_id: Option<Marked<'a>>,
+    identity: Option<Marked<'a>>,
+}
+
+/// Finds the event id, aggregate id and identity fields of a variant.
 fn check_fields<'a>(
     name: &str,
     variant: &'a Variant<'_>,
     enum_event_id: Option<&LitStr>,
     errors: &mut Errors,
-) -> (Option<Marked<'a>>, Option<Marked<'a>>) {
+) -> Marks<'a> {
     let mut event_id = None;
     if let (Some(lit), Style::Struct) = (enum_event_id, variant.style) {
         let wanted = lit.value();
@@ -318,6 +331,7 @@ fn check_fields<'a>(
         }
     }
     let mut aggregate_id = None;
+    let mut identity = None;
     for field in &variant.fields {
         if let Some(span) = field.attrs.event_id {
             mark(name, "event id", &mut event_id, field, span, errors);
@@ -325,8 +339,15 @@ fn check_fields<'a>(
         if let Some(span) = field.attrs.aggregate_id {
             mark(name, "aggregate id", &mut aggregate_id, field, span, errors);
         }
+        if let Some(span) = field.attrs.identity {
+            mark(name, "identity", &mut identity, field, span, errors);
+        }
     }
-    (event_id, aggregate_id)
+    Marks {
+        event_id,
+        aggregate_id,
+        identity,
+    }
 }
 
 fn mark<'a>(

@@ -2,12 +2,12 @@
 //! no reliance on the prelude, and its locals do not capture user names.
 #![deny(unused_qualifications, warnings)]
 
-use cim_nats::{AggregateId, DecodeError, EventId, NatsEvent};
+use cim_nats::{AggregateId, DecodeError, EventId, MessageIdentity, NatsEvent};
 
 mod no_prelude {
     #![no_implicit_prelude]
 
-    use ::cim_nats::{EventId, NatsEvent, UpcastError};
+    use ::cim_nats::{EventId, MessageIdentity, NatsEvent, UpcastError};
     use ::serde_json::Value;
 
     /// Names the generated code must not pick up.
@@ -49,7 +49,10 @@ mod no_prelude {
             three: bool,
         },
         #[nats_event(operation = "unmade")]
-        Unmade(#[nats_event(event_id)] EventId),
+        Unmade(
+            #[nats_event(event_id)] EventId,
+            #[nats_event(identity)] MessageIdentity,
+        ),
     }
 }
 
@@ -65,6 +68,12 @@ fn generated_code_is_hygienic() {
         three: true,
     };
     assert_eq!(event.event_id(), Some(id));
+    assert_eq!(event.message_identity(), None);
+    let identity = MessageIdentity::new_from_user("hygiene");
+    assert_eq!(
+        Event::Unmade(id, identity.clone()).message_identity(),
+        Some(&identity)
+    );
     assert_eq!(
         event.aggregate_id().unwrap(),
         Some(AggregateId::new("t-1").unwrap())
