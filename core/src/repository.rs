@@ -261,6 +261,23 @@ impl<A: Aggregate> Repository<A> {
         }
         let mut new = Vec::with_capacity(events.len());
         for e in events {
+            // An event that names its aggregate must name this one.
+            match e.aggregate_id() {
+                Ok(Some(carried)) if carried != loaded.id => {
+                    return Err(StoreError::new(StoreErrorKind::InvalidAppend(format!(
+                        "a {} event carries aggregate id {carried} but is appended to {}",
+                        e.event_type(),
+                        loaded.id
+                    ))));
+                }
+                Ok(_) => {}
+                Err(invalid) => {
+                    return Err(StoreError::with_source(
+                        StoreErrorKind::InvalidSubject,
+                        invalid,
+                    ))
+                }
+            }
             let event = NewEvent::from_event(e)?;
             new.push(match identity {
                 Some(identity) => event.with_identity(identity),

@@ -237,3 +237,51 @@ async fn repositories_work_on_the_in_memory_store_too() {
     repo.forget(&id);
     assert_eq!(repo.load(&id).await.unwrap().state.balance, 45);
 }
+
+/// An aggregate whose events name their aggregate.
+mod tagged {
+    use cim_nats::{Aggregate, NatsEvent};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, NatsEvent)]
+    #[nats_event(domain = "bank", aggregate = "tag")]
+    pub enum TagEvent {
+        #[nats_event(operation = "set")]
+        Set {
+            #[nats_event(aggregate_id)]
+            owner: String,
+        },
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    pub struct Tag;
+
+    impl Aggregate for Tag {
+        type Event = TagEvent;
+        type Command = String;
+        type Error = std::convert::Infallible;
+        const TYPE: &'static str = "tag";
+
+        fn handle(&self, owner: String) -> Result<Vec<TagEvent>, Self::Error> {
+            Ok(vec![TagEvent::Set { owner }])
+        }
+
+        fn apply(&mut self, _: &TagEvent) {}
+    }
+}
+
+#[tokio::test]
+async fn events_naming_another_aggregate_are_refused() {
+    let store: Arc<dyn EventStore> = Arc::new(cim_nats::memory::InMemoryEventStore::new());
+    let repo = Repository::<tagged::Tag>::new(Arc::clone(&store));
+    let id = AggregateId::new("t1").unwrap();
+    repo.execute(&id, "t1".to_owned(), None).await.unwrap();
+    let err = repo.execute(&id, "t2".to_owned(), None).await.unwrap_err();
+    match err {
+        cim_nats::CommandError::Store(e) => {
+            assert!(e.to_string().contains("carries aggregate id t2"), "{e}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(store.read_all().await.unwrap().len(), 1);
+}
