@@ -232,3 +232,71 @@ async fn a_retried_append_returns_the_original_result_and_stores_one_copy() {
         "one copy of each"
     );
 }
+
+#[tokio::test]
+async fn a_retry_after_the_dedupe_window_still_returns_the_original_result() {
+    let (_server, client) = support::server().await;
+    let config = StoreConfig {
+        duplicate_window: std::time::Duration::from_millis(200),
+        ..StoreConfig::for_domain("bank")
+    };
+    let store = JetStreamEventStore::new(client.clone(), config)
+        .await
+        .unwrap();
+    let id = AggregateId::new("late").unwrap();
+    let single = vec![event("Opened", 0)];
+    let batch = vec![event("Deposited", 1), event("Deposited", 2)];
+    let first = store
+        .append(&id, ExpectedVersion::NoStream, single.clone())
+        .await
+        .unwrap();
+    let second = store
+        .append(&id, ExpectedVersion::Exact(1), batch.clone())
+        .await
+        .unwrap();
+
+    // Wait until the server has forgotten the ids: a probe published with one message id
+    // stops being recognised as a duplicate.
+    let js = async_nats::jetstream::new(client);
+    let probe_id = EventId::new().to_string();
+    let probe = || {
+        let js = js.clone();
+        let probe_id = probe_id.clone();
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", probe_id.as_str());
+            h.insert("Cim-Event-Type", "Probe");
+            h.insert("Cim-Aggregate-Version", "1");
+            js.publish_with_headers("bank.probe.sent.probe", h, "{}".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!probe().await.duplicate);
+    support::wait_until(
+        std::time::Duration::from_secs(20),
+        "the dedupe window to pass",
+        || async { !probe().await.duplicate },
+    )
+    .await;
+
+    let again = store
+        .append(&id, ExpectedVersion::NoStream, single)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.sequences, first.sequences);
+    let again = store
+        .append(&id, ExpectedVersion::Exact(1), batch)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.sequences, second.sequences);
+    assert_eq!(
+        store.read_aggregate(&id, 0).await.unwrap().len(),
+        3,
+        "one copy of each"
+    );
+}

@@ -26,6 +26,9 @@ pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 /// Aggregates whose last known position is remembered, to skip a lookup before an append.
 const POSITION_CACHE: usize = 16_384;
 
+/// Atomic batches one store sends at once (the server's limit per stream is 50).
+const BATCHES_IN_FLIGHT: usize = 50;
+
 /// Messages per page when reading an aggregate or the whole stream.
 const PAGE: usize = 1000;
 
@@ -77,6 +80,9 @@ struct Inner {
     timeout: Duration,
     max_payload: usize,
     positions: Mutex<HashMap<AggregateId, Position>>,
+    /// The server keeps at most 50 atomic batches per stream in flight; this store never
+    /// sends more.
+    batches: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for JetStreamEventStore {
@@ -120,6 +126,7 @@ impl JetStreamEventStore {
                 timeout: Duration::from_secs(10),
                 max_payload: info.max_payload,
                 positions: Mutex::new(HashMap::new()),
+                batches: tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT),
             }),
         })
     }
@@ -498,6 +505,12 @@ impl EventStore for JetStreamEventStore {
                 )
                 .await?
             } else {
+                let _permit = self
+                    .inner
+                    .batches
+                    .acquire()
+                    .await
+                    .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
                 self.publish_batch(&subjects, headers, &events, &scope, last)
                     .await?
             };
