@@ -245,7 +245,7 @@ mod tagged {
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, NatsEvent)]
     #[nats_event(domain = "bank", aggregate = "tag")]
-    pub enum TagEvent {
+    pub(crate) enum TagEvent {
         #[nats_event(operation = "set")]
         Set {
             #[nats_event(aggregate_id)]
@@ -254,7 +254,7 @@ mod tagged {
     }
 
     #[derive(Debug, Default, Serialize, Deserialize)]
-    pub struct Tag;
+    pub(crate) struct Tag;
 
     impl Aggregate for Tag {
         type Event = TagEvent;
