@@ -33,10 +33,12 @@ pub mod headers;
 pub mod identity;
 pub mod memory;
 pub mod projection;
+pub mod publisher;
 pub mod repository;
 pub mod snapshot;
 pub mod store;
 pub mod subject;
+pub mod subscriber;
 
 #[cfg(feature = "jetstream")]
 pub mod jetstream;
@@ -47,9 +49,11 @@ pub mod testing;
 pub use aggregate::Aggregate;
 pub use envelope::{Envelope, StoredEvent, StreamSequence};
 pub use error::{Error, SetupError, SetupErrorKind, StoreError, StoreErrorKind};
+pub use error::{SubscriberError, SubscriberErrorKind};
 pub use event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError, Upcaster};
 pub use identity::{CausationId, CorrelationId, MessageId, MessageIdentity};
 pub use projection::{replay, OnUnreadable, Projection, ProjectionError};
+pub use publisher::EventPublisher;
 pub use repository::{CommandError, CommandOutcome, Loaded, Repository};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotStore};
 pub use store::{
@@ -57,6 +61,10 @@ pub use store::{
     NewEvent, ReadFrom,
 };
 pub use subject::{AggregateId, InvalidSubject, Subject};
+pub use subscriber::{
+    AsyncFnHandler, Delivery, EventHandler, FnEventHandler, HandlerError, HandlerResultExt,
+    TypedHandler,
+};
 
 /// `#[derive(NatsEvent)]`: implements [`NatsEvent`] for a domain event enum.
 #[cfg(feature = "derive")]

@@ -14,3 +14,5 @@ pub use kv::KvSnapshotStore;
 pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
 pub use server::{check_server_info, ServerVersion, MIN_SERVER_VERSION};
 pub use store::{JetStreamEventStore, MAX_EVENTS_PER_APPEND};
+pub mod subscriber;
+pub use subscriber::{EventSubscriber, EventSubscriberBuilder, SubscriptionHandle};

@@ -1,0 +1,400 @@
+//! Handling one delivered message: decode, call the handler, then acknowledge, retry later, or
+//! dead-letter and terminate.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::{Client, Subject};
+use bytes::Bytes;
+use futures::FutureExt;
+use tracing::Instrument;
+
+use crate::event::DecodeError;
+use crate::jetstream::codec::{decode_stored, raw_from_delivery};
+use crate::jetstream::subscriber::builder::Options;
+use crate::jetstream::subscriber::dead_letter::{
+    letter_headers, Letter, REASON_DELIVERIES_EXHAUSTED, REASON_PERMANENT_ERROR, REASON_UNDECODABLE,
+};
+use crate::subscriber::{Delivery, EventHandler, HandlerError};
+
+/// How long the server has to confirm an acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts to get an acknowledgement confirmed.
+const ACK_ATTEMPTS: u32 = 3;
+/// Attempts to store a dead letter.
+const DEAD_LETTER_ATTEMPTS: u32 = 3;
+
+/// A delivery this subscriber holds (running or waiting in its lane): the latest reply subject
+/// and delivery count of each held stream sequence.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Held(Arc<Mutex<HashMap<u64, HeldEntry>>>);
+
+#[derive(Debug, Clone)]
+struct HeldEntry {
+    reply: Subject,
+    delivered: u64,
+}
+
+impl Held {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, HeldEntry>> {
+        // Entries are replaced whole: a panic elsewhere cannot leave one half-written.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a delivery; `false` if the sequence was already held (a newer delivery of it,
+    /// whose reply subject and count replace the old ones).
+    pub(crate) fn insert(&self, sequence: u64, reply: Subject, delivered: u64) -> bool {
+        let mut held = self.lock();
+        match held.get_mut(&sequence) {
+            Some(entry) => {
+                if delivered >= entry.delivered {
+                    *entry = HeldEntry { reply, delivered };
+                }
+                false
+            }
+            None => {
+                held.insert(sequence, HeldEntry { reply, delivered });
+                true
+            }
+        }
+    }
+
+    fn get(&self, sequence: u64) -> Option<HeldEntry> {
+        self.lock().get(&sequence).cloned()
+    }
+
+    pub(crate) fn remove(&self, sequence: u64) -> Option<Subject> {
+        self.lock().remove(&sequence).map(|e| e.reply)
+    }
+
+    /// The reply subjects of every held delivery.
+    pub(crate) fn replies(&self) -> Vec<Subject> {
+        self.lock().values().map(|e| e.reply.clone()).collect()
+    }
+
+    /// Takes every held delivery out: sequences and reply subjects.
+    pub(crate) fn take_all(&self) -> Vec<(u64, Subject)> {
+        self.lock().drain().map(|(s, e)| (s, e.reply)).collect()
+    }
+}
+
+/// Where this consumer's dead letters go.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetterTarget {
+    pub(crate) subject: String,
+    pub(crate) js: jetstream::Context,
+}
+
+/// What one consumer's message handling needs.
+pub(crate) struct ConsumerContext {
+    pub(crate) client: Client,
+    pub(crate) stream: Arc<str>,
+    pub(crate) consumer: Arc<str>,
+    pub(crate) handler: Arc<dyn EventHandler>,
+    pub(crate) options: Arc<Options>,
+    pub(crate) dead_letter: Option<DeadLetterTarget>,
+    pub(crate) held: Held,
+}
+
+/// How the handling of one message ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Handled and acknowledged (confirmed by the server).
+    Acked,
+    /// Handled, but the acknowledgement was not confirmed: it may be delivered again.
+    Unconfirmed,
+    /// Failed; it will be delivered again after this delay.
+    Retry(Duration),
+    /// Dead-lettered (or dropped, with no dead letter) and terminated.
+    Settled,
+}
+
+/// The end of one message's handling, for its lane.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub(crate) key: Arc<str>,
+    pub(crate) sequence: u64,
+    pub(crate) outcome: Outcome,
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_owned()
+    }
+}
+
+impl ConsumerContext {
+    /// Handles one message, inside a span naming it.
+    pub(crate) async fn process(
+        self: Arc<Self>,
+        key: Arc<str>,
+        sequence: u64,
+        message: jetstream::Message,
+    ) -> Done {
+        let delivered = self.held.get(sequence).map_or(1, |e| e.delivered);
+        let span = tracing::info_span!(
+            "handle_event",
+            subject = %message.subject,
+            stream = %self.stream,
+            consumer = %self.consumer,
+            stream_sequence = sequence,
+            delivery_count = delivered,
+            event_type = tracing::field::Empty,
+            aggregate_id = %key,
+        );
+        let outcome = AssertUnwindSafe(self.handle(sequence, delivered, &message))
+            .catch_unwind()
+            .instrument(span)
+            .await
+            .unwrap_or_else(|panic| {
+                tracing::error!(
+                    stream_sequence = sequence,
+                    panic = %panic_message(&*panic),
+                    "handling a message panicked; it will be delivered again"
+                );
+                self.held.remove(sequence);
+                Outcome::Unconfirmed
+            });
+        Done {
+            key,
+            sequence,
+            outcome,
+        }
+    }
+
+    async fn handle(&self, sequence: u64, delivered: u64, message: &jetstream::Message) -> Outcome {
+        let event = match raw_from_delivery(message).map(decode_stored) {
+            Some(Ok(event)) => event,
+            Some(Err(e)) => {
+                return self
+                    .settle(
+                        sequence,
+                        delivered,
+                        message,
+                        REASON_UNDECODABLE,
+                        &e.to_string(),
+                    )
+                    .await
+            }
+            None => {
+                return self
+                    .settle(
+                        sequence,
+                        delivered,
+                        message,
+                        REASON_UNDECODABLE,
+                        "the message carries no JetStream metadata",
+                    )
+                    .await
+            }
+        };
+        tracing::Span::current().record("event_type", event.event_type.as_str());
+        let delivery = Delivery {
+            event,
+            delivery_count: delivered,
+            max_deliveries: self.options.max_deliveries,
+            stream: self.stream.clone(),
+            consumer: self.consumer.clone(),
+        };
+        let result = AssertUnwindSafe(self.handler.handle_delivery(delivery))
+            .catch_unwind()
+            .await;
+        let error = match result {
+            Ok(Ok(())) => return self.ack(sequence).await,
+            Ok(Err(e)) => e,
+            Err(panic) => {
+                HandlerError::msg(format!("handler panicked: {}", panic_message(&*panic)))
+            }
+        };
+        let text = format!("{error:#}");
+        if error.is_permanent() {
+            tracing::warn!(error = %text, "handler failed permanently");
+            // A typed handler that cannot decode the event: say so.
+            let reason = if error.downcast_ref::<DecodeError>().is_some() {
+                REASON_UNDECODABLE
+            } else {
+                REASON_PERMANENT_ERROR
+            };
+            return self
+                .settle(sequence, delivered, message, reason, &text)
+                .await;
+        }
+        if self
+            .options
+            .max_deliveries
+            .is_some_and(|max| delivered >= max)
+        {
+            tracing::warn!(error = %text, "handler failed on the last delivery");
+            return self
+                .settle(
+                    sequence,
+                    delivered,
+                    message,
+                    REASON_DELIVERIES_EXHAUSTED,
+                    &text,
+                )
+                .await;
+        }
+        let delay = error
+            .retry_delay()
+            .unwrap_or_else(|| self.options.backoff_for(delivered));
+        tracing::warn!(error = %text, retry_in = ?delay, "handler failed; the event will be delivered again");
+        self.nak(sequence, delay).await;
+        Outcome::Retry(delay)
+    }
+
+    /// Acknowledges a handled event and waits for the server to confirm.
+    async fn ack(&self, sequence: u64) -> Outcome {
+        let Some(entry) = self.held.get(sequence) else {
+            return Outcome::Unconfirmed;
+        };
+        let confirmed = self.confirm(entry.reply, b"+ACK").await;
+        self.held.remove(sequence);
+        if confirmed {
+            tracing::debug!("event handled and acknowledged");
+            Outcome::Acked
+        } else {
+            tracing::warn!("acknowledgement not confirmed; the event may be delivered again");
+            Outcome::Unconfirmed
+        }
+    }
+
+    /// Asks for the event again after `delay`. The sequence stops being held first, so that
+    /// its next delivery is recognised as new.
+    pub(crate) async fn nak(&self, sequence: u64, delay: Duration) {
+        if let Some(reply) = self.held.remove(sequence) {
+            self.nak_reply(reply, delay).await;
+        }
+    }
+
+    pub(crate) async fn nak_reply(&self, reply: Subject, delay: Duration) {
+        let body = if delay.is_zero() {
+            Bytes::from_static(b"-NAK")
+        } else {
+            Bytes::from(format!("-NAK {{\"delay\":{}}}", delay.as_nanos()))
+        };
+        if let Err(e) = self.client.publish(reply, body).await {
+            tracing::warn!(error = %e, "negative acknowledgement not sent; the event comes back after the ack wait");
+        }
+    }
+
+    /// Sends an acknowledgement of the given kind as a request, so the server confirms it.
+    async fn confirm(&self, reply: Subject, body: &'static [u8]) -> bool {
+        for attempt in 1..=ACK_ATTEMPTS {
+            let request = async_nats::Request::new()
+                .payload(Bytes::from_static(body))
+                .timeout(Some(ACK_TIMEOUT));
+            match self.client.send_request(reply.clone(), request).await {
+                Ok(_) => return true,
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "acknowledgement not confirmed");
+                    if matches!(e.kind(), async_nats::RequestErrorKind::NoResponders) {
+                        return false;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Sends the event to the dead letter, then terminates it. If the dead letter cannot be
+    /// stored and the server would deliver the event again, it is retried later instead.
+    async fn settle(
+        &self,
+        sequence: u64,
+        delivered: u64,
+        message: &jetstream::Message,
+        reason: &'static str,
+        error: &str,
+    ) -> Outcome {
+        match &self.dead_letter {
+            Some(target) => {
+                let letter = Letter {
+                    stream: &self.stream,
+                    consumer: &self.consumer,
+                    sequence,
+                    delivered,
+                    reason,
+                    error,
+                };
+                match self.send_letter(target, message, &letter).await {
+                    Ok(()) => tracing::error!(
+                        dead_letter = %target.subject,
+                        reason,
+                        error,
+                        "event sent to the dead letter"
+                    ),
+                    Err(e) => {
+                        let more = self
+                            .options
+                            .max_deliveries
+                            .is_none_or(|max| delivered < max);
+                        if more {
+                            let delay = self.options.backoff_for(delivered);
+                            tracing::error!(error = %e, "dead letter not stored; the event will be delivered again");
+                            self.nak(sequence, delay).await;
+                            return Outcome::Retry(delay);
+                        }
+                        tracing::error!(
+                            error = %e,
+                            reason,
+                            handler_error = error,
+                            "dead letter not stored on the last delivery; the event is terminated and stays only in its stream"
+                        );
+                    }
+                }
+            }
+            None => tracing::error!(
+                reason,
+                error,
+                "event given up (no dead letter configured); terminated"
+            ),
+        }
+        if let Some(reply) = self.held.remove(sequence) {
+            if !self.confirm(reply, b"+TERM").await {
+                tracing::warn!("termination not confirmed");
+            }
+        }
+        Outcome::Settled
+    }
+
+    async fn send_letter(
+        &self,
+        target: &DeadLetterTarget,
+        message: &jetstream::Message,
+        letter: &Letter<'_>,
+    ) -> Result<(), String> {
+        let headers = letter_headers(message.headers.as_ref(), message.subject.as_str(), letter);
+        let mut last = String::new();
+        for attempt in 1..=DEAD_LETTER_ATTEMPTS {
+            let sent = async {
+                target
+                    .js
+                    .publish_with_headers(
+                        target.subject.clone(),
+                        headers.clone(),
+                        message.payload.clone(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match sent.await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e,
+            }
+            if attempt < DEAD_LETTER_ATTEMPTS {
+                tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,299 @@
+//! The loop of one consumer: pull messages, hand each to its aggregate's lane, run handlers in
+//! parallel across aggregates, keep held messages alive, and shut down gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+
+use crate::error::{SubscriberError, SubscriberErrorKind};
+use crate::headers as h;
+use crate::jetstream::subscriber::lanes::{Lanes, Offer, Retry};
+use crate::jetstream::subscriber::process::{ConsumerContext, Done, Outcome};
+use crate::jetstream::subscriber::pull::{Pulled, Puller};
+
+/// Extra time a lane waits for a retried event beyond its retry delay and ack wait.
+const RETRY_GRACE: Duration = Duration::from_secs(5);
+/// At shutdown, how long after a retried event the events waiting behind it are delivered
+/// again, so that they come back after it.
+const ORDER_MARGIN: Duration = Duration::from_secs(1);
+
+/// The ordering key of a message: its aggregate id (header, else the subject's last token).
+fn ordering_key(message: &jetstream::Message) -> Arc<str> {
+    if let Some(id) = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(h::AGGREGATE_ID))
+    {
+        return Arc::from(id.as_str());
+    }
+    Arc::from(message.subject.rsplit('.').next().unwrap_or_default())
+}
+
+/// Reports progress (`+WPI`) for every held message a few times per ack wait, so the server
+/// does not deliver again an event that is running or waiting behind its aggregate's previous
+/// one.
+async fn keep_alive(ctx: Arc<ConsumerContext>) {
+    let period = (ctx.options.effective_ack_wait() / 3).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for reply in ctx.held.replies() {
+            if let Err(e) = ctx
+                .client
+                .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                .await
+            {
+                tracing::debug!(error = %e, "progress report not sent");
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Dispatcher {
+    ctx: Arc<ConsumerContext>,
+    lanes: Lanes<jetstream::Message>,
+    tasks: JoinSet<Done>,
+}
+
+impl Dispatcher {
+    fn spawn(&mut self, key: Arc<str>, sequence: u64, message: jetstream::Message) {
+        let ctx = Arc::clone(&self.ctx);
+        self.tasks.spawn(ctx.process(key, sequence, message));
+    }
+
+    /// Records a delivered message and offers it to its lane; returns it if its lane is free.
+    fn accept(
+        &mut self,
+        message: jetstream::Message,
+    ) -> Option<(Arc<str>, u64, jetstream::Message)> {
+        let (sequence, delivered) = match message.info() {
+            Ok(info) => (
+                info.stream_sequence,
+                u64::try_from(info.delivered).unwrap_or(1),
+            ),
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "ignoring a message without JetStream metadata");
+                return None;
+            }
+        };
+        let reply = message.reply.clone()?;
+        if !self.ctx.held.insert(sequence, reply, delivered) {
+            // Delivered again while held (its ack wait passed): the newer delivery's reply
+            // subject is used from now on.
+            tracing::debug!(
+                stream_sequence = sequence,
+                delivered,
+                "delivered again while held"
+            );
+            return None;
+        }
+        let key = ordering_key(&message);
+        match self.lanes.offer(key.clone(), sequence, message) {
+            Offer::Run(message) => Some((key, sequence, message)),
+            Offer::Queued => None,
+        }
+    }
+
+    fn on_message(&mut self, message: jetstream::Message) {
+        if let Some((key, sequence, message)) = self.accept(message) {
+            self.spawn(key, sequence, message);
+        }
+    }
+
+    fn retry(&self, outcome: Outcome) -> Option<Retry> {
+        match outcome {
+            Outcome::Retry(delay) => {
+                let due = Instant::now() + delay;
+                Some(Retry {
+                    due,
+                    until: due + self.ctx.options.effective_ack_wait() + RETRY_GRACE,
+                })
+            }
+            Outcome::Acked | Outcome::Unconfirmed | Outcome::Settled => None,
+        }
+    }
+
+    fn on_done(&mut self, joined: Result<Done, JoinError>) {
+        let Ok(done) = joined else {
+            return;
+        };
+        let retry = self.retry(done.outcome);
+        if let Some((sequence, message)) = self.lanes.finish(&done.key, done.sequence, retry) {
+            self.spawn(done.key, sequence, message);
+        }
+    }
+
+    fn on_deadlines(&mut self) {
+        for (key, waited, next) in self.lanes.expire(Instant::now()) {
+            tracing::warn!(
+                aggregate_id = %key,
+                stream_sequence = waited,
+                "a retried event was not delivered again in time; its aggregate's later events go on"
+            );
+            if let Some((sequence, message)) = next {
+                self.spawn(key, sequence, message);
+            }
+        }
+    }
+
+    /// At shutdown: a running event is done; its lane's waiting events go back to the server,
+    /// after it if it is to be retried.
+    async fn on_done_stopping(&mut self, joined: Result<Done, JoinError>) {
+        let Ok(done) = joined else {
+            // Aborted at the shutdown timeout: given back with everything still held.
+            return;
+        };
+        let due = self.retry(done.outcome).map(|r| r.due);
+        // Take the waiting events first: finishing would start the next one.
+        let waiting = self.lanes.take_waiting(&done.key);
+        self.lanes.finish(&done.key, done.sequence, None);
+        self.release(waiting.into_iter().map(|(s, _)| s), due).await;
+    }
+
+    /// Gives held but unstarted messages back to the server, in stream order: at once, or,
+    /// when they wait behind an event to be retried at `after`, a little after it, so that the
+    /// next subscriber gets them in order.
+    async fn release(&self, sequences: impl IntoIterator<Item = u64>, after: Option<Instant>) {
+        let delay = after.map_or(Duration::ZERO, |due| {
+            due.saturating_duration_since(Instant::now()) + ORDER_MARGIN
+        });
+        let mut sequences: Vec<u64> = sequences.into_iter().collect();
+        sequences.sort_unstable();
+        for sequence in sequences {
+            if let Some(reply) = self.ctx.held.remove(sequence) {
+                self.ctx.nak_reply(reply, delay).await;
+            }
+        }
+    }
+}
+
+/// Runs one consumer until `stop` is set (or its sender dropped), then shuts down gracefully:
+/// stops pulling (draining the pull subscription), gives back messages not yet started, waits
+/// for running handlers (up to the shutdown timeout) and their acknowledgements.
+pub(crate) async fn run(
+    ctx: Arc<ConsumerContext>,
+    js: jetstream::Context,
+    consumer: PullConsumer,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), SubscriberError> {
+    let mut puller = Puller::new(consumer, js, ctx.options.max_in_flight)
+        .await
+        .map_err(|e| {
+            SubscriberError::with_source(
+                SubscriberErrorKind::Pull {
+                    stream: ctx.stream.to_string(),
+                    consumer: ctx.consumer.to_string(),
+                },
+                e,
+            )
+        })?;
+    let _keep_alive = AbortOnDrop(tokio::spawn(keep_alive(Arc::clone(&ctx))));
+    let mut d = Dispatcher {
+        ctx: Arc::clone(&ctx),
+        lanes: Lanes::default(),
+        tasks: JoinSet::new(),
+    };
+    tracing::debug!(stream = %ctx.stream, consumer = %ctx.consumer, "consumer running");
+
+    let result = loop {
+        if *stop.borrow_and_update() {
+            break Ok(());
+        }
+        if let Err((kind, why)) = puller.ensure_request().await {
+            break Err(SubscriberError::with_source(kind, why));
+        }
+        let deadline = match d.lanes.next_deadline() {
+            Some(lane) => lane.min(puller.deadline()),
+            None => puller.deadline(),
+        };
+        tokio::select! {
+            biased;
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+            }
+            Some(joined) = d.tasks.join_next() => d.on_done(joined),
+            message = puller.recv() => match message.map(|m| puller.on_message(m)) {
+                Some(Pulled::Message(message)) => d.on_message(message),
+                Some(Pulled::Status) => {}
+                Some(Pulled::Fatal(kind, why)) => break Err(SubscriberError::with_source(kind, why)),
+                None => break Err(SubscriberError::new(puller.pull_error())),
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                d.on_deadlines();
+                puller.on_deadline(now);
+            }
+        }
+    };
+
+    // Stop pulling; for a durable consumer, wait until nothing delivered can still be on its
+    // way (an ephemeral one is deleted next). Nothing new starts; what waits goes back to the
+    // server in stream order, so the next subscriber gets it at once and in order.
+    let mut arrived = puller.finish(ctx.options.durable.is_some()).await;
+    arrived.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
+    let mut free = Vec::new();
+    for message in arrived {
+        if let Some((key, sequence, _)) = d.accept(message) {
+            free.push((key, sequence));
+        }
+    }
+    // Lanes that were idle: their events go back at once (stream order is kept by releasing
+    // everything in sequence order).
+    let mut now = Vec::new();
+    for (key, sequence) in free {
+        now.push(sequence);
+        now.extend(d.lanes.take_waiting(&key).into_iter().map(|(s, _)| s));
+        d.lanes.finish(&key, sequence, None);
+    }
+    d.release(now, None).await;
+    for (due, waiting) in d.lanes.take_not_running() {
+        d.release(waiting.into_iter().map(|(s, _)| s), due).await;
+    }
+
+    // Let running handlers finish and acknowledge.
+    let deadline = Instant::now() + ctx.options.shutdown_timeout;
+    let mut unfinished = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, d.tasks.join_next()).await {
+            Ok(Some(joined)) => d.on_done_stopping(joined).await,
+            Ok(None) => break,
+            Err(_) => {
+                unfinished = d.tasks.len();
+                d.tasks.abort_all();
+                while d.tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    // Whatever is still held was stopped half-way (and what waited behind it): give it back.
+    let mut held = ctx.held.take_all();
+    held.sort_by_key(|(sequence, _)| *sequence);
+    for (_, reply) in held {
+        ctx.nak_reply(reply, Duration::ZERO).await;
+    }
+    let _ = ctx.client.flush().await;
+    tracing::debug!(stream = %ctx.stream, consumer = %ctx.consumer, "consumer stopped");
+    result?;
+    if unfinished > 0 {
+        return Err(SubscriberError::new(
+            SubscriberErrorKind::ShutdownTimedOut { unfinished },
+        ));
+    }
+    Ok(())
+}

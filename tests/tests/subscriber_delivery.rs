@@ -1,0 +1,227 @@
+//! Delivery through a JetStream consumer: every event exactly once (when nothing fails), in
+//! per-aggregate order with different aggregates in parallel; deliver policies; the async and
+//! typed handlers.
+
+mod subscriber_fixtures;
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cim_nats::jetstream::subscriber::{DeliverPolicy, EventSubscriberBuilder};
+use cim_nats::{
+    AggregateId, AsyncFnHandler, Delivery, Envelope, HandlerError, StoredEvent, StreamSequence,
+    TypedHandler,
+};
+use subscriber_fixtures::{self as fx, CartEvent, Seen};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_events_are_each_handled_once_in_per_aggregate_order() {
+    let (_server, client) = support::server().await;
+    let (_store, publisher) = fx::shop(&client).await;
+
+    let seen = Seen::default();
+    let busy: Arc<Mutex<HashSet<AggregateId>>> = Arc::default();
+    let overlapped = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most_running = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (seen, busy, overlapped) = (seen.clone(), busy.clone(), overlapped.clone());
+        let (running, most_running) = (running.clone(), most_running.clone());
+        AsyncFnHandler::with_delivery(move |delivery: Delivery| {
+            let (seen, busy, overlapped) = (seen.clone(), busy.clone(), overlapped.clone());
+            let (running, most_running) = (running.clone(), most_running.clone());
+            async move {
+                let id = delivery.event.aggregate_id.clone();
+                if !busy.lock().unwrap().insert(id.clone()) {
+                    overlapped.store(true, Ordering::SeqCst);
+                }
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most_running.fetch_max(now, Ordering::SeqCst);
+                // A little work, so that handlers of different carts overlap.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                busy.lock().unwrap().remove(&id);
+                seen.push(delivery.event, delivery.delivery_count);
+                Ok(())
+            }
+        })
+    };
+
+    // Half of the events before the subscription, half while it runs: 20 carts x 50 events.
+    fx::publish_carts(&publisher, "cart", 20, 1..=25).await;
+    let subscriber = EventSubscriberBuilder::new()
+        .client(client.clone())
+        .subject("shop.>")
+        .handler(handler)
+        .durable("thousand")
+        .deliver_policy(DeliverPolicy::All)
+        .max_in_flight(64)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let handle = subscriber.subscribe().await.unwrap();
+    fx::publish_carts(&publisher, "cart", 20, 26..=50).await;
+
+    support::wait_until(Duration::from_secs(30), "1000 events handled", || {
+        let n = seen.len();
+        async move { n >= 1000 }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    // Every acknowledgement is confirmed, nothing is pending or redelivered.
+    support::wait_until(Duration::from_secs(10), "ack floor at 1000", || {
+        let client = client.clone();
+        async move {
+            let info = fx::consumer_info(&client, "SHOP_EVENTS", "thousand").await;
+            info.ack_floor.stream_sequence == 1000 && info.num_ack_pending == 0
+        }
+    })
+    .await;
+    let info = fx::consumer_info(&client, "SHOP_EVENTS", "thousand").await;
+    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(info.num_pending, 0);
+    handle.shutdown().await.unwrap();
+
+    assert_eq!(seen.len(), 1000, "each event exactly once");
+    seen.assert_no_duplicates();
+    seen.assert_per_aggregate_order();
+    assert!(seen.deliveries().iter().all(|(_, n)| *n == 1));
+    assert!(
+        !overlapped.load(Ordering::SeqCst),
+        "two events of one aggregate were handled at once"
+    );
+    let parallel = most_running.load(Ordering::SeqCst);
+    assert!(parallel > 1, "different aggregates should run in parallel");
+    println!(
+        "1000 events handled in {elapsed:?} ({:.0} events/s, up to {parallel} handlers at once)",
+        1000.0 / elapsed.as_secs_f64()
+    );
+}
+
+async fn subscribe_and_collect(
+    client: &async_nats::Client,
+    policy: DeliverPolicy,
+) -> (cim_nats::jetstream::SubscriptionHandle, Seen) {
+    let seen = Seen::default();
+    let handler = {
+        let seen = seen.clone();
+        AsyncFnHandler::new(move |event: StoredEvent| {
+            let seen = seen.clone();
+            async move {
+                seen.push(event, 1);
+                Ok(())
+            }
+        })
+    };
+    let handle = EventSubscriberBuilder::new()
+        .client(client.clone())
+        .subject("shop.cart.>")
+        .handler(handler)
+        .deliver_policy(policy)
+        .build()
+        .unwrap()
+        .subscribe()
+        .await
+        .unwrap();
+    (handle, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_policies_start_where_they_say() {
+    let (_server, client) = support::server().await;
+    let (_store, publisher) = fx::shop(&client).await;
+    let cart = AggregateId::new("c-1").unwrap();
+    for v in 1..=3 {
+        publisher
+            .publish(&fx::cart_event(v), cart.clone(), v)
+            .await
+            .unwrap();
+    }
+    let between = chrono::Utc::now();
+    for v in 4..=5 {
+        publisher
+            .publish(&fx::cart_event(v), cart.clone(), v)
+            .await
+            .unwrap();
+    }
+
+    let (all, seen_all) = subscribe_and_collect(&client, DeliverPolicy::All).await;
+    let (new, seen_new) = subscribe_and_collect(&client, DeliverPolicy::New).await;
+    let (from_seq, seen_seq) =
+        subscribe_and_collect(&client, DeliverPolicy::FromSequence(StreamSequence(4))).await;
+    let (from_time, seen_time) =
+        subscribe_and_collect(&client, DeliverPolicy::FromTime(between)).await;
+    publisher
+        .publish(&fx::cart_event(6), cart.clone(), 6)
+        .await
+        .unwrap();
+
+    for (what, seen, expected) in [
+        ("all", &seen_all, vec![1, 2, 3, 4, 5, 6]),
+        ("new", &seen_new, vec![6]),
+        ("from sequence 4", &seen_seq, vec![4, 5, 6]),
+        ("from time", &seen_time, vec![4, 5, 6]),
+    ] {
+        support::wait_until(Duration::from_secs(10), what, || {
+            let seen = seen.clone();
+            async move { seen.sequences().contains(&6) }
+        })
+        .await;
+        assert_eq!(seen.sequences(), expected, "{what}");
+    }
+    for handle in [all, new, from_seq, from_time] {
+        handle.shutdown().await.unwrap();
+    }
+    // Ephemeral consumers are gone with their subscriptions.
+    assert_eq!(fx::consumer_count(&client, "SHOP_EVENTS").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_handler_receives_decoded_envelopes() {
+    let (_server, client) = support::server().await;
+    let (_store, publisher) = fx::shop(&client).await;
+    let got: Arc<Mutex<Vec<Envelope<CartEvent>>>> = Arc::default();
+    let handler = {
+        let got = got.clone();
+        TypedHandler::<CartEvent, _>::new(move |envelope: Envelope<CartEvent>| {
+            let got = got.clone();
+            async move {
+                got.lock().unwrap().push(envelope);
+                Ok::<_, HandlerError>(())
+            }
+        })
+    };
+    let handle = EventSubscriberBuilder::new()
+        .client(client.clone())
+        .subject(fx::CART_WILDCARD)
+        .handler(handler)
+        .build()
+        .unwrap()
+        .subscribe()
+        .await
+        .unwrap();
+    let cart = AggregateId::new("typed").unwrap();
+    for v in 1..=3 {
+        publisher
+            .publish(&fx::cart_event(v), cart.clone(), v)
+            .await
+            .unwrap();
+    }
+    support::wait_until(Duration::from_secs(10), "3 envelopes", || {
+        let n = got.lock().unwrap().len();
+        async move { n == 3 }
+    })
+    .await;
+    handle.shutdown().await.unwrap();
+    let got = got.lock().unwrap();
+    let events: Vec<CartEvent> = got.iter().map(|e| e.event.clone()).collect();
+    assert_eq!(
+        events,
+        vec![fx::cart_event(1), fx::cart_event(2), fx::cart_event(3)]
+    );
+    assert_eq!(got[2].version(), 3);
+    assert_eq!(got[2].aggregate_id(), &cart);
+}
