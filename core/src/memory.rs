@@ -88,10 +88,10 @@ impl State {
         let indexes = self.aggregates.get(id)?;
         let start = usize::try_from(base).ok()?;
         let slice = indexes.get(start..start + events.len())?;
-        let same = slice
-            .iter()
-            .zip(events)
-            .all(|(&i, e)| self.events[i].1.event_id == e.event_id);
+        let same = slice.iter().zip(events).all(|(&i, e)| {
+            let stored = &self.events[i].1;
+            stored.event_id == e.event_id && stored.payload == e.payload
+        });
         same.then(|| AppendResult {
             sequences: slice
                 .iter()
@@ -158,12 +158,11 @@ impl EventStore for InMemoryEventStore {
                     return Ok(result);
                 }
             }
-            if expected.accepts(actual) {
-                return invalid(format!(
-                    "event id {} is already used by the event at sequence {}",
-                    events[0].event_id, first.stream_sequence
-                ));
-            }
+            return invalid(format!(
+                "event id {} is already used by another event (stream sequence {}); a retry \
+                 must resend the same event, and a new event needs a new id",
+                events[0].event_id, first.stream_sequence
+            ));
         }
         if !expected.accepts(actual) {
             return Err(StoreError::new(StoreErrorKind::WrongExpectedVersion {

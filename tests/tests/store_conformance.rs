@@ -260,6 +260,25 @@ async fn bad_appends_are_refused(store: Arc<dyn EventStore>) {
         matches!(err.kind(), StoreErrorKind::InvalidAppend(_)),
         "{err}"
     );
+    // The same id for another event of the same aggregate (e.g. an identity reused for two
+    // commands) is refused, not taken for a retry.
+    let mut impostor = event("placed");
+    impostor.event_id = store.read_all().await.unwrap()[0].event_id;
+    impostor.payload = bytes::Bytes::from_static(b"{\"op\":\"other\"}");
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(1),
+        ExpectedVersion::Any,
+    ] {
+        let err = store
+            .append(&a, expected, vec![impostor.clone()])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.kind(), StoreErrorKind::InvalidAppend(r) if r.contains("already used")),
+            "{expected}: {err}"
+        );
+    }
     assert_eq!(store.read_all().await.unwrap().len(), 1);
 }
 

@@ -39,11 +39,12 @@ struct Position {
     sequence: u64,
 }
 
-/// The last event of an aggregate as read from the server: its position and its id.
-#[derive(Debug, Clone, Copy)]
+/// The last event of an aggregate as read from the server: its position, id and payload.
+#[derive(Debug, Clone)]
 struct Last {
     position: Position,
     event_id: Option<uuid::Uuid>,
+    payload: Bytes,
 }
 
 /// An event store on a JetStream stream.
@@ -221,6 +222,7 @@ impl JetStreamEventStore {
                     sequence: raw.sequence,
                 },
                 event_id,
+                payload: raw.payload.clone(),
             })
         })
         .transpose()
@@ -328,9 +330,13 @@ impl JetStreamEventStore {
         if top == base + k {
             // The aggregate's last event decides: ours (the events of one append are stored
             // together, at consecutive sequences) or someone else's.
-            let ours = events
-                .last()
-                .is_some_and(|e| last.event_id == Some(*e.event_id.as_uuid()));
+            let Some(mine) = events.last() else {
+                return Ok(None);
+            };
+            let ours = last.event_id == Some(*mine.event_id.as_uuid());
+            if ours && last.payload != mine.payload {
+                return Err(reused_id(mine, last.position.sequence));
+            }
             return Ok(ours.then(|| AppendResult {
                 sequences: (last.position.sequence + 1 - k..=last.position.sequence)
                     .map(StreamSequence)
@@ -349,6 +355,13 @@ impl JetStreamEventStore {
             .all(|(s, e)| s.event_id == e.event_id);
         if !same {
             return Ok(None);
+        }
+        if let Some((s, e)) = stored
+            .iter()
+            .zip(events)
+            .find(|(s, e)| s.payload != e.payload)
+        {
+            return Err(reused_id(e, s.stream_sequence.0));
         }
         Ok(Some(AppendResult {
             sequences: stored[..events.len()]
@@ -423,6 +436,15 @@ impl JetStreamEventStore {
     }
 }
 
+/// An append whose event id is already stored for another event: a reused id, not a retry.
+fn reused_id(event: &NewEvent, sequence: u64) -> StoreError {
+    StoreError::new(StoreErrorKind::InvalidAppend(format!(
+        "event id {} is already used by another event (stream sequence {sequence}); \
+         a retry must resend the same event, and a new event needs a new id",
+        event.event_id
+    )))
+}
+
 fn headers_len(headers: &async_nats::HeaderMap) -> usize {
     headers
         .iter()
@@ -467,7 +489,7 @@ impl EventStore for JetStreamEventStore {
                 Some(p) if expected.accepts(Some(p.version)) => (Some(p), None),
                 _ => {
                     let last = self.last(&scope).await?;
-                    (last.map(|l| l.position), last)
+                    (last.as_ref().map(|l| l.position), last)
                 }
             };
             let actual = position.map(|p| p.version);
@@ -557,11 +579,8 @@ impl EventStore for JetStreamEventStore {
                             ),
                         })
                     })?;
-                    if raw.subject != subjects[0].as_str() {
-                        return Err(StoreError::new(StoreErrorKind::InvalidAppend(format!(
-                            "event id {} is already used by the event at sequence {seq} on {}",
-                            events[0].event_id, raw.subject
-                        ))));
+                    if raw.subject != subjects[0].as_str() || raw.payload != events[0].payload {
+                        return Err(reused_id(&events[0], seq));
                     }
                     let version = version_of(&raw)?;
                     return Ok(AppendResult {
@@ -578,7 +597,7 @@ impl EventStore for JetStreamEventStore {
                     // events are already stored. Read the truth and decide.
                     self.forget(aggregate_id);
                     let last = self.last(&scope).await?;
-                    let actual = last.map(|l| l.position.version);
+                    let actual = last.as_ref().map(|l| l.position.version);
                     if let Some(result) = self
                         .already_stored(aggregate_id, expected, &events, last)
                         .await?
