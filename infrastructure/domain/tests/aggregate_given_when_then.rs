@@ -795,15 +795,32 @@ fn a_retried_command_yields_the_same_events() {
     let rebuilt = InfrastructureAggregate::from_events(&h.events);
     assert_eq!(rebuilt.handle(command.clone()).unwrap(), first);
 
-    // The ids are the command's: position by position.
+    // The ids are the command's, at the aggregate's positions: position by position.
+    let base = h.state.events_applied();
+    assert_eq!(base, h.events.len() as u64);
     for (index, event) in first.iter().enumerate() {
-        let expected = EventId::for_command(&command.identity().message_id, index as u32);
+        let expected =
+            EventId::for_command(&command.identity().message_id, (base + index as u64) as u32);
         assert_eq!(event.id(), expected);
         assert_eq!(event.event_id(), Some(expected));
         assert_eq!(event.id().as_uuid().get_version_num(), 7);
     }
     let distinct: std::collections::HashSet<_> = first.iter().map(|e| e.id()).collect();
     assert_eq!(distinct.len(), first.len());
+
+    // The same identity reused for a command on a later state yields other ids: two commands
+    // sent with one identity are never mistaken for a retry.
+    let reused = InfrastructureCommand::RegisterComputeResource {
+        infrastructure_id: h.id,
+        spec: host("late"),
+        identity: command.identity().clone(),
+    };
+    let mut later = h.state.clone();
+    for e in &first {
+        cim_nats::Aggregate::apply(&mut later, e);
+    }
+    let late_events = later.handle(reused).unwrap();
+    assert!(late_events.iter().all(|e| !distinct.contains(&e.id())));
 
     // Another command (another message id) with the same content yields other ids.
     let other = h.cmd().decommission(a.id);

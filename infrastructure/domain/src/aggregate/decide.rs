@@ -20,6 +20,8 @@ type Decided = Result<Vec<InfrastructureEvent>, InfrastructureError>;
 struct Events<'a> {
     infrastructure_id: InfrastructureId,
     command: &'a MessageIdentity,
+    /// Events the aggregate had before this command.
+    base: u64,
     events: Vec<InfrastructureEvent>,
 }
 
@@ -31,18 +33,22 @@ struct Meta {
 }
 
 impl<'a> Events<'a> {
-    fn new(infrastructure_id: InfrastructureId, command: &'a MessageIdentity) -> Self {
+    fn new(infrastructure_id: InfrastructureId, command: &'a MessageIdentity, base: u64) -> Self {
         Self {
             infrastructure_id,
             command,
+            base,
             events: Vec::new(),
         }
     }
 
     /// Adds the event `make` builds from the next event's common fields: the id of the event at
-    /// this position for this command, and an identity caused by the command.
+    /// this position of the aggregate for this command (the same command decided on the same
+    /// state yields the same ids; a command sent with a reused identity on a later state does
+    /// not), and an identity caused by the command.
     fn push(&mut self, make: impl FnOnce(Meta) -> InfrastructureEvent) {
-        let index = u32::try_from(self.events.len()).unwrap_or(u32::MAX);
+        // The position wraps at 2^32: ids are also keyed by the command's message id.
+        let index = (self.base + self.events.len() as u64) as u32;
         let event_id = EventId::for_command(&self.command.message_id, index);
         let identity = MessageIdentity {
             message_id: MessageId::from_uuid(*event_id.as_uuid()),
@@ -73,7 +79,7 @@ pub(super) fn decide(state: &InfrastructureAggregate, command: InfrastructureCom
         });
     }
     let identity = command.identity().clone();
-    let out = Events::new(infrastructure_id, &identity);
+    let out = Events::new(infrastructure_id, &identity, state.applied);
     match command {
         C::RegisterComputeResource { spec, .. } => register(state, out, spec),
         C::DecommissionComputeResource { resource, .. } => decommission(state, out, resource),

@@ -117,6 +117,10 @@ pub struct InfrastructureAggregate {
     connections: BTreeMap<ConnectionId, ConnectionSpec>,
     software: BTreeMap<SoftwareId, SoftwareConfiguration>,
     policies: BTreeMap<PolicyId, PolicyRule>,
+    /// Events applied so far: the position of the next event, which goes into its id so that
+    /// two commands sent with one identity never produce the same event ids.
+    #[serde(default)]
+    applied: u64,
 }
 
 impl InfrastructureAggregate {
@@ -126,6 +130,11 @@ impl InfrastructureAggregate {
             id: Some(id),
             ..Self::default()
         }
+    }
+
+    /// The number of events applied to this state.
+    pub fn events_applied(&self) -> u64 {
+        self.applied
     }
 
     /// The infrastructure's id: set by [`new`](Self::new) or learned from the first event.
@@ -458,6 +467,7 @@ impl Aggregate for InfrastructureAggregate {
 
     fn apply(&mut self, event: &InfrastructureEvent) {
         use InfrastructureEvent as E;
+        self.applied += 1;
         if self.id.is_none() {
             self.id = Some(event.infrastructure_id());
         }
