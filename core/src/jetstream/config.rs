@@ -17,16 +17,18 @@ pub enum Storage {
 
 /// The stream of one or more domains' events, as the store creates (or expects) it.
 ///
-/// Limits never drop history: the stream uses discard policy `New`, so when a limit is reached
-/// appends fail with [`crate::StoreErrorKind::StreamFull`] instead of deleting old events. `None`
-/// means no limit ("keep forever").
+/// The message and byte limits never drop history: the stream uses discard policy `New`, so when
+/// one is reached appends fail with [`crate::StoreErrorKind::StreamFull`] instead of deleting
+/// old events. `max_age` is different: it is retention, and JetStream deletes events older than
+/// it whatever the discard policy. `None` means no limit; the default keeps every event forever.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     /// The stream's name (no spaces, `.`, `*`, `>`).
     pub stream_name: String,
     /// The subjects the stream captures, e.g. `["infrastructure.>"]`.
     pub subjects: Vec<String>,
-    /// Refuse appends once the oldest event is this old (`None`: keep forever).
+    /// Retention: events older than this are deleted by the server (`None`: keep forever, the
+    /// default). Use it only for domains whose old history may go.
     pub max_age: Option<Duration>,
     /// Refuse appends once the stream holds this many events (`None`: no limit).
     pub max_messages: Option<u64>,
