@@ -20,6 +20,8 @@
 
 mod binary;
 mod server;
+mod wait;
 
 pub use binary::{find_nats_server, NatsServerBinary, LOCAL_DIR};
 pub use server::{NatsCluster, NatsServer, NatsServerBuilder, TestServerError};
+pub use wait::wait_until;

@@ -11,8 +11,9 @@
 //! - [`event_store`]: [`event_store::JetStreamEventStore`] on the stream
 //!   `INFRASTRUCTURE_EVENTS` (subjects `infrastructure.>`), configured by
 //!   [`event_store::EventStoreConfig`].
-//! - `publisher`: `EventPublisher`, type-safe publishing of domain events.
-//! - `subscriber`: `EventSubscriberBuilder`, `FnEventHandler` and friends.
+//! - [`publisher`]: [`publisher::EventPublisher`], publishing of domain events through the store.
+//! - [`subscriber`]: [`subscriber::EventSubscriberBuilder`], [`subscriber::FnEventHandler`] and
+//!   the other handlers.
 //! - [`projections`]: the [`projections::Topology`] read model and
 //!   [`projections::ProjectionManager`].
 //! - [`subjects`]: the subject hierarchy, `subjects::subjects::all_compute_events()` and the
@@ -49,11 +50,9 @@
 
 pub mod event_store;
 pub mod projections;
+pub mod publisher;
 pub mod subjects;
-
-// Publishing and subscribing:
-// pub mod publisher;
-// pub mod subscriber;
+pub mod subscriber;
 
 pub use cim_nats::{
     AggregateId, AppendResult, CausationId, CorrelationId, Envelope, EventId, EventStore,

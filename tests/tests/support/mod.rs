@@ -1,9 +1,7 @@
 //! Shared helpers of the cross-crate tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub mod bank;
-
-use std::time::{Duration, Instant};
 
 use cim_nats::testing::NatsServer;
 
@@ -17,18 +15,4 @@ pub async fn server() -> (NatsServer, async_nats::Client) {
     (server, client)
 }
 
-/// Waits until `check` returns true, polling every 10 ms, or panics after `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use cim_nats::testing::wait_until;
