@@ -1,55 +1,437 @@
-//! The demo: one event through JetStream and back, printed as stored.
+//! The demo: a small data centre, event-sourced on NATS JetStream.
 //!
-//! Uses the server at `NATS_URL` if set, else starts its own nats-server (JetStream, random port,
-//! temporary store) for the length of the run.
+//! It starts its own nats-server (or uses the one at `NATS_URL`), builds an infrastructure of a
+//! dozen machines on three networks through the repository (every command's events stored
+//! atomically, with optimistic concurrency), decommissions a connected machine, shows a
+//! subscriber's live log and the topology read model, writes `topology.dot` and `topology.mmd`,
+//! and replays the stream to show it rebuilds the very same topology.
 
-use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cim_domain_infrastructure::{
+    Cidr, ComputeResourceSpec, ComputeType, ConnectionKind, ConnectionSpec, Hostname,
+    InfrastructureAggregate, InfrastructureCommand, InfrastructureEvent, InfrastructureId,
+    NetworkId, NetworkSpec, PolicyRule, PolicyScope, ResourceCapabilities, ResourceId,
+    SoftwareConfiguration, SystemArchitecture,
+};
+use cim_infrastructure_nats::event_store::{EventStoreConfig, JetStreamEventStore};
+use cim_infrastructure_nats::projections::{ProjectionManager, Topology};
+use cim_infrastructure_nats::subjects::subjects;
+use cim_infrastructure_nats::subscriber::{EventSubscriberBuilder, TypedHandler};
+use cim_infrastructure_nats::{AggregateId, Envelope, EventStore, MessageIdentity, StreamSequence};
+use cim_nats::jetstream::{KvSnapshotStore, ProjectionOptions};
 use cim_nats::testing::NatsServer;
-use cim_nats::{AggregateId, EventId, EventStore, ExpectedVersion, MessageIdentity, NewEvent};
+use cim_nats::Repository;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Names learned from the events, so the live log can say "web-01" rather than an id.
+#[derive(Default)]
+struct Names(Mutex<HashMap<String, String>>);
+
+impl Names {
+    fn learn(&self, id: impl ToString, name: impl ToString) {
+        if let Ok(mut names) = self.0.lock() {
+            names.insert(id.to_string(), name.to_string());
+        }
+    }
+
+    fn of(&self, id: impl ToString) -> String {
+        let id = id.to_string();
+        self.0
+            .lock()
+            .ok()
+            .and_then(|names| names.get(&id).cloned())
+            .unwrap_or(id)
+    }
+
+    /// One line of the live log for an event.
+    fn describe(&self, event: &InfrastructureEvent) -> String {
+        use InfrastructureEvent as E;
+        match event {
+            E::ComputeResourceRegistered { resource, .. } => {
+                self.learn(resource.id, &resource.hostname);
+                format!(
+                    "{} ({:?}, {})",
+                    resource.hostname, resource.resource_type, resource.system
+                )
+            }
+            E::ComputeResourceDecommissioned { resource_id, .. } => self.of(resource_id),
+            E::NetworkDefined { network, .. } => {
+                self.learn(network.id, &network.name);
+                format!("{} {}", network.name, network.cidr)
+            }
+            E::ConnectionEstablished { connection, .. } => {
+                let line = format!(
+                    "{} -> {} on {}",
+                    self.of(connection.from),
+                    self.of(connection.to),
+                    self.of(connection.network)
+                );
+                self.learn(connection.id, &line);
+                line
+            }
+            E::ConnectionSevered { connection_id, .. } => self.of(connection_id),
+            E::SoftwareConfigured { software, .. } => {
+                let line = format!(
+                    "{} {} on {}",
+                    software.name,
+                    software.version,
+                    self.of(software.resource)
+                );
+                self.learn(software.id, &line);
+                line
+            }
+            E::SoftwareRemoved { software_id, .. } => self.of(software_id),
+            E::PolicySet { policy, .. } => policy.name.clone(),
+            other => other.event_type().to_owned(),
+        }
+    }
+}
+
+use cim_infrastructure_nats::NatsEvent;
+
+struct Plan {
+    infra: InfrastructureId,
+    commands: Vec<InfrastructureCommand>,
+    doomed: ResourceId,
+}
+
+fn machine(
+    name: &str,
+    kind: ComputeType,
+    system: &str,
+    cpu: u32,
+    memory_gb: u64,
+) -> Result<ComputeResourceSpec, Error> {
+    Ok(
+        ComputeResourceSpec::new(kind, Hostname::new(name)?, SystemArchitecture::new(system)?)
+            .with_capabilities(ResourceCapabilities {
+                cpu_cores: cpu,
+                memory_mb: memory_gb * 1024,
+                storage_gb: 100,
+                ..ResourceCapabilities::default()
+            }),
+    )
+}
+
+/// The commands that build the data centre, each with its own identity (one conversation).
+fn plan() -> Result<Plan, Error> {
+    let infra = InfrastructureId::new();
+    let operator = MessageIdentity::new_from_user("ops@datacentre");
+    let mut commands = Vec::new();
+    let next = || operator.caused();
+
+    let nets = [
+        NetworkSpec::new("management", Cidr::new("10.0.0.0/24")?)?,
+        NetworkSpec::new("storage", Cidr::new("10.0.10.0/24")?)?,
+        NetworkSpec::new("public", Cidr::new("2001:db8:100::/64")?)?,
+    ];
+    let [mgmt, storage, public]: [NetworkId; 3] = [nets[0].id, nets[1].id, nets[2].id];
+    for spec in nets {
+        commands.push(InfrastructureCommand::DefineNetwork {
+            infrastructure_id: infra,
+            spec,
+            identity: next(),
+        });
+    }
+    use ComputeType::{Container, Physical, VirtualMachine};
+    let machines = vec![
+        machine("lb-01", VirtualMachine, "x86_64-linux", 2, 4)?,
+        machine("web-01", VirtualMachine, "x86_64-linux", 4, 8)?,
+        machine("web-02", VirtualMachine, "x86_64-linux", 4, 8)?,
+        machine("web-03", VirtualMachine, "aarch64-linux", 4, 8)?,
+        machine("api-01", Container, "x86_64-linux", 2, 4)?,
+        machine("api-02", Container, "x86_64-linux", 2, 4)?,
+        machine("db-01", Physical, "x86_64-linux", 32, 256)?,
+        machine("db-02", Physical, "x86_64-linux", 32, 256)?,
+        machine("cache-01", Container, "aarch64-linux", 2, 16)?,
+        machine("nas-01", Physical, "x86_64-freebsd", 8, 64)?,
+        machine("ci-01", Physical, "aarch64-darwin", 12, 32)?,
+        machine("mon-01", VirtualMachine, "x86_64-linux", 2, 8)?,
+    ];
+    let id = |name: &str| {
+        machines
+            .iter()
+            .find(|m| m.hostname.as_str() == name)
+            .map(|m| m.id)
+            .ok_or_else(|| format!("no machine {name}"))
+    };
+    let links = [
+        ("lb-01", "web-01", public),
+        ("lb-01", "web-02", public),
+        ("lb-01", "web-03", public),
+        ("web-01", "api-01", mgmt),
+        ("web-02", "api-01", mgmt),
+        ("web-03", "api-02", mgmt),
+        ("api-01", "db-01", mgmt),
+        ("api-02", "db-02", mgmt),
+        ("api-01", "cache-01", mgmt),
+        ("db-01", "nas-01", storage),
+        ("db-02", "nas-01", storage),
+        ("mon-01", "db-01", mgmt),
+        ("mon-01", "web-03", mgmt),
+    ];
+    let mut resolved = Vec::new();
+    for (from, to, net) in links {
+        resolved.push(ConnectionSpec::new(
+            id(from)?,
+            id(to)?,
+            net,
+            ConnectionKind::Ethernet,
+        )?);
+    }
+    let doomed = id("web-03")?;
+    let software = [
+        ("lb-01", "haproxy", "2.9"),
+        ("web-01", "nginx", "1.27"),
+        ("web-02", "nginx", "1.27"),
+        ("web-03", "nginx", "1.27"),
+        ("db-01", "postgresql", "17"),
+        ("db-02", "postgresql", "17"),
+        ("cache-01", "redis", "7.4"),
+    ];
+    let mut configs = Vec::new();
+    for (on, name, version) in software {
+        configs.push(SoftwareConfiguration::new(id(on)?, name, version)?);
+    }
+    for spec in machines {
+        commands.push(InfrastructureCommand::RegisterComputeResource {
+            infrastructure_id: infra,
+            spec,
+            identity: next(),
+        });
+    }
+    for spec in resolved {
+        commands.push(InfrastructureCommand::EstablishConnection {
+            infrastructure_id: infra,
+            spec,
+            identity: next(),
+        });
+    }
+    for configuration in configs {
+        commands.push(InfrastructureCommand::ConfigureSoftware {
+            infrastructure_id: infra,
+            configuration,
+            identity: next(),
+        });
+    }
+    commands.push(InfrastructureCommand::SetPolicy {
+        infrastructure_id: infra,
+        rule: PolicyRule::new(
+            "ssh-keys-only",
+            PolicyScope::Infrastructure,
+            "deny password_auth",
+        )?,
+        identity: next(),
+    });
+    Ok(Plan {
+        infra,
+        commands,
+        doomed,
+    })
+}
+
+fn print_table(topology: &Topology) {
+    println!(
+        "\n{:<10} {:<15} {:<15} {:>5} {:>8}  {:<28} {:<10}",
+        "hostname", "type", "system", "cpus", "memory", "networks", "links"
+    );
+    println!("{}", "-".repeat(100));
+    let mut resources = topology.active_compute_resources();
+    resources.sort_by(|a, b| a.hostname.as_str().cmp(b.hostname.as_str()));
+    for r in resources {
+        let links = topology.connections_of(r.id);
+        let mut networks: Vec<String> = links
+            .iter()
+            .filter_map(|c| topology.network(c.network).map(|n| n.name.clone()))
+            .collect();
+        networks.sort();
+        networks.dedup();
+        let software: Vec<String> = topology
+            .software_on(r.id)
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        println!(
+            "{:<10} {:<15} {:<15} {:>5} {:>6}GB  {:<28} {:<3} {}",
+            r.hostname.as_str(),
+            format!("{:?}", r.resource_type),
+            r.system.to_string(),
+            r.capabilities.cpu_cores,
+            r.capabilities.memory_mb / 1024,
+            networks.join(","),
+            links.len(),
+            software.join(",")
+        );
+    }
+    let mut networks = topology.active_networks();
+    networks.sort_by(|a, b| a.name.cmp(&b.name));
+    println!();
+    for n in networks {
+        println!(
+            "network {:<11} {:<20} {} machines, {} links",
+            n.name,
+            n.cidr.to_string(),
+            topology.resources_on_network(n.id).len(),
+            topology.connections_on(n.id).len()
+        );
+    }
+}
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Error> {
+    let started = Instant::now();
+    // A server: NATS_URL, or our own for the length of the run.
     let (_server, url) = match std::env::var("NATS_URL") {
         Ok(url) => (None, url),
         Err(_) => {
             let server = NatsServer::start()?;
+            println!(
+                "started nats-server {} with JetStream at {} (store {})",
+                server.binary().version,
+                server.url(),
+                server.dir().display()
+            );
             let url = server.url();
-            println!("started nats-server {} at {url}", server.binary().version);
             (Some(server), url)
         }
     };
-    let client = async_nats::connect(&url).await?;
-    let store = JetStreamEventStore::new(client, StoreConfig::for_domain("demo")).await?;
+    let client = async_nats::connect(url.as_str()).await?;
+    let store =
+        Arc::new(JetStreamEventStore::new(client.clone(), EventStoreConfig::default()).await?);
     println!(
-        "stream {} on {:?}",
+        "event store: stream {} on {:?}",
         store.stream_name(),
         store.config().subjects
     );
 
-    let machine = AggregateId::from(uuid::Uuid::now_v7());
-    let identity = MessageIdentity::new_from_user("demo");
-    let event = NewEvent {
-        event_id: EventId::new(),
-        event_type: "MachineRegistered".into(),
-        schema_version: 1,
-        aggregate_type: "machine".into(),
-        routing_subject: "demo.machine.registered".into(),
-        payload: serde_json::to_vec(&serde_json::json!({ "hostname": "server01" }))?.into(),
-        timestamp: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        actor: None,
-    }
-    .with_identity(&identity);
-    let result = store
-        .append(&machine, ExpectedVersion::NoStream, vec![event])
+    // The live log: a subscriber on every infrastructure event, decoded into the domain enum.
+    let seen = Arc::new(AtomicU64::new(0));
+    let names = Arc::new(Names::default());
+    let handler = {
+        let seen = Arc::clone(&seen);
+        Arc::new(TypedHandler::new(
+            move |e: Envelope<InfrastructureEvent>| {
+                let seen = Arc::clone(&seen);
+                let names = Arc::clone(&names);
+                async move {
+                    println!(
+                        "  live  #{:<4} v{:<3} {:<42} {}",
+                        e.sequence(),
+                        e.version(),
+                        e.stored.subject.rsplit_once('.').map_or("", |(s, _)| s),
+                        names.describe(&e.event)
+                    );
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            },
+        ))
+    };
+    let subscription = EventSubscriberBuilder::new()
+        .client(client.clone())
+        .subject(subjects::all_events())
+        .handler(handler)
+        .max_in_flight(1)
+        .build()?
+        .subscribe()
         .await?;
+
+    // The read model, kept up to date from the stream with its checkpoint in KV.
+    let topology = ProjectionManager::start(&store, ProjectionOptions::default()).await?;
+
+    // Commands go through the repository: load (snapshot + events), decide, append atomically
+    // with the loaded version as the expected version.
+    let snapshots =
+        Arc::new(KvSnapshotStore::new(client.clone(), "INFRASTRUCTURE_SNAPSHOTS").await?);
+    let repo =
+        Repository::<InfrastructureAggregate>::new(Arc::clone(&store) as Arc<dyn EventStore>)
+            .with_snapshots(snapshots, 25)
+            .with_cache(100);
+    let plan = plan()?;
+    let id: AggregateId = plan.infra.into();
     println!(
-        "appended at stream sequence {} (aggregate version {})",
-        result.sequences[0], result.version
+        "\nbuilding infrastructure {} ({} commands)",
+        plan.infra,
+        plan.commands.len()
     );
-    for stored in store.read_aggregate(&machine, 0).await? {
-        println!("{stored:#?}");
+    let mut last = StreamSequence(0);
+    let mut events = 0;
+    for command in plan.commands {
+        let outcome = repo.execute(&id, command, None).await?;
+        events += outcome.events.len();
+        if let Some(seq) = outcome.append.as_ref().and_then(|a| a.last_sequence()) {
+            last = seq;
+        }
     }
+    let decommission = InfrastructureCommand::DecommissionComputeResource {
+        infrastructure_id: plan.infra,
+        resource: plan.doomed,
+        identity: MessageIdentity::new_from_user("ops@datacentre"),
+    };
+    let outcome = repo.execute(&id, decommission, None).await?;
+    println!(
+        "decommissioned web-03: {} events in one atomic append ({})",
+        outcome.events.len(),
+        outcome
+            .events
+            .iter()
+            .map(|e| e.event_type())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    events += outcome.events.len();
+    if let Some(seq) = outcome.append.as_ref().and_then(|a| a.last_sequence()) {
+        last = seq;
+    }
+
+    // Read your own writes: wait until the projection and the log have seen the last event.
+    topology.wait_for(last, Duration::from_secs(30)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.load(Ordering::SeqCst) < events as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    subscription.shutdown().await?;
+
+    let live = topology.get_topology().await.of_infrastructure(plan.infra);
+    println!(
+        "\ntopology of {}: {} active machines, {} networks, {} connections ({} events, aggregate version {})",
+        plan.infra,
+        live.active_compute_resources().len(),
+        live.active_networks().len(),
+        live.active_connections().len(),
+        events,
+        outcome.version
+    );
+    print_table(&live);
+    std::fs::write("topology.dot", live.to_dot())?;
+    std::fs::write("topology.mmd", live.to_mermaid())?;
+    println!("\nwrote topology.dot (Graphviz: dot -Tsvg topology.dot) and topology.mmd (Mermaid)");
+
+    // Replay: a fresh read model from every stored event, streamed from the store.
+    let replay_started = Instant::now();
+    let replayed = ProjectionManager::new();
+    replayed.rebuild_from(store.as_ref()).await?;
+    let rebuilt = replayed.get_topology().await.of_infrastructure(plan.infra);
+    let same = rebuilt.to_dot() == live.to_dot();
+    println!(
+        "replayed {} stored events in {:?}: {}",
+        store.last_sequence().await?,
+        replay_started.elapsed(),
+        if same {
+            "the same topology"
+        } else {
+            "A DIFFERENT TOPOLOGY"
+        }
+    );
+    topology.shutdown().await?;
+    if !same {
+        return Err("the replay rebuilt another topology".into());
+    }
+    println!("done in {:?}", started.elapsed());
     Ok(())
 }
