@@ -279,9 +279,11 @@ impl<A: Aggregate> Repository<A> {
                 }
             }
             let event = NewEvent::from_event(e)?;
+            // An event that carries its own identity keeps it (its cause may be another
+            // domain's event); the others take the command's.
             new.push(match identity {
-                Some(identity) => event.with_identity(identity),
-                None => event,
+                Some(identity) if e.message_identity().is_none() => event.with_identity(identity),
+                _ => event,
             });
         }
         let result = self

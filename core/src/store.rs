@@ -307,7 +307,7 @@ pub fn decode_envelope<E: NatsEvent>(event: StoredEvent) -> Result<Envelope<E>, 
 #[async_trait]
 pub trait EventStoreExt: EventStore {
     /// Encodes and appends the events of one command, with the command's identity as
-    /// correlation, causation and actor.
+    /// correlation, causation and actor (for events that do not carry their own).
     ///
     /// # Errors
     ///
@@ -322,9 +322,10 @@ pub trait EventStoreExt: EventStore {
         let mut new = Vec::with_capacity(events.len());
         for e in events {
             let event = NewEvent::from_event(e)?;
+            // An event that carries its own identity keeps it.
             new.push(match identity {
-                Some(identity) => event.with_identity(identity),
-                None => event,
+                Some(identity) if e.message_identity().is_none() => event.with_identity(identity),
+                _ => event,
             });
         }
         self.append(aggregate_id, expected, new).await

@@ -285,3 +285,55 @@ async fn events_naming_another_aggregate_are_refused() {
     }
     assert_eq!(store.read_all().await.unwrap().len(), 1);
 }
+
+/// An aggregate whose events carry the identity of what caused them.
+mod caused {
+    use cim_nats::{Aggregate, MessageIdentity, NatsEvent};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, NatsEvent)]
+    #[nats_event(domain = "bank", aggregate = "audit")]
+    pub(crate) enum AuditEvent {
+        #[nats_event(operation = "noted")]
+        Noted {
+            #[nats_event(identity)]
+            identity: MessageIdentity,
+        },
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    pub(crate) struct Audit;
+
+    impl Aggregate for Audit {
+        type Event = AuditEvent;
+        type Command = MessageIdentity;
+        type Error = std::convert::Infallible;
+        const TYPE: &'static str = "audit";
+
+        fn handle(&self, identity: MessageIdentity) -> Result<Vec<AuditEvent>, Self::Error> {
+            Ok(vec![AuditEvent::Noted { identity }])
+        }
+
+        fn apply(&mut self, _: &AuditEvent) {}
+    }
+}
+
+#[tokio::test]
+async fn an_identity_an_event_carries_is_kept() {
+    let store: Arc<dyn EventStore> = Arc::new(cim_nats::memory::InMemoryEventStore::new());
+    let repo = Repository::<caused::Audit>::new(Arc::clone(&store));
+    let id = AggregateId::new("a1").unwrap();
+    // The event was caused by something else (e.g. another domain's event) ...
+    let upstream = MessageIdentity::new_from_user("other-domain");
+    let own =
+        MessageIdentity::caused_by(upstream.correlation_id, cim_nats::EventId::new(), "auditor");
+    // ... and the command that records it has its own identity.
+    let command = MessageIdentity::new_from_user("ops");
+    repo.execute(&id, own.clone(), Some(&command))
+        .await
+        .unwrap();
+    let stored = &store.read_aggregate(&id, 0).await.unwrap()[0];
+    assert_eq!(stored.correlation_id, Some(own.correlation_id));
+    assert_eq!(stored.causation_id, Some(own.causation_id));
+    assert_eq!(stored.actor.as_deref(), Some("auditor"));
+}
