@@ -13,6 +13,13 @@ impl Samples {
         self.0.push(d);
     }
 
+    pub(crate) fn mean(&self) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        self.0.iter().sum::<Duration>() / self.0.len() as u32
+    }
+
     pub(crate) fn percentile(&self, p: f64) -> Duration {
         let mut v = self.0.clone();
         v.sort();
@@ -100,6 +107,18 @@ impl Row {
         }
     }
 
+    /// A row that is not a comparison with raw: two figures of our own.
+    pub(crate) fn info(case: &str, what: &'static str, a: f64, b: f64) -> Self {
+        Self {
+            case: case.to_owned(),
+            metric: what,
+            framework: a,
+            raw: b,
+            higher_is_better: true,
+            raw_label: Some("peak"),
+        }
+    }
+
     pub(crate) fn ratio(&self) -> f64 {
         if self.raw == 0.0 {
             return f64::NAN;
@@ -133,4 +152,17 @@ pub(crate) fn print_table(rows: &[Row]) {
             if r.higher_is_better { "" } else { " (latency)" }
         );
     }
+}
+
+/// A field of /proc/self/status in KiB (0 where unavailable).
+pub(crate) fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

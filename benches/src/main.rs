@@ -2,7 +2,9 @@
 //! on one server in one run, printed as a Markdown table of both figures and their ratio.
 
 mod harness;
+mod project;
 mod sample;
+mod write;
 
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
@@ -17,20 +19,20 @@ use futures::StreamExt;
 use harness::{latency, print_table, Row};
 
 /// Events per aggregate in the load cases.
-const PER_AGGREGATE: u64 = 20;
+pub(crate) const PER_AGGREGATE: u64 = 20;
 
 struct Options {
     quick: bool,
 }
 
-fn payload() -> Bytes {
+pub(crate) fn payload() -> Bytes {
     Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(490)))
 }
 
 /// Fills `domain`'s stream with `aggregates` aggregates of 20 events each (1 `created`, 19
 /// `updated`), interleaved across the whole stream, in the store's wire format, by pipelined
 /// raw publishes.
-async fn fill(client: &async_nats::Client, domain: &str, aggregates: u64) -> Duration {
+pub(crate) async fn fill(client: &async_nats::Client, domain: &str, aggregates: u64) -> Duration {
     let js = async_nats::jetstream::new(client.clone());
     let payload = payload();
     let started = Instant::now();
@@ -191,52 +193,42 @@ async fn load_case(
     ));
 }
 
-/// Raw async-nats: the whole stream by pages of batched direct gets, without decoding.
+/// Raw async-nats: the whole stream through a pull consumer without acknowledgements, batches
+/// of 5,000, without decoding; the consumer is deleted afterwards (the same work the store does).
 async fn raw_replay(client: &async_nats::Client, stream: &str) -> u64 {
-    let mut next = 1u64;
+    use async_nats::jetstream::consumer;
+    let js = async_nats::jetstream::new(client.clone());
+    let s = js.get_stream_no_info(stream).await.expect("stream");
+    let name = format!("raw-read-{}", uuid::Uuid::new_v4().simple());
+    let c = s
+        .create_consumer(consumer::pull::Config {
+            name: Some(name.clone()),
+            ack_policy: consumer::AckPolicy::None,
+            memory_storage: true,
+            num_replicas: 1,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = c
+        .stream()
+        .max_messages_per_batch(5000)
+        .messages()
+        .await
+        .expect("messages");
     let mut count = 0u64;
-    loop {
-        let inbox = client.new_inbox();
-        let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
-        let req = serde_json::json!({ "seq": next, "batch": 1000 });
-        client
-            .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{stream}"),
-                inbox,
-                serde_json::to_vec(&req).expect("json").into(),
-            )
-            .await
-            .expect("request");
-        let mut last = None;
-        let mut pending = 0u64;
-        while let Some(m) = sub.next().await {
-            let pend = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Num-Pending"))
-                .and_then(|v| v.as_str().parse::<u64>().ok());
-            match m.status.map(|s| s.as_u16()) {
-                None | Some(200) => {
-                    count += 1;
-                    last = m
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Sequence"))
-                        .and_then(|v| v.as_str().parse::<u64>().ok());
-                    pending = pend.unwrap_or(pending);
-                }
-                _ => {
-                    pending = pend.unwrap_or(0);
-                    break;
-                }
-            }
-        }
-        let _ = sub.unsubscribe().await;
-        match last {
-            Some(l) if pending > 0 => next = l + 1,
-            _ => return count,
+    while let Some(m) = messages.next().await {
+        let m = m.expect("message");
+        count += 1;
+        if m.info().expect("info").pending == 0 {
+            break;
         }
     }
+    js.delete_consumer_from_stream(&name, stream)
+        .await
+        .expect("delete");
+    count
 }
 
 async fn replay_case(client: &async_nats::Client, domain: &str, rows: &mut Vec<Row>) {
@@ -282,6 +274,23 @@ async fn replay_case(client: &async_nats::Client, domain: &str, rows: &mut Vec<R
         "events/s (median of 3)",
         f[1],
         r[1],
+    ));
+    // Client memory of a replay, on its own: reset the peak, read everything, read the peak.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = harness::rss_kib("VmRSS:");
+    let n = store
+        .stream(cim_nats::ReadFrom::Start)
+        .fold(0u64, |n, e| async move {
+            e.expect("event");
+            n + 1
+        })
+        .await;
+    let peak = harness::rss_kib("VmHWM:");
+    rows.push(Row::info(
+        &format!("replay of {n} events: client RSS"),
+        "MiB before / peak",
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
     ));
 }
 
@@ -356,10 +365,28 @@ async fn main() {
     );
     let mut rows = Vec::new();
     let reps = if options.quick { 200 } else { 2000 };
+    write::append_one(&client, reps, &mut rows).await;
+    write::append_pipelined(&client, if options.quick { 5 } else { 20 }, &mut rows).await;
+    write::batch_of_three(&client, reps / 2, &mut rows).await;
+    write::commands(
+        &client,
+        reps,
+        if options.quick { 3_200 } else { 32_000 },
+        &mut rows,
+    )
+    .await;
     load_case(&client, "small", 50, reps, &mut rows).await;
     let big = if options.quick { 5_000 } else { 50_000 };
     load_case(&client, "large", big, reps, &mut rows).await;
     replay_case(&client, "large", &mut rows).await;
     snapshot_case(&client, reps, &mut rows).await;
+    project::subscriber(
+        &client,
+        if options.quick { 10_000 } else { 100_000 },
+        &mut rows,
+    )
+    .await;
+    project::topology_rebuild(&client, if options.quick { 100 } else { 10_000 }, &mut rows).await;
+    project::in_memory(reps, &mut rows).await;
     print_table(&rows);
 }
