@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::jetstream::codec::RawMessage;
 
+pub(crate) mod permissions;
+
+use permissions::{Denied, Need};
+
 /// JetStream error codes the store reacts to.
 pub(crate) mod codes {
     /// Wrong last sequence (expected-sequence check failed).
@@ -87,10 +91,14 @@ pub(crate) fn server_error(e: &ApiError) -> StoreError {
     StoreError::new(kind)
 }
 
-pub(crate) fn request_error(err: async_nats::RequestError, subject: &str) -> StoreError {
+pub(crate) fn request_error(
+    err: async_nats::RequestError,
+    subject: &str,
+    timeout: Duration,
+) -> StoreError {
     use async_nats::RequestErrorKind as K;
     match err.kind() {
-        K::TimedOut => StoreError::with_source(StoreErrorKind::TimedOut, err),
+        K::TimedOut => timed_out(subject, timeout),
         K::NoResponders => StoreError::with_source(StoreErrorKind::StreamNotFound, err),
         K::InvalidSubject => StoreError::with_source(StoreErrorKind::InvalidSubject, err),
         K::Other if err.to_string().contains("permission") => {
@@ -98,6 +106,35 @@ pub(crate) fn request_error(err: async_nats::RequestError, subject: &str) -> Sto
         }
         _ => StoreError::with_source(StoreErrorKind::Connection, err),
     }
+}
+
+/// No reply to a request on `subject`: [`StoreErrorKind::TimedOut`] whose message names the
+/// subject and the likely cause (permissions).
+pub(crate) fn timed_out(subject: &str, timeout: Duration) -> StoreError {
+    StoreError::with_source(
+        StoreErrorKind::TimedOut,
+        permissions::no_reply(subject, Some(timeout)),
+    )
+}
+
+/// [`StoreErrorKind::PermissionDenied`] naming the refused subject, the user and the rule.
+pub(crate) fn denied_error(denied: Denied) -> StoreError {
+    StoreError::with_source(
+        StoreErrorKind::PermissionDenied(denied.subject.clone()),
+        denied,
+    )
+}
+
+/// Runs `request`, which needs `needs`; a slow one whose needs the user's permissions refuse
+/// ends early with [`StoreErrorKind::PermissionDenied`] (see [`permissions`]).
+pub(crate) async fn guarded<T>(
+    client: &Client,
+    needs: &[Need<'_>],
+    request: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    permissions::unless_denied(client, needs, request)
+        .await
+        .unwrap_or_else(|denied| Err(denied_error(denied)))
 }
 
 /// Publishes one message as a request and reads the publish acknowledgement.
@@ -112,10 +149,14 @@ pub(crate) async fn publish(
         .headers(headers)
         .payload(payload)
         .timeout(Some(timeout));
-    let reply = client
-        .send_request(subject.clone(), request)
-        .await
-        .map_err(|e| request_error(e, &subject))?;
+    let needs = [Need::Publish(&subject), Need::ReplyInbox];
+    let reply = guarded(client, &needs, async {
+        client
+            .send_request(subject.clone(), request)
+            .await
+            .map_err(|e| request_error(e, &subject, timeout))
+    })
+    .await?;
     parse_ack(&reply.payload)
 }
 
@@ -201,83 +242,19 @@ pub(crate) async fn direct_get(
     let req = async_nats::Request::new()
         .payload(payload)
         .timeout(Some(timeout));
-    let reply = client
-        .send_request(api_subject.to_owned(), req)
-        .await
-        .map_err(|e| request_error(e, api_subject))?;
+    let needs = [Need::Publish(api_subject), Need::ReplyInbox];
+    let reply = guarded(client, &needs, async {
+        client
+            .send_request(api_subject.to_owned(), req)
+            .await
+            .map_err(|e| request_error(e, api_subject, timeout))
+    })
+    .await?;
     match reply.status.map(|s| s.as_u16()) {
         None | Some(200) => to_raw(reply).map(Some),
         Some(404) => Ok(None),
         Some(_) => Err(status_error(&reply)),
     }
-}
-
-/// A page of messages by a batched direct get; `pending` is how many more match after it.
-#[derive(Debug, Default)]
-pub(crate) struct Page {
-    pub(crate) messages: Vec<RawMessage>,
-    pub(crate) pending: u64,
-}
-
-/// Runs a batched direct get and collects its replies until the end-of-batch marker.
-pub(crate) async fn direct_batch(
-    client: &Client,
-    api_subject: &str,
-    request: &DirectGet,
-    timeout: Duration,
-) -> Result<Page, StoreError> {
-    let inbox = client.new_inbox();
-    let mut sub = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
-    let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
-    client
-        .publish_with_reply(api_subject.to_owned(), inbox, payload)
-        .await
-        .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
-    let mut page = Page::default();
-    let expected = request.batch.unwrap_or(1);
-    page.messages.reserve(expected.min(1024));
-    loop {
-        let message = match tokio::time::timeout(timeout, sub.next()).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(StoreError::new(StoreErrorKind::Connection)),
-            Err(_) => return Err(StoreError::new(StoreErrorKind::TimedOut)),
-        };
-        match message.status.map(|s| s.as_u16()) {
-            None | Some(200) => {
-                let pending = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Num-Pending"))
-                    .and_then(|v| v.as_str().parse::<u64>().ok());
-                page.messages.push(to_raw(message)?);
-                if let Some(p) = pending {
-                    page.pending = p;
-                }
-            }
-            // End of batch: the headers carry how many are still pending.
-            Some(204) => {
-                if let Some(p) = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Num-Pending"))
-                    .and_then(|v| v.as_str().parse::<u64>().ok())
-                {
-                    page.pending = p;
-                }
-                break;
-            }
-            Some(404) => {
-                page.pending = 0;
-                break;
-            }
-            Some(_) => return Err(status_error(&message)),
-        }
-    }
-    let _ = sub.unsubscribe().await;
-    Ok(page)
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,10 +297,14 @@ pub(crate) async fn stream_state(
     let req = async_nats::Request::new()
         .payload(Bytes::from(body))
         .timeout(Some(timeout));
-    let reply = client
-        .send_request(subject.clone(), req)
-        .await
-        .map_err(|e| request_error(e, &subject))?;
+    let needs = [Need::Publish(&subject), Need::ReplyInbox];
+    let reply = guarded(client, &needs, async {
+        client
+            .send_request(subject.clone(), req)
+            .await
+            .map_err(|e| request_error(e, &subject, timeout))
+    })
+    .await?;
     let info: StreamInfoResponse = serde_json::from_slice(&reply.payload)
         .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
     if let Some(e) = info.error {
@@ -368,12 +349,20 @@ pub(crate) async fn direct_batches(
             .await
             .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
     }
+    // The first reply shows that the request went through; until it comes, a slow answer may be
+    // a refused publish or inbox.
+    let needs = [Need::Publish(api_subject), Need::Subscribe(&inbox)];
+    let mut first = Some(
+        guarded(client, &needs, async {
+            next_reply(&mut sub, api_subject, timeout).await
+        })
+        .await?,
+    );
     let mut ended = 0;
     while ended < requests.len() {
-        let message = match tokio::time::timeout(timeout, sub.next()).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(StoreError::new(StoreErrorKind::Connection)),
-            Err(_) => return Err(StoreError::new(StoreErrorKind::TimedOut)),
+        let message = match first.take() {
+            Some(m) => m,
+            None => next_reply(&mut sub, api_subject, timeout).await?,
         };
         match message.status.map(|s| s.as_u16()) {
             None | Some(200) => {
@@ -395,4 +384,17 @@ pub(crate) async fn direct_batches(
     }
     let _ = sub.unsubscribe().await;
     Ok(out)
+}
+
+/// The next reply on a request's inbox.
+async fn next_reply(
+    sub: &mut async_nats::Subscriber,
+    subject: &str,
+    timeout: Duration,
+) -> Result<async_nats::Message, StoreError> {
+    match tokio::time::timeout(timeout, sub.next()).await {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(StoreError::new(StoreErrorKind::Connection)),
+        Err(_) => Err(timed_out(subject, timeout)),
+    }
 }

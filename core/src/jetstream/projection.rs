@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::envelope::StreamSequence;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::event::NatsEvent;
-use crate::jetstream::codec::{decode_stored, raw_from_delivery};
+use crate::jetstream::codec::{decode_stored, raw_from_delivery_owned};
 use crate::jetstream::kv::{kv_key, open_bucket};
 use crate::jetstream::store::JetStreamEventStore;
 use crate::projection::{OnUnreadable, Projection, ProjectionError};
@@ -334,7 +334,7 @@ where
                         return Err(ProjectionError::Aborted(self.name.clone()));
                     };
                     let message = message.map_err(|e| store_error(&self.name, e))?;
-                    let Some(raw) = raw_from_delivery(&message) else {
+                    let Some(raw) = raw_from_delivery_owned(message) else {
                         continue;
                     };
                     let sequence = raw.sequence;

@@ -116,7 +116,13 @@ impl JetStreamEventStore {
         let info = client.server_info();
         check_server_info(&info)?;
         let context = jetstream::new(client.clone());
-        ensure_stream(&context, &config).await?;
+        // A user not permitted to use the JetStream API gets its requests dropped, not refused:
+        // find out and say so, rather than time out with no reason. Publishing to the domain's
+        // subjects is not checked here: a reader (projections, loads) needs no such permission,
+        // and an append refused by permissions says so itself.
+        let stream_info = format!("$JS.API.STREAM.INFO.{}", config.stream_name);
+        api::permissions::setup_through(&client, &stream_info, ensure_stream(&context, &config))
+            .await?;
         let direct_subject = format!("$JS.API.DIRECT.GET.{}", config.stream_name);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -782,34 +788,6 @@ impl JetStreamEventStore {
         }
         Ok(out)
     }
-
-    /// One page of the whole stream for [`EventStore::stream`].
-    pub(crate) async fn page(&self, from: PageStart) -> Result<api::Page, StoreError> {
-        let mut request = DirectGet {
-            batch: Some(PAGE),
-            ..DirectGet::default()
-        };
-        match from {
-            PageStart::Sequence(seq) => request.seq = Some(seq.max(1)),
-            PageStart::Time(t) => {
-                request.start_time = Some(t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
-            }
-        }
-        api::direct_batch(
-            &self.inner.client,
-            &self.inner.direct_subject,
-            &request,
-            self.inner.timeout,
-        )
-        .await
-    }
-}
-
-/// Where a page of the whole stream starts.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum PageStart {
-    Sequence(u64),
-    Time(chrono::DateTime<chrono::Utc>),
 }
 
 fn wanted_config(config: &StoreConfig) -> stream::Config {
