@@ -191,3 +191,30 @@ async fn an_aggregate_id_in_a_subject_cannot_reach_another_aggregate() {
         .unwrap();
     assert_eq!(store.read_aggregate(&a, 0).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_header_repeated_with_different_values_is_refused() {
+    let (_server, client) = support::server().await;
+    let store = JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("shop"))
+        .await
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", EventId::new().to_string().as_str());
+    headers.insert("Cim-Event-Type", "Placed");
+    headers.append("Cim-Aggregate-Version", "1");
+    headers.append("Cim-Aggregate-Version", "7");
+    async_nats::jetstream::new(client)
+        .publish_with_headers("shop.order.placed.twice", headers, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let items: Vec<_> = store.stream(ReadFrom::Start).collect().await;
+    assert_eq!(items.len(), 1);
+    let err = items[0].as_ref().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Cim-Aggregate-Version appears several times"),
+        "{err}"
+    );
+}

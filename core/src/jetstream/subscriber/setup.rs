@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use async_nats::Client;
+use async_nats::{Client, StatusCode};
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{SubscriberError, SubscriberErrorKind};
+use crate::jetstream::api::permissions::{self, Denied, Need, SUSPECT_AFTER};
 use crate::jetstream::api::ApiError;
 use crate::jetstream::subscriber::builder::{DeliverPolicy, Options};
 
@@ -38,6 +40,116 @@ fn server_error(e: &ApiError) -> SubscriberError {
     })
 }
 
+/// How long after the API answered through the request inbox its reply on a new inbox may
+/// still take, before the new inbox is taken as refused.
+const INBOX_GRACE: Duration = Duration::from_millis(500);
+
+const STREAM_NAMES: &str = "$JS.API.STREAM.NAMES";
+
+fn denied_error(denied: Denied) -> SubscriberError {
+    SubscriberError::with_source(
+        SubscriberErrorKind::Server {
+            code: 0,
+            description: format!("permission denied for subject {:?}", denied.subject),
+        },
+        denied,
+    )
+}
+
+fn jetstream_disabled() -> SubscriberError {
+    SubscriberError::new(SubscriberErrorKind::Server {
+        code: 0,
+        description: "JetStream is not enabled on the server".to_owned(),
+    })
+}
+
+/// A JetStream API request whose reply comes to a new inbox of its own, the kind of subject a
+/// consumer delivers events to: a reply proves that deliveries can arrive. A user not permitted
+/// to subscribe there (or to publish the request) gets nothing back, and the server tells only
+/// the client's event callback; so when no reply comes in [`SUSPECT_AFTER`], the user's
+/// permissions (if the server tells them) and the same request through the client's request
+/// inbox find out why, and the subscription fails with a clear error instead of waiting for
+/// events that cannot come.
+async fn api_request_on_new_inbox(
+    client: &Client,
+    subject: &str,
+    body: Bytes,
+) -> Result<async_nats::Message, SubscriberError> {
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| SubscriberError::with_source(SubscriberErrorKind::Connection, e))?;
+    client
+        .publish_with_reply(subject.to_owned(), inbox.clone(), body.clone())
+        .await
+        .map_err(|e| SubscriberError::with_source(SubscriberErrorKind::Connection, e))?;
+    let reply = |m: Option<async_nats::Message>| match m {
+        Some(m) if m.status == Some(StatusCode::NO_RESPONDERS) => Err(jetstream_disabled()),
+        Some(m) => Ok(m),
+        None => Err(SubscriberError::new(SubscriberErrorKind::Connection)),
+    };
+    let deadline = tokio::time::Instant::now() + API_TIMEOUT;
+    if let Ok(m) = tokio::time::timeout(SUSPECT_AFTER, replies.next()).await {
+        return reply(m);
+    }
+    let needs = [
+        Need::Publish(subject),
+        Need::Subscribe(&inbox),
+        Need::ReplyInbox,
+    ];
+    let mut info = std::pin::pin!(permissions::user_info(client));
+    let mut info_pending = true;
+    let mut through_request_inbox = std::pin::pin!(client.send_request(
+        subject.to_owned(),
+        async_nats::Request::new()
+            .payload(body)
+            .timeout(Some(API_TIMEOUT)),
+    ));
+    let mut request_pending = true;
+    let mut answered_elsewhere = None;
+    loop {
+        let until = answered_elsewhere.map_or(deadline, |t| deadline.min(t + INBOX_GRACE));
+        tokio::select! {
+            m = replies.next() => return reply(m),
+            i = &mut info, if info_pending => {
+                info_pending = false;
+                if let Some(denied) = i.and_then(|i| i.refusal(client, &needs)) {
+                    return Err(denied_error(denied));
+                }
+            }
+            r = &mut through_request_inbox, if request_pending => {
+                request_pending = false;
+                let answered = match &r {
+                    Ok(_) => true,
+                    Err(e) => matches!(e.kind(), async_nats::RequestErrorKind::NoResponders),
+                };
+                if answered {
+                    answered_elsewhere = Some(tokio::time::Instant::now());
+                }
+            }
+            () = tokio::time::sleep_until(until) => {
+                return Err(match answered_elsewhere {
+                    Some(_) => SubscriberError::new(SubscriberErrorKind::Server {
+                        code: 0,
+                        description: format!(
+                            "permission denied for subject {inbox:?}: the JetStream API answered \
+                             through the client's request inbox but not on the new inbox \
+                             {inbox:?}, so the connection's user is most likely not permitted to \
+                             subscribe to it; consumers deliver events to such inboxes, so no \
+                             event would ever arrive (permit subscribing to _INBOX.>)"
+                        ),
+                    }),
+                    None => SubscriberError::with_source(
+                        SubscriberErrorKind::Connection,
+                        permissions::no_reply(subject, Some(API_TIMEOUT)),
+                    ),
+                });
+            }
+        }
+    }
+}
+
 /// The streams whose subjects overlap `subject` (`$JS.API.STREAM.NAMES` with a subject filter).
 async fn streams_for(client: &Client, subject: &str) -> Result<Vec<String>, SubscriberError> {
     let mut names = Vec::new();
@@ -47,22 +159,7 @@ async fn streams_for(client: &Client, subject: &str) -> Result<Vec<String>, Subs
             offset: names.len(),
         })
         .unwrap_or_default();
-        let request = async_nats::Request::new()
-            .payload(Bytes::from(body))
-            .timeout(Some(API_TIMEOUT));
-        let reply = client
-            .send_request("$JS.API.STREAM.NAMES".to_owned(), request)
-            .await
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => SubscriberError::with_source(
-                    SubscriberErrorKind::Server {
-                        code: 0,
-                        description: "JetStream is not enabled on the server".to_owned(),
-                    },
-                    e,
-                ),
-                _ => SubscriberError::with_source(SubscriberErrorKind::Connection, e),
-            })?;
+        let reply = api_request_on_new_inbox(client, STREAM_NAMES, Bytes::from(body)).await?;
         let page: StreamNamesResponse = serde_json::from_slice(&reply.payload)
             .map_err(|e| SubscriberError::with_source(SubscriberErrorKind::Connection, e))?;
         if let Some(e) = page.error {
@@ -175,13 +272,38 @@ pub(crate) async fn create_consumer(
         stream: stream.to_owned(),
         description,
     };
+    // A request the user is not permitted is dropped, not refused: a slow one is checked
+    // against the user's permissions, and a timeout names the likely cause.
+    let failed = |subject: &str, e: Box<dyn std::error::Error + Send + Sync>| {
+        let description = if permissions::is_timeout(e.as_ref()) {
+            permissions::no_reply(subject, None)
+        } else {
+            e.to_string()
+        };
+        SubscriberError::with_source(setup_error(description), e)
+    };
+    let refused = |denied: Denied| {
+        SubscriberError::with_source(
+            setup_error(format!(
+                "permission denied for subject {:?}",
+                denied.subject
+            )),
+            denied,
+        )
+    };
+    let client = js.client();
     let mut config = consumer_config(subjects, options)?;
     let handle = js
         .get_stream_no_info(stream)
         .await
         .map_err(|e| SubscriberError::with_source(setup_error(e.to_string()), e))?;
     if let Some(durable) = &options.durable {
-        match handle.consumer_info(durable).await {
+        let info_subject = format!("$JS.API.CONSUMER.INFO.{stream}.{durable}");
+        let needs = [Need::Publish(&info_subject), Need::ReplyInbox];
+        let info = permissions::unless_denied(&client, &needs, handle.consumer_info(durable))
+            .await
+            .map_err(refused)?;
+        match info {
             Ok(info) => {
                 if info.config.deliver_subject.is_some() {
                     return Err(SubscriberError::new(setup_error(format!(
@@ -191,15 +313,27 @@ pub(crate) async fn create_consumer(
                 config.deliver_policy = info.config.deliver_policy;
             }
             Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {}
-            Err(e) => {
-                return Err(SubscriberError::with_source(setup_error(e.to_string()), e));
-            }
+            Err(e) => return Err(failed(&info_subject, e.into())),
         }
     }
-    handle
-        .create_consumer(config)
+    let create_subject = create_subject(stream, &config);
+    let needs = [Need::Publish(&create_subject), Need::ReplyInbox];
+    permissions::unless_denied(&client, &needs, handle.create_consumer(config))
         .await
-        .map_err(|e| SubscriberError::with_source(setup_error(e.to_string()), e))
+        .map_err(refused)?
+        .map_err(|e| failed(&create_subject, e.into()))
+}
+
+/// The subject `async-nats` sends a consumer's creation to.
+fn create_subject(stream: &str, config: &consumer::pull::Config) -> String {
+    match config.name.as_ref().or(config.durable_name.as_ref()) {
+        Some(name) if !config.filter_subject.is_empty() => format!(
+            "$JS.API.CONSUMER.CREATE.{stream}.{name}.{}",
+            config.filter_subject
+        ),
+        Some(name) => format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"),
+        None => format!("$JS.API.CONSUMER.CREATE.{stream}"),
+    }
 }
 
 /// Deletes a consumer, ignoring one that is already gone.
