@@ -388,5 +388,24 @@ async fn main() {
     .await;
     project::topology_rebuild(&client, if options.quick { 100 } else { 10_000 }, &mut rows).await;
     project::in_memory(reps, &mut rows).await;
+
+    // The command cases again on a server that fsyncs every write.
+    let durable = NatsServer::builder()
+        .jetstream_config("sync_interval: always")
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let durable_client = durable.connect().await.expect("connect");
+    let first = rows.len();
+    write::append_one(&durable_client, reps / 4, &mut rows).await;
+    write::commands(
+        &durable_client,
+        reps / 4,
+        if options.quick { 640 } else { 6_400 },
+        &mut rows,
+    )
+    .await;
+    for row in &mut rows[first..] {
+        row.case.push_str(" [sync_interval: always]");
+    }
     print_table(&rows);
 }

@@ -44,6 +44,7 @@ pub enum TestServerError {
 #[derive(Debug, Clone, Default)]
 pub struct NatsServerBuilder {
     jetstream: bool,
+    jetstream_config: String,
     extra_config: String,
     name: Option<String>,
     port: Option<u16>,
@@ -62,6 +63,16 @@ impl NatsServerBuilder {
     #[must_use]
     pub fn without_jetstream(mut self) -> Self {
         self.jetstream = false;
+        self
+    }
+
+    /// Adds a line inside the server's `jetstream { }` block, e.g. `sync_interval: always`
+    /// (fsync every write) to measure durability costs.
+    #[must_use]
+    pub fn jetstream_config(mut self, line: impl AsRef<str>) -> Self {
+        self.jetstream_config.push_str("  ");
+        self.jetstream_config.push_str(line.as_ref());
+        self.jetstream_config.push('\n');
         self
     }
 
@@ -182,8 +193,9 @@ impl NatsServer {
             let store = self.dir.path().join("jetstream");
             let _ = writeln!(
                 cfg,
-                "jetstream {{\n  store_dir: {}\n  max_memory_store: 512MB\n  max_file_store: 16GB\n}}",
-                quote(&store)
+                "jetstream {{\n  store_dir: {}\n  max_memory_store: 512MB\n  max_file_store: 16GB\n{}}}",
+                quote(&store),
+                builder.jetstream_config
             );
         }
         if let Some(cluster) = cluster {
