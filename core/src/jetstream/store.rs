@@ -351,7 +351,24 @@ impl JetStreamEventStore {
                 duplicate: true,
             }));
         }
-        let stored = self.read_aggregate(aggregate_id, base).await?;
+        // Ours, if stored, are the events right after version `base`. Read back from the last
+        // event in growing windows of stream sequences rather than the whole history, so that a
+        // conflict costs what the expectation lags behind, not what the aggregate holds. A window
+        // that starts after version `base + 1` shows as a version gap: widen it.
+        let mut window = 64 * (top - base);
+        let stored = loop {
+            let from = last.position.sequence.saturating_sub(window);
+            match self
+                .read_aggregate_after(aggregate_id, base, StreamSequence(from))
+                .await
+            {
+                Ok(stored) => break stored,
+                Err(e) if from > 0 && matches!(e.kind(), StoreErrorKind::Decode { .. }) => {
+                    window = window.saturating_mul(8);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if stored.len() < events.len() {
             return Ok(None);
         }
