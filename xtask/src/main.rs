@@ -4,6 +4,9 @@
 //! - `test [ARGS]`: provision nats-server, then run the whole test suite (`cargo test --workspace`,
 //!   ARGS passed on).
 //! - `bench [--quick]`: provision nats-server, then run the benchmarks (release build).
+//! - `soak [--quick | --long | --seconds N]`: provision nats-server, then run the load and soak
+//!   program (release build, a process of its own): 60 s, 10 s with `--quick`, 10 min with
+//!   `--long`.
 //! - `provision`: only find or install nats-server, and print what was found or installed.
 //!
 //! Provisioning: `NATS_SERVER_BIN` if set and recent enough; else a `nats-server` on `PATH` whose
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         Some("test") => provision().and_then(|bin| test(&bin, &rest)),
         Some("demo") => provision().and_then(|bin| demo(&bin, &rest)),
         Some("bench") => provision().and_then(|bin| bench(&bin, &rest)),
+        Some("soak") => provision().and_then(|bin| soak(&bin, &rest)),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
                  demo        run the demo (provisions nats-server first)\n  \
                  test [ARGS] run the whole test suite (provisions nats-server first)\n  \
                  bench [--quick]  benchmarks against raw async-nats (release build)\n  \
+                 soak [--quick|--long]  load and soak run: writers, subscribers, memory (release build)\n  \
                  provision   find or install nats-server >= 2.12.1"
             );
             return ExitCode::from(2);
@@ -259,6 +264,23 @@ fn bench(bin: &Path, args: &[OsString]) -> Result<(), String> {
             "cim-nats-benches",
             "--bin",
             "cim-nats-bench",
+            "--",
+        ])
+        .args(args);
+    run(cmd)
+}
+
+fn soak(bin: &Path, args: &[OsString]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.env("NATS_SERVER_BIN", bin)
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "cim-nats-soak",
+            "--bin",
+            "cim-nats-soak",
             "--",
         ])
         .args(args);
