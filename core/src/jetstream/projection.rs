@@ -190,6 +190,9 @@ impl ProjectionRunner {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: <P::Event as NatsEvent>::DOMAIN_WILDCARD.to_owned(),
                 deliver_policy,
+                // Short pulls (and so a heartbeat every 2.5 s): a consumer on a server that died
+                // is noticed and recreated in seconds, not after two missed 15 s heartbeats.
+                max_expires: Duration::from_secs(5),
                 ..Default::default()
             })
             .await
