@@ -71,6 +71,30 @@ where
     (f, r)
 }
 
+/// Runs a throughput case three times on each side, alternating which side goes first, and
+/// returns the medians (framework, raw).
+pub(crate) async fn median_of_three<F, R, FF, RF>(mut framework: F, mut raw: R) -> (f64, f64)
+where
+    F: FnMut() -> FF,
+    R: FnMut() -> RF,
+    FF: Future<Output = f64>,
+    RF: Future<Output = f64>,
+{
+    let (mut f, mut r) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        if round % 2 == 0 {
+            f.push(framework().await);
+            r.push(raw().await);
+        } else {
+            r.push(raw().await);
+            f.push(framework().await);
+        }
+    }
+    f.sort_by(f64::total_cmp);
+    r.sort_by(f64::total_cmp);
+    (f[1], r[1])
+}
+
 /// One line of the results table.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {

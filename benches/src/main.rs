@@ -16,7 +16,7 @@ use cim_nats::testing::NatsServer;
 use cim_nats::{headers, AggregateId, EventStore};
 use futures::StreamExt;
 
-use harness::{latency, print_table, Row};
+use harness::{latency, median_of_three, print_table, Row};
 
 /// Events per aggregate in the load cases.
 pub(crate) const PER_AGGREGATE: u64 = 20;
@@ -238,10 +238,8 @@ async fn replay_case(client: &async_nats::Client, domain: &str, rows: &mut Vec<R
         .await
         .expect("store");
     let total = store.last_sequence().await.expect("state").0;
-    let mut f = Vec::new();
-    let mut r = Vec::new();
-    for round in 0..3 {
-        let framework = async {
+    let (f, r) = median_of_three(
+        || async {
             let t = Instant::now();
             let n = store
                 .stream(cim_nats::ReadFrom::Start)
@@ -252,28 +250,20 @@ async fn replay_case(client: &async_nats::Client, domain: &str, rows: &mut Vec<R
                 .await;
             assert_eq!(n, total);
             n as f64 / t.elapsed().as_secs_f64()
-        };
-        let raw = async {
+        },
+        || async {
             let t = Instant::now();
             let n = raw_replay(client, &stream).await;
             assert_eq!(n, total);
             n as f64 / t.elapsed().as_secs_f64()
-        };
-        if round % 2 == 0 {
-            f.push(framework.await);
-            r.push(raw.await);
-        } else {
-            r.push(raw.await);
-            f.push(framework.await);
-        }
-    }
-    f.sort_by(f64::total_cmp);
-    r.sort_by(f64::total_cmp);
+        },
+    )
+    .await;
     rows.push(Row::throughput(
         &format!("replay the whole stream of {total}"),
         "events/s (median of 3)",
-        f[1],
-        r[1],
+        f,
+        r,
     ));
     // Client memory of a replay, on its own: reset the peak, read everything, read the peak.
     let _ = std::fs::write("/proc/self/clear_refs", "5");

@@ -19,7 +19,7 @@ use cim_nats::{
 };
 use futures::StreamExt;
 
-use crate::harness::{latency, Row};
+use crate::harness::{latency, median_of_three, Row};
 
 /// Fills INFRASTRUCTURE_EVENTS with `infrastructures` × 100 real domain events (a network and
 /// 99 machines each), made by the aggregate and published raw, pipelined, in the wire format.
@@ -141,10 +141,8 @@ pub(crate) async fn topology_rebuild(
         "filled {total} infrastructure events in {:?}",
         started.elapsed()
     );
-    let mut f = Vec::new();
-    let mut r = Vec::new();
-    for round in 0..3 {
-        let framework = async {
+    let (f, r) = median_of_three(
+        || async {
             let t = Instant::now();
             let manager = ProjectionManager::new();
             manager.rebuild_from(&store).await.expect("rebuild");
@@ -155,8 +153,8 @@ pub(crate) async fn topology_rebuild(
                 .len();
             assert_eq!(n, infrastructures * 99);
             total as f64 / t.elapsed().as_secs_f64()
-        };
-        let raw = async {
+        },
+        || async {
             let t = Instant::now();
             let topology = raw_rebuild(client).await;
             assert_eq!(
@@ -164,22 +162,14 @@ pub(crate) async fn topology_rebuild(
                 infrastructures * 99
             );
             total as f64 / t.elapsed().as_secs_f64()
-        };
-        if round % 2 == 0 {
-            f.push(framework.await);
-            r.push(raw.await);
-        } else {
-            r.push(raw.await);
-            f.push(framework.await);
-        }
-    }
-    f.sort_by(f64::total_cmp);
-    r.sort_by(f64::total_cmp);
+        },
+    )
+    .await;
     rows.push(Row::throughput(
         &format!("rebuild the topology projection from {total} events"),
         "events/s (median of 3)",
-        f[1],
-        r[1],
+        f,
+        r,
     ));
 }
 
