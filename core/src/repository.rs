@@ -18,7 +18,7 @@ use crate::store::{AppendResult, EventStore, ExpectedVersion, NewEvent};
 use crate::subject::AggregateId;
 
 /// An aggregate as loaded: its state, its version and the stream sequence of its last event.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Loaded<A> {
     /// The aggregate instance.
     pub id: AggregateId,
@@ -85,8 +85,22 @@ impl<A> Cache<A> {
         self.entries.remove(id).map(|(_, l)| l)
     }
 
+    fn peek(&self, id: &AggregateId) -> Option<&Loaded<A>> {
+        self.entries.get(id).map(|(_, l)| l)
+    }
+
+    /// Keeps `loaded`, unless a newer copy of the aggregate is already kept (put there by a
+    /// command that finished meanwhile).
     fn put(&mut self, loaded: Loaded<A>) {
         if self.capacity == 0 {
+            return;
+        }
+        if let Some((tick, kept)) = self.entries.get_mut(&loaded.id) {
+            self.tick += 1;
+            *tick = self.tick;
+            if kept.version <= loaded.version {
+                *kept = loaded;
+            }
             return;
         }
         if self.entries.len() >= self.capacity {
@@ -110,7 +124,9 @@ impl<A> Cache<A> {
 ///   reloads and retries.
 /// - With a cache ([`Repository::with_cache`]), a command on a recently used aggregate costs one
 ///   round trip: the cached state is used as is, and the store's concurrency check catches a
-///   change made elsewhere (the aggregate is then reloaded).
+///   change made elsewhere (the aggregate is then reloaded). [`Repository::load_cached`] reads
+///   through the same cache: one round trip checks the cached copy against the aggregate's last
+///   stored event, and only the events after it are read when it is behind.
 pub struct Repository<A: Aggregate> {
     store: Arc<dyn EventStore>,
     snapshots: Option<Arc<dyn SnapshotStore>>,
@@ -220,10 +236,16 @@ impl<A: Aggregate> Repository<A> {
                 }
             }
         }
+        self.catch_up(&mut loaded).await?;
+        Ok(loaded)
+    }
+
+    /// Applies the events stored after `loaded`'s version.
+    async fn catch_up(&self, loaded: &mut Loaded<A>) -> Result<(), StoreError> {
         let events = self
             .store
             .read_aggregate_routed(
-                id,
+                &loaded.id,
                 <A::Event as NatsEvent>::SUBJECTS,
                 loaded.version,
                 loaded.sequence,
@@ -240,6 +262,46 @@ impl<A: Aggregate> Repository<A> {
             loaded.version = stored.aggregate_version;
             loaded.sequence = stored.stream_sequence;
         }
+        Ok(())
+    }
+
+    /// Loads an aggregate through the cache ([`Repository::with_cache`]): a cached copy is
+    /// checked against the aggregate's last stored event (one round trip) and returned when it
+    /// is current; when it is behind, only the events after it are read and applied. Without a
+    /// cached copy (or without a cache) this is [`Repository::load`], and the result is cached.
+    ///
+    /// The result is as current as a [`Repository::load`] made at the time of the check.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repository::load`].
+    pub async fn load_cached(&self, id: &AggregateId) -> Result<Loaded<A>, StoreError>
+    where
+        A: Clone,
+    {
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.lock().ok().and_then(|c| c.peek(id).cloned()));
+        let loaded = match cached {
+            None => self.load(id).await?,
+            Some(mut cached) => {
+                let stored = self.store.aggregate_version(id).await?.unwrap_or(0);
+                match stored.cmp(&cached.version) {
+                    std::cmp::Ordering::Equal => cached,
+                    std::cmp::Ordering::Greater => {
+                        self.catch_up(&mut cached).await?;
+                        cached
+                    }
+                    // Fewer events than the copy has: the stream was replaced under it.
+                    std::cmp::Ordering::Less => {
+                        self.forget(id);
+                        self.load(id).await?
+                    }
+                }
+            }
+        };
+        self.put_cached(loaded.clone());
         Ok(loaded)
     }
 

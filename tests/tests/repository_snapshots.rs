@@ -337,3 +337,179 @@ async fn an_identity_an_event_carries_is_kept() {
     assert_eq!(stored.causation_id, Some(own.causation_id));
     assert_eq!(stored.actor.as_deref(), Some("auditor"));
 }
+
+/// Counts what the repository asks of the store it wraps.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn EventStore>,
+    /// Reads of events: (after_version) of each.
+    reads: std::sync::Mutex<Vec<u64>>,
+    version_checks: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl EventStore for Counting {
+    async fn append(
+        &self,
+        aggregate_id: &AggregateId,
+        expected: ExpectedVersion,
+        events: Vec<cim_nats::NewEvent>,
+    ) -> Result<cim_nats::AppendResult, cim_nats::StoreError> {
+        self.inner.append(aggregate_id, expected, events).await
+    }
+
+    async fn read_aggregate(
+        &self,
+        aggregate_id: &AggregateId,
+        after_version: u64,
+    ) -> Result<Vec<cim_nats::StoredEvent>, cim_nats::StoreError> {
+        self.reads.lock().unwrap().push(after_version);
+        self.inner.read_aggregate(aggregate_id, after_version).await
+    }
+
+    async fn read_aggregate_routed(
+        &self,
+        aggregate_id: &AggregateId,
+        routing_subjects: &[&str],
+        after_version: u64,
+        after_sequence: StreamSequence,
+    ) -> Result<Vec<cim_nats::StoredEvent>, cim_nats::StoreError> {
+        self.reads.lock().unwrap().push(after_version);
+        self.inner
+            .read_aggregate_routed(
+                aggregate_id,
+                routing_subjects,
+                after_version,
+                after_sequence,
+            )
+            .await
+    }
+
+    async fn aggregate_version(
+        &self,
+        aggregate_id: &AggregateId,
+    ) -> Result<Option<u64>, cim_nats::StoreError> {
+        self.version_checks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.aggregate_version(aggregate_id).await
+    }
+
+    fn stream(&self, from: cim_nats::ReadFrom) -> cim_nats::EventStream<'_> {
+        self.inner.stream(from)
+    }
+
+    async fn last_sequence(&self) -> Result<StreamSequence, cim_nats::StoreError> {
+        self.inner.last_sequence().await
+    }
+}
+
+#[tokio::test]
+async fn cached_loads_check_one_event_and_read_only_what_is_new() {
+    let (_server, _client, store) = setup().await;
+    let counting = Arc::new(Counting {
+        inner: Arc::clone(&store),
+        reads: std::sync::Mutex::new(Vec::new()),
+        version_checks: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let repo = Repository::<Account>::new(counting.clone() as Arc<dyn EventStore>).with_cache(16);
+    let id = AggregateId::new("cached-1").unwrap();
+
+    // Not cached yet: a full load, which is then cached.
+    let first = repo.load_cached(&id).await.unwrap();
+    assert_eq!(first.version, 0);
+    assert_eq!(*counting.reads.lock().unwrap(), vec![0]);
+    repo.execute(
+        &id,
+        AccountCommand::Open {
+            owner: "flo".into(),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    for amount in 1..=4 {
+        repo.execute(&id, AccountCommand::Deposit(amount), None)
+            .await
+            .unwrap();
+    }
+
+    // Cached and current: one check of the last event, no events read.
+    counting.reads.lock().unwrap().clear();
+    let checks = counting
+        .version_checks
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let cached = repo.load_cached(&id).await.unwrap();
+    assert_eq!((cached.version, cached.state.balance), (5, 10));
+    assert!(counting.reads.lock().unwrap().is_empty());
+    assert_eq!(
+        counting
+            .version_checks
+            .load(std::sync::atomic::Ordering::SeqCst),
+        checks + 1
+    );
+
+    // Changed elsewhere: only the events after the cached version are read.
+    let other = Repository::<Account>::new(Arc::clone(&store));
+    other
+        .execute(&id, AccountCommand::Deposit(100), None)
+        .await
+        .unwrap();
+    other
+        .execute(&id, AccountCommand::Withdraw(30), None)
+        .await
+        .unwrap();
+    let caught_up = repo.load_cached(&id).await.unwrap();
+    assert_eq!(*counting.reads.lock().unwrap(), vec![5]);
+    let full = Repository::<Account>::new(Arc::clone(&store))
+        .load(&id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (caught_up.version, caught_up.sequence),
+        (full.version, full.sequence)
+    );
+    assert_eq!(caught_up.state, full.state);
+    assert_eq!(caught_up.state.balance, 80);
+
+    // The caught-up copy is what the cache now holds: a command on it needs no reload.
+    counting.reads.lock().unwrap().clear();
+    repo.execute(&id, AccountCommand::Withdraw(80), None)
+        .await
+        .unwrap();
+    assert!(counting.reads.lock().unwrap().is_empty());
+    assert_eq!(repo.load_cached(&id).await.unwrap().state.balance, 0);
+}
+
+#[tokio::test]
+async fn cached_loads_on_the_in_memory_store_agree_with_full_loads() {
+    let store: Arc<dyn EventStore> = Arc::new(cim_nats::memory::InMemoryEventStore::new());
+    let repo = Repository::<Account>::new(Arc::clone(&store)).with_cache(2);
+    let other = Repository::<Account>::new(Arc::clone(&store));
+    let ids: Vec<AggregateId> = (0..5)
+        .map(|i| AggregateId::new(format!("m{i}")).unwrap())
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        repo.execute(
+            id,
+            AccountCommand::Open {
+                owner: "gus".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        for amount in 0..=i as u64 {
+            // Alternate writers, so that cached copies fall behind.
+            let writer = if amount % 2 == 0 { &repo } else { &other };
+            writer
+                .execute_with_retry(id, || AccountCommand::Deposit(amount), None, 2)
+                .await
+                .unwrap();
+        }
+    }
+    for id in &ids {
+        let cached = repo.load_cached(id).await.unwrap();
+        let full = other.load(id).await.unwrap();
+        assert_eq!((cached.version, &cached.state), (full.version, &full.state));
+    }
+}
