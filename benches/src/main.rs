@@ -23,6 +23,60 @@ pub(crate) const PER_AGGREGATE: u64 = 20;
 
 struct Options {
     quick: bool,
+    /// Runs only the cases whose names are given (`--only append,subscriber`); all when empty.
+    only: Vec<String>,
+}
+
+/// The cases, by the names `--only` takes.
+const CASES: [&str; 10] = [
+    "append",
+    "pipelined",
+    "batch",
+    "commands",
+    "load",
+    "replay",
+    "snapshot",
+    "subscriber",
+    "topology",
+    "memory",
+];
+
+impl Options {
+    fn from_args() -> Result<Self, String> {
+        let mut options = Self {
+            quick: false,
+            only: Vec::new(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                "--only" => {
+                    let list = args.next().ok_or("--only needs a list of cases")?;
+                    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                        if !CASES.contains(&name) {
+                            return Err(format!(
+                                "unknown case `{name}`; the cases are: {}",
+                                CASES.join(", ")
+                            ));
+                        }
+                        options.only.push(name.to_owned());
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown argument `{other}`; usage: cim-nats-bench [--quick] [--only CASE,...] (cases: {})",
+                        CASES.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(options)
+    }
+
+    fn runs(&self, case: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|c| c == case)
+    }
 }
 
 pub(crate) fn payload() -> Bytes {
@@ -34,7 +88,10 @@ pub(crate) fn payload() -> Bytes {
 /// raw publishes.
 pub(crate) async fn fill(client: &async_nats::Client, domain: &str, aggregates: u64) -> Duration {
     let js = async_nats::jetstream::new(client.clone());
-    let payload = payload();
+    // The payloads are the serde form of `sample::ItemEvent`, so a repository can read them.
+    let pad = "x".repeat(476);
+    let created = Bytes::from(format!("{{\"Created\":{{\"pad\":\"{pad}\"}}}}"));
+    let updated = Bytes::from(format!("{{\"Updated\":{{\"pad\":\"{pad}\"}}}}"));
     let started = Instant::now();
     let mut acks = futures::stream::FuturesUnordered::new();
     let contiguous = std::env::var("BENCH_FILL").as_deref() == Ok("contiguous");
@@ -49,7 +106,11 @@ pub(crate) async fn fill(client: &async_nats::Client, domain: &str, aggregates: 
     };
     {
         for (version, a) in order {
-            let op = if version == 1 { "created" } else { "updated" };
+            let (op, payload) = if version == 1 {
+                ("created", &created)
+            } else {
+                ("updated", &updated)
+            };
             let mut h = HeaderMap::new();
             h.insert(headers::MSG_ID, uuid::Uuid::now_v7().to_string().as_str());
             h.insert(headers::EVENT_TYPE, op);
@@ -191,6 +252,101 @@ async fn load_case(
         f.percentile(0.5),
         r.percentile(0.5),
     ));
+    // The freshness check of a cached aggregate: its last event, by a direct get on the
+    // aggregate's wildcard subject.
+    let (f, r) = latency(
+        20,
+        reps,
+        |i| {
+            let store = store.clone();
+            async move {
+                let id = AggregateId::new(format!("a{}", pick(i))).expect("id");
+                let version = store.aggregate_version(&id).await.expect("version");
+                assert_eq!(version, Some(PER_AGGREGATE));
+            }
+        },
+        |i| {
+            let client = client.clone();
+            let stream = stream.clone();
+            async move {
+                let req =
+                    serde_json::json!({ "last_by_subj": format!("{domain}.*.*.a{}", pick(i)) });
+                let m = client
+                    .request(
+                        format!("$JS.API.DIRECT.GET.{stream}"),
+                        serde_json::to_vec(&req).expect("json").into(),
+                    )
+                    .await
+                    .expect("direct get");
+                assert!(m.status.is_none());
+            }
+        },
+    )
+    .await;
+    rows.push(Row::latency(
+        &format!("an aggregate's last event (wildcard subject), stream of {total}"),
+        "p50 µs",
+        f.percentile(0.5),
+        r.percentile(0.5),
+    ));
+}
+
+/// A load through the repository's cache: the aggregates are cached first, then each load is one
+/// check of the aggregate's last event; against raw async-nats loading all 20 events.
+async fn cached_load_case(
+    client: &async_nats::Client,
+    aggregates: u64,
+    reps: usize,
+    rows: &mut Vec<Row>,
+) {
+    use cim_nats::Repository;
+    use std::sync::Arc;
+    let store: Arc<dyn EventStore> = Arc::new(
+        JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("large"))
+            .await
+            .expect("store"),
+    );
+    let total = aggregates * PER_AGGREGATE;
+    let hot = (reps + 20) as u64;
+    let pick = |i: usize| (i as u64 * 7919) % aggregates.min(hot);
+    let repo = Repository::<sample::Item>::new(store).with_cache(hot as usize);
+    for a in 0..aggregates.min(hot) {
+        let id = AggregateId::new(format!("a{a}")).expect("id");
+        repo.load_cached(&id).await.expect("warm");
+    }
+    let (f, r) = latency(
+        20,
+        reps,
+        |i| {
+            let repo = &repo;
+            async move {
+                let id = AggregateId::new(format!("a{}", pick(i))).expect("id");
+                let loaded = repo.load_cached(&id).await.expect("load");
+                assert_eq!(loaded.state.events, PER_AGGREGATE);
+            }
+        },
+        |i| {
+            let client = client.clone();
+            async move {
+                let a = pick(i);
+                let subjects = [
+                    format!("large.item.created.a{a}"),
+                    format!("large.item.updated.a{a}"),
+                ];
+                let n = raw_load(&client, "LARGE_EVENTS", &subjects).await;
+                assert_eq!(n as u64, PER_AGGREGATE);
+            }
+        },
+    )
+    .await;
+    let mut row = Row::latency(
+        &format!("load a 20-event aggregate through the repository's cache (one freshness check), stream of {total}"),
+        "p50 µs",
+        f.percentile(0.5),
+        r.percentile(0.5),
+    );
+    row.raw_label = Some("raw async-nats, full load");
+    rows.push(row);
 }
 
 /// Raw async-nats: the whole stream through a pull consumer without acknowledgements, batches
@@ -342,9 +498,10 @@ async fn snapshot_case(client: &async_nats::Client, reps: usize, rows: &mut Vec<
 
 #[tokio::main]
 async fn main() {
-    let options = Options {
-        quick: std::env::args().any(|a| a == "--quick"),
-    };
+    let options = Options::from_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
     let server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let client = server.connect().await.expect("connect");
     eprintln!(
@@ -354,48 +511,70 @@ async fn main() {
         if options.quick { "quick" } else { "full" }
     );
     let mut rows = Vec::new();
-    let reps = if options.quick { 200 } else { 2000 };
-    write::append_one(&client, reps, &mut rows).await;
-    write::append_pipelined(&client, if options.quick { 5 } else { 20 }, &mut rows).await;
-    write::batch_of_three(&client, reps / 2, &mut rows).await;
-    write::commands(
-        &client,
-        reps,
-        if options.quick { 3_200 } else { 32_000 },
-        &mut rows,
-    )
-    .await;
-    load_case(&client, "small", 50, reps, &mut rows).await;
-    let big = if options.quick { 5_000 } else { 50_000 };
-    load_case(&client, "large", big, reps, &mut rows).await;
-    replay_case(&client, "large", &mut rows).await;
-    snapshot_case(&client, reps, &mut rows).await;
-    project::subscriber(
-        &client,
-        if options.quick { 10_000 } else { 100_000 },
-        &mut rows,
-    )
-    .await;
-    project::topology_rebuild(&client, if options.quick { 100 } else { 10_000 }, &mut rows).await;
-    project::in_memory(reps, &mut rows).await;
+    let quick = options.quick;
+    let reps = if quick { 200 } else { 2000 };
+    if options.runs("append") {
+        write::append_one(&client, reps, &mut rows).await;
+    }
+    if options.runs("pipelined") {
+        write::append_pipelined(&client, if quick { 5 } else { 20 }, &mut rows).await;
+    }
+    if options.runs("batch") {
+        write::batch_of_three(&client, reps / 2, &mut rows).await;
+    }
+    if options.runs("commands") {
+        write::commands(&client, reps, if quick { 3_200 } else { 32_000 }, &mut rows).await;
+    }
+    let big = if quick { 5_000 } else { 50_000 };
+    if options.runs("load") {
+        load_case(&client, "small", 50, reps, &mut rows).await;
+    }
+    if options.runs("load") || options.runs("replay") {
+        // The replay reads the large stream the load case fills.
+        load_case(&client, "large", big, reps, &mut rows).await;
+    }
+    if options.runs("load") {
+        cached_load_case(&client, big, reps, &mut rows).await;
+    }
+    if options.runs("replay") {
+        replay_case(&client, "large", &mut rows).await;
+    }
+    if options.runs("snapshot") {
+        snapshot_case(&client, reps, &mut rows).await;
+    }
+    if options.runs("subscriber") {
+        project::subscriber(&client, if quick { 10_000 } else { 100_000 }, &mut rows).await;
+    }
+    if options.runs("topology") {
+        project::topology_rebuild(&client, if quick { 100 } else { 10_000 }, &mut rows).await;
+    }
+    if options.runs("memory") {
+        project::in_memory(reps, &mut rows).await;
+    }
 
     // The command cases again on a server that fsyncs every write.
-    let durable = NatsServer::builder()
-        .jetstream_config("sync_interval: always")
-        .start()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let durable_client = durable.connect().await.expect("connect");
-    let first = rows.len();
-    write::append_one(&durable_client, reps / 4, &mut rows).await;
-    write::commands(
-        &durable_client,
-        reps / 4,
-        if options.quick { 640 } else { 6_400 },
-        &mut rows,
-    )
-    .await;
-    for row in &mut rows[first..] {
-        row.case.push_str(" [sync_interval: always]");
+    if options.runs("append") || options.runs("commands") {
+        let durable = NatsServer::builder()
+            .jetstream_config("sync_interval: always")
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let durable_client = durable.connect().await.expect("connect");
+        let first = rows.len();
+        if options.runs("append") {
+            write::append_one(&durable_client, reps / 4, &mut rows).await;
+        }
+        if options.runs("commands") {
+            write::commands(
+                &durable_client,
+                reps / 4,
+                if quick { 640 } else { 6_400 },
+                &mut rows,
+            )
+            .await;
+        }
+        for row in &mut rows[first..] {
+            row.case.push_str(" [sync_interval: always]");
+        }
     }
     print_table(&rows);
 }

@@ -48,3 +48,37 @@ impl Aggregate for Ledger {
         self.balance += amount;
     }
 }
+
+/// The events the load cases' large stream holds (`large.item.{created,updated}.{id}`), for a
+/// repository reading it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, NatsEvent)]
+#[nats_event(domain = "large", aggregate = "item")]
+pub(crate) enum ItemEvent {
+    #[nats_event(operation = "created", event_type = "created")]
+    Created { pad: String },
+    #[nats_event(operation = "updated", event_type = "updated")]
+    Updated { pad: String },
+}
+
+/// An item of the large stream: how many events it has seen.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Item {
+    pub(crate) events: u64,
+}
+
+impl Aggregate for Item {
+    type Event = ItemEvent;
+    type Command = ();
+    type Error = std::convert::Infallible;
+    const TYPE: &'static str = "item";
+
+    fn handle(&self, (): ()) -> Result<Vec<ItemEvent>, Self::Error> {
+        Ok(vec![ItemEvent::Updated {
+            pad: "x".repeat(476),
+        }])
+    }
+
+    fn apply(&mut self, _: &ItemEvent) {
+        self.events += 1;
+    }
+}

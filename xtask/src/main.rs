@@ -3,7 +3,8 @@
 //! - `demo`: provision nats-server, then run the demo program.
 //! - `test [ARGS]`: provision nats-server, then run the whole test suite (`cargo test --workspace`,
 //!   ARGS passed on).
-//! - `bench [--quick]`: provision nats-server, then run the benchmarks (release build).
+//! - `bench [--quick] [--only CASE,...]`: provision nats-server, then run the benchmarks (release
+//!   build).
 //! - `soak [--quick | --long | --seconds N]`: provision nats-server, then run the load and soak
 //!   program (release build, a process of its own): 60 s, 10 s with `--quick`, 10 min with
 //!   `--long`.
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
                  tasks:\n  \
                  demo        run the demo (provisions nats-server first)\n  \
                  test [ARGS] run the whole test suite (provisions nats-server first)\n  \
-                 bench [--quick]  benchmarks against raw async-nats (release build)\n  \
+                 bench [--quick] [--only CASE,...]  benchmarks against raw async-nats (release build)\n  \
                  soak [--quick|--long]  load and soak run: writers, subscribers, memory (release build)\n  \
                  provision   find or install nats-server >= 2.12.1"
             );
