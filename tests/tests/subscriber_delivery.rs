@@ -19,6 +19,15 @@ use subscriber_fixtures::{self as fx, CartEvent, Seen};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_events_are_each_handled_once_in_per_aggregate_order() {
+    thousand_events(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_events_with_parallel_handlers() {
+    thousand_events(true).await;
+}
+
+async fn thousand_events(parallel: bool) {
     let (_server, client) = support::server().await;
     let (_store, publisher) = fx::shop(&client).await;
 
@@ -59,6 +68,7 @@ async fn a_thousand_events_are_each_handled_once_in_per_aggregate_order() {
         .durable("thousand")
         .deliver_policy(DeliverPolicy::All)
         .max_in_flight(64)
+        .parallel_handlers(parallel)
         .build()
         .unwrap();
     let started = Instant::now();
@@ -99,6 +109,58 @@ async fn a_thousand_events_are_each_handled_once_in_per_aggregate_order() {
         "1000 events handled in {elapsed:?} ({:.0} events/s, up to {parallel} handlers at once)",
         1000.0 / elapsed.as_secs_f64()
     );
+}
+
+/// Handlers that block their thread: with parallel handlers, two aggregates' handlers run at
+/// the same time on two threads; by default they share the consumer's task, one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn parallel_handlers_use_several_threads() {
+    let (_server, client) = support::server().await;
+    let (_store, publisher) = fx::shop(&client).await;
+    fx::publish_carts(&publisher, "blocking", 2, 1..=3).await;
+    for (parallel, durable) in [(true, "parallel"), (false, "in-task")] {
+        let seen = Seen::default();
+        let running = Arc::new(AtomicUsize::new(0));
+        let most_running = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let (seen, running, most_running) =
+                (seen.clone(), running.clone(), most_running.clone());
+            cim_nats::FnEventHandler::new(move |event: StoredEvent| {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most_running.fetch_max(now, Ordering::SeqCst);
+                // Work that never yields to the runtime.
+                std::thread::sleep(Duration::from_millis(30));
+                running.fetch_sub(1, Ordering::SeqCst);
+                seen.push(event, 1);
+                Ok(())
+            })
+        };
+        let handle = EventSubscriberBuilder::new()
+            .client(client.clone())
+            .subject("shop.>")
+            .handler(handler)
+            .durable(durable)
+            .deliver_policy(DeliverPolicy::All)
+            .parallel_handlers(parallel)
+            .build()
+            .unwrap()
+            .subscribe()
+            .await
+            .unwrap();
+        support::wait_until(Duration::from_secs(10), "6 events handled", || {
+            let n = seen.len();
+            async move { n >= 6 }
+        })
+        .await;
+        handle.shutdown().await.unwrap();
+        seen.assert_per_aggregate_order();
+        let most = most_running.load(Ordering::SeqCst);
+        if parallel {
+            assert_eq!(most, 2, "both carts' handlers at once");
+        } else {
+            assert_eq!(most, 1, "one thread-blocking handler at a time");
+        }
+    }
 }
 
 async fn subscribe_and_collect(

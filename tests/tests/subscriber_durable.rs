@@ -119,6 +119,15 @@ async fn a_restarted_durable_subscriber_gets_what_was_published_while_it_was_dow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_fifty_handlers_in_flight_completes_and_acknowledges_them() {
+    shutdown_with_fifty_in_flight(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_fifty_parallel_handlers_in_flight() {
+    shutdown_with_fifty_in_flight(true).await;
+}
+
+async fn shutdown_with_fifty_in_flight(parallel: bool) {
     let (_server, client) = support::server().await;
     let (_store, publisher) = fx::shop(&client).await;
 
@@ -146,6 +155,7 @@ async fn shutdown_with_fifty_handlers_in_flight_completes_and_acknowledges_them(
         .handler(handler)
         .durable("inflight")
         .max_in_flight(64)
+        .parallel_handlers(parallel)
         .build()
         .unwrap();
     let handle = subscriber.subscribe().await.unwrap();

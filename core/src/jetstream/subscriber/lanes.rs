@@ -1,5 +1,5 @@
 //! Per-aggregate ordering: the events of one aggregate are handled one at a time, in stream
-//! order; events of different aggregates in parallel.
+//! order; events of different aggregates concurrently.
 //!
 //! A *lane* is the queue of one ordering key (the aggregate id). It runs at most one event at a
 //! time. When that event fails and is to be delivered again, the lane is *blocked* on it: later

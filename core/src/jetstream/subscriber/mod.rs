@@ -9,9 +9,10 @@
 //!   An event whose handler was stopped half-way is.
 //! - **Per-aggregate order.** Events of one aggregate (same aggregate id) are handled one at a
 //!   time in stream order, also across retries: while an event waits to be retried, the later
-//!   events of its aggregate wait too. Different aggregates are handled in parallel, up to
+//!   events of its aggregate wait too. Different aggregates are handled concurrently, up to
 //!   `max_in_flight` events held at once (the consumer's `max_ack_pending`, so the server never
-//!   sends more and memory stays bounded).
+//!   sends more and memory stays bounded): on the consumer's task by default, or each on a
+//!   task of its own, on several cores, with `parallel_handlers(true)`.
 //! - **Retries with backoff.** A failing handler's event is given back with a delay
 //!   (`-NAK {"delay": ..}`), up to the maximum number of deliveries (the consumer's
 //!   `max_deliver`).

@@ -173,26 +173,24 @@ impl ConsumerContext {
         let event = match raw_from_delivery(message).map(decode_stored) {
             Some(Ok(event)) => event,
             Some(Err(e)) => {
-                return self
-                    .settle(
-                        sequence,
-                        delivered,
-                        message,
-                        REASON_UNDECODABLE,
-                        &e.to_string(),
-                    )
-                    .await
+                return Box::pin(self.settle(
+                    sequence,
+                    delivered,
+                    message,
+                    REASON_UNDECODABLE,
+                    &e.to_string(),
+                ))
+                .await
             }
             None => {
-                return self
-                    .settle(
-                        sequence,
-                        delivered,
-                        message,
-                        REASON_UNDECODABLE,
-                        "the message carries no JetStream metadata",
-                    )
-                    .await
+                return Box::pin(self.settle(
+                    sequence,
+                    delivered,
+                    message,
+                    REASON_UNDECODABLE,
+                    "the message carries no JetStream metadata",
+                ))
+                .await
             }
         };
         tracing::Span::current().record("event_type", event.event_type.as_str());
@@ -222,9 +220,7 @@ impl ConsumerContext {
             } else {
                 REASON_PERMANENT_ERROR
             };
-            return self
-                .settle(sequence, delivered, message, reason, &text)
-                .await;
+            return Box::pin(self.settle(sequence, delivered, message, reason, &text)).await;
         }
         if self
             .options
@@ -232,15 +228,14 @@ impl ConsumerContext {
             .is_some_and(|max| delivered >= max)
         {
             tracing::warn!(error = %text, "handler failed on the last delivery");
-            return self
-                .settle(
-                    sequence,
-                    delivered,
-                    message,
-                    REASON_DELIVERIES_EXHAUSTED,
-                    &text,
-                )
-                .await;
+            return Box::pin(self.settle(
+                sequence,
+                delivered,
+                message,
+                REASON_DELIVERIES_EXHAUSTED,
+                &text,
+            ))
+            .await;
         }
         let delay = error
             .retry_delay()

@@ -1,12 +1,16 @@
-//! The loop of one consumer: pull messages, hand each to its aggregate's lane, run handlers in
-//! parallel across aggregates, keep held messages alive, and shut down gracefully.
+//! The loop of one consumer: pull messages, hand each to its aggregate's lane, run handlers
+//! concurrently across aggregates (on this task, or each on a task of its own), keep held
+//! messages alive, and shut down gracefully.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
-use tokio::task::{JoinError, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::error::{SubscriberError, SubscriberErrorKind};
@@ -63,16 +67,68 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The handlings under way: each on a task of its own, or all polled by the consumer's task.
+enum Running {
+    Spawned(JoinSet<Done>),
+    InTask(FuturesUnordered<BoxFuture<'static, Done>>),
+}
+
+impl Running {
+    fn new(parallel: bool) -> Self {
+        if parallel {
+            Self::Spawned(JoinSet::new())
+        } else {
+            Self::InTask(FuturesUnordered::new())
+        }
+    }
+
+    fn start(&mut self, handling: impl Future<Output = Done> + Send + 'static) {
+        match self {
+            Self::Spawned(tasks) => {
+                tasks.spawn(handling);
+            }
+            Self::InTask(futures) => futures.push(Box::pin(handling)),
+        }
+    }
+
+    /// The next handling to end (cancel-safe): `None` when none is under way, `Some(None)` for
+    /// a task that was aborted.
+    async fn next(&mut self) -> Option<Option<Done>> {
+        match self {
+            Self::Spawned(tasks) => tasks.join_next().await.map(Result::ok),
+            Self::InTask(futures) => futures.next().await.map(Some),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Spawned(tasks) => tasks.len(),
+            Self::InTask(futures) => futures.len(),
+        }
+    }
+
+    /// Stops every handling under way.
+    async fn abort_all(&mut self) {
+        match self {
+            Self::Spawned(tasks) => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+            }
+            Self::InTask(futures) => futures.clear(),
+        }
+    }
+}
+
 struct Dispatcher {
     ctx: Arc<ConsumerContext>,
     lanes: Lanes<jetstream::Message>,
-    tasks: JoinSet<Done>,
+    running: Running,
 }
 
 impl Dispatcher {
     fn spawn(&mut self, key: Arc<str>, sequence: u64, message: jetstream::Message) {
         let ctx = Arc::clone(&self.ctx);
-        self.tasks.spawn(ctx.process(key, sequence, message));
+        self.running.start(ctx.process(key, sequence, message));
     }
 
     /// Records a delivered message and offers it to its lane; returns it if its lane is free.
@@ -127,8 +183,8 @@ impl Dispatcher {
         }
     }
 
-    fn on_done(&mut self, joined: Result<Done, JoinError>) {
-        let Ok(done) = joined else {
+    fn on_done(&mut self, done: Option<Done>) {
+        let Some(done) = done else {
             return;
         };
         let retry = self.retry(done.outcome);
@@ -152,8 +208,8 @@ impl Dispatcher {
 
     /// At shutdown: a running event is done; its lane's waiting events go back to the server,
     /// after it if it is to be retried.
-    async fn on_done_stopping(&mut self, joined: Result<Done, JoinError>) {
-        let Ok(done) = joined else {
+    async fn on_done_stopping(&mut self, done: Option<Done>) {
+        let Some(done) = done else {
             // Aborted at the shutdown timeout: given back with everything still held.
             return;
         };
@@ -167,7 +223,7 @@ impl Dispatcher {
     /// Gives held but unstarted messages back to the server, in stream order: at once, or,
     /// when they wait behind an event to be retried at `after`, a little after it, so that the
     /// next subscriber gets them in order.
-    async fn release(&self, sequences: impl IntoIterator<Item = u64>, after: Option<Instant>) {
+    async fn release(&mut self, sequences: impl IntoIterator<Item = u64>, after: Option<Instant>) {
         let delay = after.map_or(Duration::ZERO, |due| {
             due.saturating_duration_since(Instant::now()) + ORDER_MARGIN
         });
@@ -205,7 +261,7 @@ pub(crate) async fn run(
     let mut d = Dispatcher {
         ctx: Arc::clone(&ctx),
         lanes: Lanes::default(),
-        tasks: JoinSet::new(),
+        running: Running::new(ctx.options.parallel_handlers),
     };
     tracing::debug!(stream = %ctx.stream, consumer = %ctx.consumer, "consumer running");
 
@@ -227,7 +283,7 @@ pub(crate) async fn run(
                     break Ok(());
                 }
             }
-            Some(joined) = d.tasks.join_next() => d.on_done(joined),
+            Some(done) = d.running.next() => d.on_done(done),
             message = puller.recv() => match message.map(|m| puller.on_message(m)) {
                 Some(Pulled::Message(message)) => d.on_message(message),
                 Some(Pulled::Status) => {}
@@ -245,7 +301,19 @@ pub(crate) async fn run(
     // Stop pulling; for a durable consumer, wait until nothing delivered can still be on its
     // way (an ephemeral one is deleted next). Nothing new starts; what waits goes back to the
     // server in stream order, so the next subscriber gets it at once and in order.
-    let mut arrived = puller.finish(ctx.options.durable.is_some()).await;
+    // Handlers running on this task go on meanwhile; what ends is dealt with below, as if it
+    // had ended after the fence.
+    let mut ended = Vec::new();
+    let mut arrived = {
+        let finish = puller.finish(ctx.options.durable.is_some());
+        tokio::pin!(finish);
+        loop {
+            tokio::select! {
+                arrived = &mut finish => break arrived,
+                Some(done) = d.running.next() => ended.push(done),
+            }
+        }
+    };
     arrived.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
     let mut free = Vec::new();
     for message in arrived {
@@ -267,16 +335,18 @@ pub(crate) async fn run(
     }
 
     // Let running handlers finish and acknowledge.
+    for done in ended {
+        d.on_done_stopping(done).await;
+    }
     let deadline = Instant::now() + ctx.options.shutdown_timeout;
     let mut unfinished = 0;
     loop {
-        match tokio::time::timeout_at(deadline, d.tasks.join_next()).await {
-            Ok(Some(joined)) => d.on_done_stopping(joined).await,
+        match tokio::time::timeout_at(deadline, d.running.next()).await {
+            Ok(Some(done)) => d.on_done_stopping(done).await,
             Ok(None) => break,
             Err(_) => {
-                unfinished = d.tasks.len();
-                d.tasks.abort_all();
-                while d.tasks.join_next().await.is_some() {}
+                unfinished = d.running.len();
+                d.running.abort_all().await;
                 break;
             }
         }
