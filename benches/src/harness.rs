@@ -71,28 +71,100 @@ where
     (f, r)
 }
 
-/// Runs a throughput case three times on each side, alternating which side goes first, and
-/// returns the medians (framework, raw).
-pub(crate) async fn median_of_three<F, R, FF, RF>(mut framework: F, mut raw: R) -> (f64, f64)
+/// What one timed run of a throughput case did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    /// Events (or commands) handled.
+    pub(crate) items: u64,
+    /// How long it took, set-up excluded.
+    pub(crate) elapsed: Duration,
+}
+
+impl Run {
+    /// `items` handled since `started`.
+    pub(crate) fn since(items: u64, started: Instant) -> Self {
+        Self {
+            items,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// The medians of a throughput case: items per second and the client's CPU time per item, each
+/// as (framework, raw).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Throughput {
+    pub(crate) rate: (f64, f64),
+    pub(crate) cpu_us: (f64, f64),
+}
+
+impl Throughput {
+    /// The two rows of a case: its rate and the client's CPU per item.
+    pub(crate) fn rows(&self, case: &str, unit: &'static str, cpu_unit: &'static str) -> [Row; 2] {
+        [
+            Row::throughput(case, unit, self.rate.0, self.rate.1),
+            Row::lower(case, cpu_unit, self.cpu_us.0, self.cpu_us.1),
+        ]
+    }
+}
+
+/// CPU time this process has used (user + system, every thread), from `/proc/self/stat`, in
+/// clock ticks of 10 ms (zero where unavailable).
+fn process_cpu() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which is in parentheses: utime and stime are the
+            // 12th and 13th.
+            let rest = stat.rsplit_once(") ")?.1;
+            let mut fields = rest.split_whitespace().skip(11);
+            let user: u64 = fields.next()?.parse().ok()?;
+            let system: u64 = fields.next()?.parse().ok()?;
+            Some(user + system)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// Runs a throughput case three times on each side (the closures get the round, 0 to 2),
+/// alternating which side goes first, and returns the medians of the rate and of the client's
+/// CPU time per item. The CPU time includes the run's set-up.
+pub(crate) async fn median_of_three<F, R, FF, RF>(mut framework: F, mut raw: R) -> Throughput
 where
-    F: FnMut() -> FF,
-    R: FnMut() -> RF,
-    FF: Future<Output = f64>,
-    RF: Future<Output = f64>,
+    F: FnMut(u64) -> FF,
+    R: FnMut(u64) -> RF,
+    FF: Future<Output = Run>,
+    RF: Future<Output = Run>,
 {
+    async fn measured(run: impl Future<Output = Run>) -> (f64, f64) {
+        let cpu = process_cpu();
+        let run = run.await;
+        let cpu = process_cpu().saturating_sub(cpu);
+        let items = run.items.max(1) as f64;
+        (
+            items / run.elapsed.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / items,
+        )
+    }
     let (mut f, mut r) = (Vec::new(), Vec::new());
     for round in 0..3 {
         if round % 2 == 0 {
-            f.push(framework().await);
-            r.push(raw().await);
+            f.push(measured(framework(round)).await);
+            r.push(measured(raw(round)).await);
         } else {
-            r.push(raw().await);
-            f.push(framework().await);
+            r.push(measured(raw(round)).await);
+            f.push(measured(framework(round)).await);
         }
     }
-    f.sort_by(f64::total_cmp);
-    r.sort_by(f64::total_cmp);
-    (f[1], r[1])
+    let median = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(pick).collect();
+        x.sort_by(f64::total_cmp);
+        x[1]
+    };
+    Throughput {
+        rate: (median(&f, |x| x.0), median(&r, |x| x.0)),
+        cpu_us: (median(&f, |x| x.1), median(&r, |x| x.1)),
+    }
 }
 
 /// One line of the results table.
@@ -127,6 +199,18 @@ impl Row {
             framework: f,
             raw: r,
             higher_is_better: true,
+            raw_label: None,
+        }
+    }
+
+    /// A figure where lower is better (a cost).
+    pub(crate) fn lower(case: &str, what: &'static str, f: f64, r: f64) -> Self {
+        Self {
+            case: case.to_owned(),
+            metric: what,
+            framework: f,
+            raw: r,
+            higher_is_better: false,
             raw_label: None,
         }
     }
@@ -173,7 +257,11 @@ pub(crate) fn print_table(rows: &[Row]) {
             human(r.raw),
             r.raw_label.unwrap_or("raw async-nats"),
             r.ratio(),
-            if r.higher_is_better { "" } else { " (latency)" }
+            if r.higher_is_better {
+                ""
+            } else {
+                " (lower is better)"
+            }
         );
     }
 }

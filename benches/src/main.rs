@@ -16,7 +16,7 @@ use cim_nats::testing::NatsServer;
 use cim_nats::{headers, AggregateId, EventStore};
 use futures::StreamExt;
 
-use harness::{latency, median_of_three, print_table, Row};
+use harness::{latency, median_of_three, print_table, Row, Run};
 
 /// Events per aggregate in the load cases.
 pub(crate) const PER_AGGREGATE: u64 = 20;
@@ -394,8 +394,8 @@ async fn replay_case(client: &async_nats::Client, domain: &str, rows: &mut Vec<R
         .await
         .expect("store");
     let total = store.last_sequence().await.expect("state").0;
-    let (f, r) = median_of_three(
-        || async {
+    let measured = median_of_three(
+        |_| async {
             let t = Instant::now();
             let n = store
                 .stream(cim_nats::ReadFrom::Start)
@@ -405,21 +405,20 @@ async fn replay_case(client: &async_nats::Client, domain: &str, rows: &mut Vec<R
                 })
                 .await;
             assert_eq!(n, total);
-            n as f64 / t.elapsed().as_secs_f64()
+            Run::since(n, t)
         },
-        || async {
+        |_| async {
             let t = Instant::now();
             let n = raw_replay(client, &stream).await;
             assert_eq!(n, total);
-            n as f64 / t.elapsed().as_secs_f64()
+            Run::since(n, t)
         },
     )
     .await;
-    rows.push(Row::throughput(
+    rows.extend(measured.rows(
         &format!("replay the whole stream of {total}"),
         "events/s (median of 3)",
-        f,
-        r,
+        "client CPU µs per event (median of 3)",
     ));
     // Client memory of a replay, on its own: reset the peak, read everything, read the peak.
     let _ = std::fs::write("/proc/self/clear_refs", "5");

@@ -19,7 +19,7 @@ use cim_nats::{
 };
 use futures::StreamExt;
 
-use crate::harness::{latency, median_of_three, Row};
+use crate::harness::{latency, median_of_three, Row, Run};
 
 /// Fills INFRASTRUCTURE_EVENTS with `infrastructures` × 100 real domain events (a network and
 /// 99 machines each), made by the aggregate and published raw, pipelined, in the wire format.
@@ -141,8 +141,8 @@ pub(crate) async fn topology_rebuild(
         "filled {total} infrastructure events in {:?}",
         started.elapsed()
     );
-    let (f, r) = median_of_three(
-        || async {
+    let measured = median_of_three(
+        |_| async {
             let t = Instant::now();
             let manager = ProjectionManager::new();
             manager.rebuild_from(&store).await.expect("rebuild");
@@ -152,24 +152,23 @@ pub(crate) async fn topology_rebuild(
                 .active_compute_resources()
                 .len();
             assert_eq!(n, infrastructures * 99);
-            total as f64 / t.elapsed().as_secs_f64()
+            Run::since(total, t)
         },
-        || async {
+        |_| async {
             let t = Instant::now();
             let topology = raw_rebuild(client).await;
             assert_eq!(
                 topology.active_compute_resources().len(),
                 infrastructures * 99
             );
-            total as f64 / t.elapsed().as_secs_f64()
+            Run::since(total, t)
         },
     )
     .await;
-    rows.push(Row::throughput(
+    rows.extend(measured.rows(
         &format!("rebuild the topology projection from {total} events"),
         "events/s (median of 3)",
-        f,
-        r,
+        "client CPU µs per event (median of 3)",
     ));
 }
 
@@ -189,10 +188,8 @@ pub(crate) async fn subscriber(client: &async_nats::Client, events: u64, rows: &
     let filled = crate::fill(client, "subs", events / crate::PER_AGGREGATE).await;
     eprintln!("filled {events} events for the subscriber case in {filled:?}");
     let js = async_nats::jetstream::new(client.clone());
-    let mut f = Vec::new();
-    let mut r = Vec::new();
-    for round in 0..3 {
-        let framework = async {
+    let measured = median_of_three(
+        |round| async move {
             let seen = Arc::new(AtomicU64::new(0));
             let handler = {
                 let seen = Arc::clone(&seen);
@@ -217,51 +214,45 @@ pub(crate) async fn subscriber(client: &async_nats::Client, events: u64, rows: &
             while seen.load(Ordering::Relaxed) < events {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let rate = events as f64 / t.elapsed().as_secs_f64();
+            let run = Run::since(events, t);
             handle.shutdown().await.expect("shutdown");
-            rate
-        };
-        let raw = async {
-            let t = Instant::now();
-            let stream = js.get_stream_no_info("SUBS_EVENTS").await.expect("stream");
-            let c = stream
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some(format!("raw-{round}")),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    max_ack_pending: 256,
-                    ..Default::default()
-                })
-                .await
-                .expect("consumer");
-            let mut messages = c.messages().await.expect("messages");
-            let mut acks = futures::stream::FuturesUnordered::new();
-            let mut done = 0u64;
-            while done < events {
-                tokio::select! {
-                    Some(m) = messages.next(), if acks.len() < 256 => {
-                        let m = m.expect("message");
-                        acks.push(async move { m.double_ack().await.expect("ack") });
+            run
+        },
+        |round| {
+            let js = js.clone();
+            async move {
+                let t = Instant::now();
+                let stream = js.get_stream_no_info("SUBS_EVENTS").await.expect("stream");
+                let c = stream
+                    .create_consumer(consumer::pull::Config {
+                        durable_name: Some(format!("raw-{round}")),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        max_ack_pending: 256,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("consumer");
+                let mut messages = c.messages().await.expect("messages");
+                let mut acks = futures::stream::FuturesUnordered::new();
+                let mut done = 0u64;
+                while done < events {
+                    tokio::select! {
+                        Some(m) = messages.next(), if acks.len() < 256 => {
+                            let m = m.expect("message");
+                            acks.push(async move { m.double_ack().await.expect("ack") });
+                        }
+                        Some(()) = acks.next() => done += 1,
                     }
-                    Some(()) = acks.next() => done += 1,
                 }
+                Run::since(events, t)
             }
-            events as f64 / t.elapsed().as_secs_f64()
-        };
-        if round % 2 == 0 {
-            f.push(framework.await);
-            r.push(raw.await);
-        } else {
-            r.push(raw.await);
-            f.push(framework.await);
-        }
-    }
-    f.sort_by(f64::total_cmp);
-    r.sort_by(f64::total_cmp);
-    rows.push(Row::throughput(
+        },
+    )
+    .await;
+    rows.extend(measured.rows(
         &format!("durable subscriber, confirmed acks, 256 in flight, {events} events"),
         "events/s (median of 3)",
-        f[1],
-        r[1],
+        "client CPU µs per event (median of 3)",
     ));
 }
 

@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use cim_nats::{
 };
 use futures::StreamExt;
 
-use crate::harness::{latency, Row};
+use crate::harness::{latency, median_of_three, Row, Run};
 use crate::sample::Ledger;
 
 /// A ledger event of ~500 bytes on `routing`.
@@ -186,16 +186,14 @@ pub(crate) async fn append_pipelined(
     let ids: Vec<AggregateId> = (0..AGGREGATES)
         .map(|a| AggregateId::new(format!("f{a}")).expect("id"))
         .collect();
-    let total = AGGREGATES as f64 * rounds as f64;
-    let mut f = Vec::new();
-    let mut r = Vec::new();
-    for round in 0..3u64 {
-        let framework = async {
-            let t = Instant::now();
-            futures::stream::iter(&ids)
-                .map(|id| {
-                    let store = &store;
-                    async move {
+    let total = AGGREGATES as u64 * rounds;
+    let measured = median_of_three(
+        |round| {
+            let (store, ids) = (&store, &ids);
+            async move {
+                let t = Instant::now();
+                futures::stream::iter(ids)
+                    .map(|id| async move {
                         for k in 0..rounds {
                             store
                                 .append(
@@ -206,47 +204,38 @@ pub(crate) async fn append_pipelined(
                                 .await
                                 .expect("append");
                         }
-                    }
-                })
-                .buffer_unordered(256)
-                .collect::<Vec<()>>()
-                .await;
-            total / t.elapsed().as_secs_f64()
-        };
-        let raw = async {
-            let t = Instant::now();
-            futures::stream::iter(0..AGGREGATES)
-                .map(|a| {
-                    let js = &js;
-                    async move {
+                    })
+                    .buffer_unordered(256)
+                    .collect::<Vec<()>>()
+                    .await;
+                Run::since(total, t)
+            }
+        },
+        |round| {
+            let js = &js;
+            async move {
+                let t = Instant::now();
+                futures::stream::iter(0..AGGREGATES)
+                    .map(|a| async move {
                         let name = format!("r{a}-{round}");
                         let mut last = 0;
                         for k in 0..rounds {
                             last =
                                 raw_append(js, "pipe", &name, k + 1, last, crate::payload()).await;
                         }
-                    }
-                })
-                .buffer_unordered(256)
-                .collect::<Vec<()>>()
-                .await;
-            total / t.elapsed().as_secs_f64()
-        };
-        if round % 2 == 0 {
-            f.push(framework.await);
-            r.push(raw.await);
-        } else {
-            r.push(raw.await);
-            f.push(framework.await);
-        }
-    }
-    f.sort_by(f64::total_cmp);
-    r.sort_by(f64::total_cmp);
-    rows.push(Row::throughput(
+                    })
+                    .buffer_unordered(256)
+                    .collect::<Vec<()>>()
+                    .await;
+                Run::since(total, t)
+            }
+        },
+    )
+    .await;
+    rows.extend(measured.rows(
         "append pipelined across 1,000 aggregates (256 in flight, expected version + msg id)",
         "events/s (median of 3)",
-        f[1],
-        r[1],
+        "client CPU µs per event (median of 3)",
     ));
 }
 
@@ -370,62 +359,58 @@ pub(crate) async fn commands(
     const TASKS: usize = 32;
     const AGGREGATES: usize = 1000;
     let per_task = total / TASKS;
-    let mut fr = Vec::new();
-    let mut rr = Vec::new();
-    for round in 0..3 {
-        let framework = async {
-            let t = Instant::now();
-            let mut set = tokio::task::JoinSet::new();
-            for task in 0..TASKS {
-                let repo = Arc::clone(&repo);
-                set.spawn(async move {
-                    let mine: Vec<usize> = (task..AGGREGATES).step_by(TASKS).collect();
-                    for k in 0..per_task {
-                        let a = mine[k % mine.len()];
-                        let id = AggregateId::new(format!("m{a}")).expect("id");
-                        repo.execute(&id, 1, None).await.expect("command");
-                    }
-                });
+    let commands = (per_task * TASKS) as u64;
+    let measured = median_of_three(
+        |_| {
+            let repo = Arc::clone(&repo);
+            async move {
+                let t = Instant::now();
+                let mut set = tokio::task::JoinSet::new();
+                for task in 0..TASKS {
+                    let repo = Arc::clone(&repo);
+                    set.spawn(async move {
+                        let mine: Vec<usize> = (task..AGGREGATES).step_by(TASKS).collect();
+                        for k in 0..per_task {
+                            let a = mine[k % mine.len()];
+                            let id = AggregateId::new(format!("m{a}")).expect("id");
+                            repo.execute(&id, 1, None).await.expect("command");
+                        }
+                    });
+                }
+                while set.join_next().await.is_some() {}
+                Run::since(commands, t)
             }
-            while set.join_next().await.is_some() {}
-            (per_task * TASKS) as f64 / t.elapsed().as_secs_f64()
-        };
-        let raw = async {
-            let t = Instant::now();
-            let mut set = tokio::task::JoinSet::new();
-            for task in 0..TASKS {
-                let js = js.clone();
-                set.spawn(async move {
-                    let mut state = std::collections::HashMap::<usize, (u64, u64)>::new();
-                    let mine: Vec<usize> = (task..AGGREGATES).step_by(TASKS).collect();
-                    for k in 0..per_task {
-                        let a = mine[k % mine.len()];
-                        let (v, last) = state.get(&a).copied().unwrap_or((0, 0));
-                        let name = format!("rm{a}-{round}");
-                        let seq =
-                            raw_append(&js, "ledger", &name, v + 1, last, crate::payload()).await;
-                        state.insert(a, (v + 1, seq));
-                    }
-                });
+        },
+        |round| {
+            let js = js.clone();
+            async move {
+                let t = Instant::now();
+                let mut set = tokio::task::JoinSet::new();
+                for task in 0..TASKS {
+                    let js = js.clone();
+                    set.spawn(async move {
+                        let mut state = std::collections::HashMap::<usize, (u64, u64)>::new();
+                        let mine: Vec<usize> = (task..AGGREGATES).step_by(TASKS).collect();
+                        for k in 0..per_task {
+                            let a = mine[k % mine.len()];
+                            let (v, last) = state.get(&a).copied().unwrap_or((0, 0));
+                            let name = format!("rm{a}-{round}");
+                            let seq =
+                                raw_append(&js, "ledger", &name, v + 1, last, crate::payload())
+                                    .await;
+                            state.insert(a, (v + 1, seq));
+                        }
+                    });
+                }
+                while set.join_next().await.is_some() {}
+                Run::since(commands, t)
             }
-            while set.join_next().await.is_some() {}
-            (per_task * TASKS) as f64 / t.elapsed().as_secs_f64()
-        };
-        if round % 2 == 0 {
-            fr.push(framework.await);
-            rr.push(raw.await);
-        } else {
-            rr.push(raw.await);
-            fr.push(framework.await);
-        }
-    }
-    fr.sort_by(f64::total_cmp);
-    rr.sort_by(f64::total_cmp);
-    rows.push(Row::throughput(
+        },
+    )
+    .await;
+    rows.extend(measured.rows(
         "commands through the repository, 1,000 aggregates, 32 tasks",
         "commands/s (median of 3)",
-        fr[1],
-        rr[1],
+        "client CPU µs per command (median of 3)",
     ));
-    let _ = Duration::ZERO;
 }
