@@ -149,8 +149,24 @@ fn parse_uuid(seq: u64, value: Option<&str>, name: &str) -> Result<Option<uuid::
 /// Reads a stored message as an event; every missing or malformed part is an error naming the
 /// message's sequence.
 pub(crate) fn decode_stored(raw: RawMessage) -> Result<StoredEvent, StoreError> {
-    let seq = raw.sequence;
-    let found = Found::scan(&raw.headers);
+    decode_parts(
+        raw.sequence,
+        raw.time,
+        raw.subject,
+        &raw.headers,
+        raw.payload,
+    )
+}
+
+/// [`decode_stored`] of a message's parts, the headers borrowed.
+fn decode_parts(
+    seq: u64,
+    time: DateTime<Utc>,
+    subject: String,
+    headers: &HeaderMap,
+    payload: Bytes,
+) -> Result<StoredEvent, StoreError> {
+    let found = Found::scan(headers);
     if let Some(name) = found.ambiguous {
         return Err(decode_error(
             seq,
@@ -169,7 +185,7 @@ pub(crate) fn decode_stored(raw: RawMessage) -> Result<StoredEvent, StoreError> 
         .map_err(|e| decode_error(seq, format!("header {}: {e}", h::AGGREGATE_VERSION)))?;
     let event_id = parse_uuid(seq, found.msg_id, h::MSG_ID)?
         .ok_or_else(|| decode_error(seq, format!("header {} is missing", h::MSG_ID)))?;
-    let last_token = raw.subject.rsplit('.').next().unwrap_or_default();
+    let last_token = subject.rsplit('.').next().unwrap_or_default();
     let aggregate_id = match found.aggregate_id {
         Some(id) if id != last_token => {
             return Err(decode_error(
@@ -177,7 +193,7 @@ pub(crate) fn decode_stored(raw: RawMessage) -> Result<StoredEvent, StoreError> 
                 format!(
                     "header {} is {id:?} but the subject {:?} names another aggregate",
                     h::AGGREGATE_ID,
-                    raw.subject
+                    subject
                 ),
             ))
         }
@@ -185,13 +201,13 @@ pub(crate) fn decode_stored(raw: RawMessage) -> Result<StoredEvent, StoreError> 
     };
     let aggregate_type = match found.aggregate_type {
         Some(t) => t.to_owned(),
-        None => raw.subject.split('.').nth(1).unwrap_or_default().to_owned(),
+        None => subject.split('.').nth(1).unwrap_or_default().to_owned(),
     };
     let timestamp = match found.timestamp {
         Some(t) => DateTime::parse_from_rfc3339(t)
             .map_err(|e| decode_error(seq, format!("header {}: {e}", h::TIMESTAMP)))?
             .with_timezone(&Utc),
-        None => raw.time,
+        None => time,
     };
     let correlation_id = parse_uuid(seq, found.correlation_id, h::CORRELATION_ID)?.map(Into::into);
     let causation_id = parse_uuid(seq, found.causation_id, h::CAUSATION_ID)?.map(Into::into);
@@ -200,7 +216,7 @@ pub(crate) fn decode_stored(raw: RawMessage) -> Result<StoredEvent, StoreError> 
         event_id: event_id.into(),
         event_type,
         schema_version,
-        subject: raw.subject,
+        subject: subject,
         aggregate_type,
         aggregate_id,
         aggregate_version,
@@ -209,7 +225,7 @@ pub(crate) fn decode_stored(raw: RawMessage) -> Result<StoredEvent, StoreError> 
         correlation_id,
         causation_id,
         actor,
-        payload: raw.payload,
+        payload: payload,
     })
 }
 
@@ -236,20 +252,30 @@ pub(crate) fn raw_from_delivery_owned(
     })
 }
 
-/// A message delivered by a JetStream consumer, as it is stored (subject, stream sequence,
-/// store time, headers, payload); `None` if its reply subject carries no JetStream metadata.
-pub(crate) fn raw_from_delivery(message: &async_nats::jetstream::Message) -> Option<RawMessage> {
+/// A message delivered by a JetStream consumer read as an event (its headers borrowed, not
+/// copied); `None` if its reply subject carries no JetStream metadata.
+pub(crate) fn decode_delivery(
+    message: &async_nats::jetstream::Message,
+) -> Option<Result<StoredEvent, StoreError>> {
     let info = message.info().ok()?;
     let time =
         DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
             .unwrap_or_default();
-    Some(RawMessage {
-        subject: message.subject.to_string(),
-        sequence: info.stream_sequence,
+    let empty;
+    let headers = match &message.headers {
+        Some(headers) => headers,
+        None => {
+            empty = HeaderMap::new();
+            &empty
+        }
+    };
+    Some(decode_parts(
+        info.stream_sequence,
         time,
-        headers: message.headers.clone().unwrap_or_default(),
-        payload: message.payload.clone(),
-    })
+        message.subject.to_string(),
+        headers,
+        message.payload.clone(),
+    ))
 }
 
 /// Hostile stored messages: whatever the headers, subject and payload, decoding never panics,

@@ -13,7 +13,7 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::event::DecodeError;
-use crate::jetstream::codec::{decode_stored, raw_from_delivery};
+use crate::jetstream::codec::decode_delivery;
 use crate::jetstream::subscriber::builder::Options;
 use crate::jetstream::subscriber::dead_letter::{
     letter_headers, Letter, REASON_DELIVERIES_EXHAUSTED, REASON_PERMANENT_ERROR, REASON_UNDECODABLE,
@@ -170,7 +170,7 @@ impl ConsumerContext {
     }
 
     async fn handle(&self, sequence: u64, delivered: u64, message: &jetstream::Message) -> Outcome {
-        let event = match raw_from_delivery(message).map(decode_stored) {
+        let event = match decode_delivery(message) {
             Some(Ok(event)) => event,
             Some(Err(e)) => {
                 return Box::pin(self.settle(
