@@ -216,7 +216,7 @@ fn decode_parts(
         event_id: event_id.into(),
         event_type,
         schema_version,
-        subject: subject,
+        subject,
         aggregate_type,
         aggregate_id,
         aggregate_version,
@@ -225,7 +225,7 @@ fn decode_parts(
         correlation_id,
         causation_id,
         actor,
-        payload: payload,
+        payload,
     })
 }
 
