@@ -289,3 +289,69 @@ async fn several_projections_run_at_once_and_read_their_own_writes() {
     counter.shutdown().await.unwrap();
     balances.shutdown().await.unwrap();
 }
+
+/// Holds the [`Gated`] projection's runner before it applies sequence 600, until opened.
+static GATE: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> = std::sync::OnceLock::new();
+
+fn gate() -> &'static tokio::sync::watch::Sender<bool> {
+    GATE.get_or_init(|| tokio::sync::watch::channel(false).0)
+}
+
+/// [`Counter`] that waits at sequence 600 until the gate opens.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Gated(Counter);
+
+#[async_trait]
+impl Projection for Gated {
+    type Event = AccountEvent;
+    const NAME: &'static str = "gated";
+
+    async fn apply(&mut self, event: &Envelope<AccountEvent>) -> Result<(), ProjectionError> {
+        if event.sequence().0 == 600 {
+            let mut open = gate().subscribe();
+            let _ = open.wait_for(|open| *open).await;
+        }
+        self.0.count(event)
+    }
+}
+
+/// The server goes away while the runner has progress to checkpoint, for longer than a request
+/// may take: the checkpoint write is retried until the server is back, and the runner ends with
+/// each event applied once, without stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_write_is_retried_across_a_server_restart() {
+    let (mut server, client) = support::server().await;
+    let store = JetStreamEventStore::new(client, StoreConfig::for_domain("bank"))
+        .await
+        .unwrap();
+    let last = publish(&store, 10, 100).await; // 1,000 events
+    let runner = ProjectionRunner::start::<Gated>(&store, options())
+        .await
+        .unwrap();
+    // Waiting at 600, with 599 applied (checkpointed every 100 events).
+    runner.wait_for(StreamSequence(599), WAIT).await.unwrap();
+    server.kill();
+    gate().send_replace(true);
+    // The runner applies what it holds and tries to checkpoint at 699 with the server down. It
+    // stays down longer than a request's timeout (5 s), so that the write fails, not waits.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        !runner.is_finished(),
+        "the runner stopped while the server was down"
+    );
+    server.restart().unwrap();
+    runner.wait_for(last, WAIT).await.unwrap();
+    {
+        let gated = runner.read().await;
+        assert_eq!(gated.0.applied, 1000, "each event applied exactly once");
+        assert_eq!(gated.0.seen.len(), 1000);
+    }
+    runner.shutdown().await.unwrap();
+
+    // The last checkpoint holds every event: a new runner starts there.
+    let again = ProjectionRunner::start::<Gated>(&store, options())
+        .await
+        .unwrap();
+    assert_eq!(again.applied(), last);
+    again.shutdown().await.unwrap();
+}

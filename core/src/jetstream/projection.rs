@@ -56,6 +56,11 @@ pub struct Skipped {
 
 /// The most skipped events kept with a checkpoint.
 const MAX_SKIPPED: usize = 1000;
+/// How long a checkpoint write is retried when the server does not take it (a restart, or the
+/// KV stream's leader election in a cluster) before the runner stops.
+const CHECKPOINT_RETRY_FOR: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts at a checkpoint write.
+const CHECKPOINT_MAX_PAUSE: Duration = Duration::from_secs(2);
 
 #[derive(Serialize)]
 struct CheckpointOut<'a, P> {
@@ -229,6 +234,14 @@ fn store_error(name: &str, e: impl std::error::Error + Send + Sync + 'static) ->
     }
 }
 
+/// Why a checkpoint write was not taken.
+enum Refused {
+    /// The checkpoint is not at the revision this runner wrote last.
+    Moved,
+    /// The server did not take it (unavailable, timed out, ...).
+    Failed(String),
+}
+
 struct Run<P> {
     shared: Arc<Shared<P>>,
     bucket: kv::Store,
@@ -265,40 +278,74 @@ where
             })?
         };
         let value = Bytes::from(value);
-        // Compare-and-set: if another process moved the checkpoint, two runners are applying
-        // the same events, and this one stops.
-        let result = if self.revision == 0 {
-            self.bucket.create(&self.key, value).await.map_err(|e| {
-                (
-                    e.kind() == kv::CreateErrorKind::AlreadyExists,
-                    e.to_string(),
-                )
-            })
+        let deadline = tokio::time::Instant::now() + CHECKPOINT_RETRY_FOR;
+        let mut pause = Duration::from_millis(100);
+        let mut retried = false;
+        loop {
+            match self.write(value.clone()).await {
+                Ok(revision) => {
+                    self.revision = revision;
+                    return Ok(());
+                }
+                Err(Refused::Moved) => {
+                    // A retried write may have been stored though its answer was lost: the
+                    // checkpoint then holds exactly this value.
+                    if retried {
+                        if let Some(revision) = self.stored_as(&value).await {
+                            self.revision = revision;
+                            return Ok(());
+                        }
+                    }
+                    return Err(ProjectionError::Contended(self.name.clone()));
+                }
+                Err(Refused::Failed(reason)) => {
+                    if tokio::time::Instant::now() + pause > deadline {
+                        return Err(ProjectionError::Store {
+                            projection: self.name.clone(),
+                            source: StoreError::new(StoreErrorKind::Server {
+                                code: 0,
+                                description: format!(
+                                    "checkpoint not written (retried for {CHECKPOINT_RETRY_FOR:?}): {reason}"
+                                ),
+                            }),
+                        });
+                    }
+                    tracing::warn!(projection = %self.name, sequence, error = %reason, retry_in = ?pause,
+                        "checkpoint not written; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(CHECKPOINT_MAX_PAUSE);
+                    retried = true;
+                }
+            }
+        }
+    }
+
+    /// One compare-and-set write of the checkpoint: if another process moved it, two runners
+    /// are applying the same events, and this one stops.
+    async fn write(&self, value: Bytes) -> Result<u64, Refused> {
+        if self.revision == 0 {
+            self.bucket
+                .create(&self.key, value)
+                .await
+                .map_err(|e| match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => Refused::Moved,
+                    _ => Refused::Failed(e.to_string()),
+                })
         } else {
             self.bucket
                 .update(&self.key, value, self.revision)
                 .await
-                .map_err(|e| {
-                    (
-                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                        e.to_string(),
-                    )
+                .map_err(|e| match e.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => Refused::Moved,
+                    _ => Refused::Failed(e.to_string()),
                 })
-        };
-        match result {
-            Ok(revision) => {
-                self.revision = revision;
-                Ok(())
-            }
-            Err((true, _)) => Err(ProjectionError::Contended(self.name.clone())),
-            Err((false, reason)) => Err(ProjectionError::Store {
-                projection: self.name.clone(),
-                source: StoreError::new(StoreErrorKind::Server {
-                    code: 0,
-                    description: format!("checkpoint not written: {reason}"),
-                }),
-            }),
         }
+    }
+
+    /// The revision of the checkpoint if it holds exactly `value`.
+    async fn stored_as(&self, value: &Bytes) -> Option<u64> {
+        let entry = self.bucket.entry(&self.key).await.ok()??;
+        (entry.operation == kv::Operation::Put && entry.value == *value).then_some(entry.revision)
     }
 
     async fn run(
