@@ -147,10 +147,8 @@ pub(crate) async fn topology_rebuild(
             let manager = ProjectionManager::new();
             manager.rebuild_from(&store).await.expect("rebuild");
             let n = manager
-                .get_topology()
-                .await
-                .active_compute_resources()
-                .len();
+                .read_topology(|t| t.active_compute_resources().len())
+                .await;
             assert_eq!(n, infrastructures * 99);
             Run::since(total, t)
         },

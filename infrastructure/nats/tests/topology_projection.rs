@@ -566,6 +566,14 @@ async fn rebuild_from_stored_events() -> TestResult {
     let streamed = ProjectionManager::default();
     assert_eq!(streamed.rebuild_from(&store).await?, last);
     assert_eq!(streamed.get_topology().await, topology);
+    // Read in place, without a copy.
+    assert!(streamed.read_topology(|t| *t == topology).await);
+    assert_eq!(
+        streamed
+            .read_topology(|t| t.active_compute_resources().len())
+            .await,
+        2
+    );
 
     // Rebuilding replaces, it does not add.
     manager.rebuild(store.read_all().await?).await?;

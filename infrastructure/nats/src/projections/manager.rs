@@ -195,6 +195,16 @@ impl ProjectionManager {
         }
     }
 
+    /// Reads the current topology in place: `read` gets it without a copy (a topology of a
+    /// million resources costs a good fraction of a second to clone). Writers wait meanwhile,
+    /// so keep `read` short.
+    pub async fn read_topology<R>(&self, read: impl FnOnce(&Topology) -> R) -> R {
+        match &self.mode {
+            Mode::OnRequest { state, .. } => read(state.read().await.topology()),
+            Mode::Live(handle) => read(handle.read().await.topology()),
+        }
+    }
+
     /// The stream sequence of the last event in the topology (0 if none).
     pub async fn last_sequence(&self) -> StreamSequence {
         match &self.mode {
