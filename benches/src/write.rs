@@ -294,9 +294,20 @@ pub(crate) async fn batch_of_three(client: &async_nats::Client, reps: usize, row
     ));
 }
 
+/// The JSON of the event a ledger command decides, as the raw side of the command cases
+/// encodes it.
+fn ledger_payload(amount: i64) -> Bytes {
+    let event = crate::sample::LedgerEvent::Recorded {
+        id: EventId::new(),
+        amount,
+        memo: "x".repeat(440),
+    };
+    Bytes::from(serde_json::to_vec(&event).expect("json"))
+}
+
 /// Commands through the repository (load from its cache, decide, append): on one aggregate
 /// one at a time, and across 1,000 aggregates with 32 tasks. The raw side does the same
-/// appends, keeping each aggregate's last sequence itself.
+/// appends, keeping each aggregate's last sequence itself, and encodes the same event.
 pub(crate) async fn commands(
     client: &async_nats::Client,
     reps: usize,
@@ -326,7 +337,7 @@ pub(crate) async fn commands(
                     "raw-hot",
                     v.get() + 1,
                     last.get(),
-                    crate::payload(),
+                    ledger_payload(1),
                 )
                 .await;
                 v.set(v.get() + 1);
@@ -396,7 +407,7 @@ pub(crate) async fn commands(
                             let (v, last) = state.get(&a).copied().unwrap_or((0, 0));
                             let name = format!("rm{a}-{round}");
                             let seq =
-                                raw_append(&js, "ledger", &name, v + 1, last, crate::payload())
+                                raw_append(&js, "ledger", &name, v + 1, last, ledger_payload(1))
                                     .await;
                             state.insert(a, (v + 1, seq));
                         }

@@ -137,6 +137,25 @@ pub(crate) async fn guarded<T>(
         .unwrap_or_else(|denied| Err(denied_error(denied)))
 }
 
+/// Sends `request` to `subject` and returns the reply, waiting at most `timeout`; a slow reply
+/// has the user's permissions checked meanwhile (see [`permissions`]). The request's own
+/// timeout is not used: one timer serves both.
+async fn send_request(
+    client: &Client,
+    subject: &str,
+    request: async_nats::Request,
+    timeout: Duration,
+) -> Result<async_nats::Message, StoreError> {
+    let needs = [Need::Publish(subject), Need::ReplyInbox];
+    let sent = client.send_request(subject.to_owned(), request.timeout(None));
+    match permissions::unless_denied_within(client, &needs, timeout, sent).await {
+        Ok(Some(Ok(reply))) => Ok(reply),
+        Ok(Some(Err(e))) => Err(request_error(e, subject, timeout)),
+        Ok(None) => Err(timed_out(subject, timeout)),
+        Err(denied) => Err(denied_error(denied)),
+    }
+}
+
 /// Publishes one message as a request and reads the publish acknowledgement.
 pub(crate) async fn publish(
     client: &Client,
@@ -145,18 +164,8 @@ pub(crate) async fn publish(
     payload: Bytes,
     timeout: Duration,
 ) -> Result<Published, StoreError> {
-    let request = async_nats::Request::new()
-        .headers(headers)
-        .payload(payload)
-        .timeout(Some(timeout));
-    let needs = [Need::Publish(&subject), Need::ReplyInbox];
-    let reply = guarded(client, &needs, async {
-        client
-            .send_request(subject.clone(), request)
-            .await
-            .map_err(|e| request_error(e, &subject, timeout))
-    })
-    .await?;
+    let message = async_nats::Request::new().headers(headers).payload(payload);
+    let reply = send_request(client, &subject, message, timeout).await?;
     parse_ack(&reply.payload)
 }
 
@@ -239,17 +248,8 @@ pub(crate) async fn direct_get(
     timeout: Duration,
 ) -> Result<Option<RawMessage>, StoreError> {
     let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
-    let req = async_nats::Request::new()
-        .payload(payload)
-        .timeout(Some(timeout));
-    let needs = [Need::Publish(api_subject), Need::ReplyInbox];
-    let reply = guarded(client, &needs, async {
-        client
-            .send_request(api_subject.to_owned(), req)
-            .await
-            .map_err(|e| request_error(e, api_subject, timeout))
-    })
-    .await?;
+    let message = async_nats::Request::new().payload(payload);
+    let reply = send_request(client, api_subject, message, timeout).await?;
     match reply.status.map(|s| s.as_u16()) {
         None | Some(200) => to_raw(reply).map(Some),
         Some(404) => Ok(None),
@@ -294,17 +294,8 @@ pub(crate) async fn stream_state(
         offset: None,
     })
     .unwrap_or_default();
-    let req = async_nats::Request::new()
-        .payload(Bytes::from(body))
-        .timeout(Some(timeout));
-    let needs = [Need::Publish(&subject), Need::ReplyInbox];
-    let reply = guarded(client, &needs, async {
-        client
-            .send_request(subject.clone(), req)
-            .await
-            .map_err(|e| request_error(e, &subject, timeout))
-    })
-    .await?;
+    let message = async_nats::Request::new().payload(Bytes::from(body));
+    let reply = send_request(client, &subject, message, timeout).await?;
     let info: StreamInfoResponse = serde_json::from_slice(&reply.payload)
         .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
     if let Some(e) = info.error {

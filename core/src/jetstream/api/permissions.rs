@@ -198,6 +198,49 @@ where
     }
 }
 
+/// [`unless_denied`] for a request without a timeout of its own: `Ok(None)` when it has no
+/// answer after `timeout`. One timer serves both the suspicion and the timeout, which matters
+/// on the hot path (every append and direct get).
+pub(crate) async fn unless_denied_within<F>(
+    client: &Client,
+    needs: &[Need<'_>],
+    timeout: Duration,
+    request: F,
+) -> Result<Option<F::Output>, Denied>
+where
+    F: Future,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut request = std::pin::pin!(request);
+    let timer =
+        tokio::time::sleep_until((tokio::time::Instant::now() + SUSPECT_AFTER).min(deadline));
+    let mut timer = std::pin::pin!(timer);
+    tokio::select! {
+        biased;
+        out = &mut request => return Ok(Some(out)),
+        () = &mut timer => {}
+    }
+    if tokio::time::Instant::now() >= deadline {
+        return Ok(None);
+    }
+    timer.as_mut().reset(deadline);
+    let mut info = std::pin::pin!(user_info(client));
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut request => return Ok(Some(out)),
+            () = &mut timer => return Ok(None),
+            info = &mut info, if !asked => {
+                if let Some(denied) = info.and_then(|i| i.refusal(client, needs)) {
+                    return Err(denied);
+                }
+                asked = true;
+            }
+        }
+    }
+}
+
 /// What a request that got no reply most likely ran into: for the message of a timeout.
 /// `waited`: the request's timeout, if known.
 pub(crate) fn no_reply(subject: &str, waited: Option<Duration>) -> String {
