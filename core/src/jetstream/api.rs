@@ -147,7 +147,8 @@ async fn send_request(
     timeout: Duration,
 ) -> Result<async_nats::Message, StoreError> {
     let needs = [Need::Publish(subject), Need::ReplyInbox];
-    let sent = client.send_request(subject.to_owned(), request.timeout(None));
+    // Pinned here, so that the request's future is not moved into the guard's.
+    let sent = std::pin::pin!(client.send_request(subject.to_owned(), request.timeout(None)));
     match permissions::unless_denied_within(client, &needs, timeout, sent).await {
         Ok(Some(Ok(reply))) => Ok(reply),
         Ok(Some(Err(e))) => Err(request_error(e, subject, timeout)),

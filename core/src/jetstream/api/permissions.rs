@@ -187,7 +187,8 @@ where
         out = &mut request => return Ok(out),
         () = tokio::time::sleep(SUSPECT_AFTER) => {}
     }
-    let info = std::pin::pin!(user_info(client));
+    // Boxed: the slow path's future is not carried by every request's.
+    let info = Box::pin(user_info(client));
     tokio::select! {
         biased;
         out = &mut request => Ok(out),
@@ -205,13 +206,12 @@ pub(crate) async fn unless_denied_within<F>(
     client: &Client,
     needs: &[Need<'_>],
     timeout: Duration,
-    request: F,
+    mut request: std::pin::Pin<&mut F>,
 ) -> Result<Option<F::Output>, Denied>
 where
     F: Future,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut request = std::pin::pin!(request);
     let timer =
         tokio::time::sleep_until((tokio::time::Instant::now() + SUSPECT_AFTER).min(deadline));
     let mut timer = std::pin::pin!(timer);
@@ -224,7 +224,8 @@ where
         return Ok(None);
     }
     timer.as_mut().reset(deadline);
-    let mut info = std::pin::pin!(user_info(client));
+    // Boxed: the slow path's future is not carried by every request's.
+    let mut info = Box::pin(user_info(client));
     let mut asked = false;
     loop {
         tokio::select! {
