@@ -116,6 +116,13 @@ pub enum StoreErrorKind {
     StreamFull,
     /// The stream does not exist (it was deleted after the store was created).
     StreamNotFound,
+    /// The stream exists, but nothing took the request: its leader is being elected, or the
+    /// servers holding it are down (or its subjects were changed under the store). Transient
+    /// in the first two cases: retry ([`StoreError::is_transient`]).
+    Unavailable {
+        /// The stream.
+        stream: String,
+    },
     /// The connection's permissions do not allow this subject.
     PermissionDenied(String),
     /// The server did not answer in time.
@@ -156,6 +163,11 @@ impl fmt::Display for StoreErrorKind {
                 "stream is full: a limit (max messages, bytes or age) is reached and the store never drops history"
             ),
             Self::StreamNotFound => write!(f, "stream not found"),
+            Self::Unavailable { stream } => write!(
+                f,
+                "stream {stream} exists but nothing answered for it (no leader at the moment, \
+                 or its servers are down); retry"
+            ),
             Self::PermissionDenied(subject) => {
                 write!(f, "permission denied for subject {subject:?}")
             }
@@ -165,6 +177,20 @@ impl fmt::Display for StoreErrorKind {
             }
             Self::Connection => write!(f, "connection to the server failed"),
         }
+    }
+}
+
+impl StoreError {
+    /// Is this worth retrying as it is: the server did not answer in time, the connection
+    /// failed, or the stream has no leader at the moment? A version conflict is not (decide
+    /// again on a fresh load), nor is invalid input.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind(),
+            StoreErrorKind::TimedOut
+                | StoreErrorKind::Connection
+                | StoreErrorKind::Unavailable { .. }
+        )
     }
 }
 

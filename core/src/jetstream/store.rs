@@ -504,6 +504,75 @@ impl EventStore for JetStreamEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
+        let result = self.append_unchecked(aggregate_id, expected, events).await;
+        self.reclassify(result).await
+    }
+
+    async fn read_aggregate(
+        &self,
+        aggregate_id: &AggregateId,
+        after_version: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_aggregate_after(aggregate_id, after_version, StreamSequence(0))
+            .await
+    }
+
+    async fn read_aggregate_after(
+        &self,
+        aggregate_id: &AggregateId,
+        after_version: u64,
+        after_sequence: StreamSequence,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let result = self
+            .read_aggregate_after_unchecked(aggregate_id, after_version, after_sequence)
+            .await;
+        self.reclassify(result).await
+    }
+
+    async fn read_aggregate_routed(
+        &self,
+        aggregate_id: &AggregateId,
+        routing_subjects: &[&str],
+        after_version: u64,
+        after_sequence: StreamSequence,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let result = self
+            .read_aggregate_routed_unchecked(
+                aggregate_id,
+                routing_subjects,
+                after_version,
+                after_sequence,
+            )
+            .await;
+        self.reclassify(result).await
+    }
+
+    async fn aggregate_version(
+        &self,
+        aggregate_id: &AggregateId,
+    ) -> Result<Option<u64>, StoreError> {
+        let result = self.aggregate_version_unchecked(aggregate_id).await;
+        self.reclassify(result).await
+    }
+
+    fn stream(&self, from: ReadFrom) -> EventStream<'_> {
+        Box::pin(crate::jetstream::read::stream_all(self.clone(), from))
+    }
+
+    async fn last_sequence(&self) -> Result<StreamSequence, StoreError> {
+        let result = self.last_sequence_unchecked().await;
+        self.reclassify(result).await
+    }
+}
+
+/// The store's operations before [`JetStreamEventStore::reclassify`].
+impl JetStreamEventStore {
+    async fn append_unchecked(
+        &self,
+        aggregate_id: &AggregateId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
         let (scope, subjects) = self.check_events(aggregate_id, &events)?;
         let mut retries = 0;
         loop {
@@ -641,16 +710,7 @@ impl EventStore for JetStreamEventStore {
         }
     }
 
-    async fn read_aggregate(
-        &self,
-        aggregate_id: &AggregateId,
-        after_version: u64,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read_aggregate_after(aggregate_id, after_version, StreamSequence(0))
-            .await
-    }
-
-    async fn read_aggregate_after(
+    async fn read_aggregate_after_unchecked(
         &self,
         aggregate_id: &AggregateId,
         after_version: u64,
@@ -673,7 +733,7 @@ impl EventStore for JetStreamEventStore {
         Self::assemble(aggregate_id, messages, after_version)
     }
 
-    async fn read_aggregate_routed(
+    async fn read_aggregate_routed_unchecked(
         &self,
         aggregate_id: &AggregateId,
         routing_subjects: &[&str],
@@ -710,7 +770,7 @@ impl EventStore for JetStreamEventStore {
         }
     }
 
-    async fn aggregate_version(
+    async fn aggregate_version_unchecked(
         &self,
         aggregate_id: &AggregateId,
     ) -> Result<Option<u64>, StoreError> {
@@ -719,11 +779,7 @@ impl EventStore for JetStreamEventStore {
         Ok(best.map(|p| p.version))
     }
 
-    fn stream(&self, from: ReadFrom) -> EventStream<'_> {
-        Box::pin(crate::jetstream::read::stream_all(self.clone(), from))
-    }
-
-    async fn last_sequence(&self) -> Result<StreamSequence, StoreError> {
+    async fn last_sequence_unchecked(&self) -> Result<StreamSequence, StoreError> {
         let (last, _) = api::stream_state(
             &self.inner.client,
             &self.inner.config.stream_name,
@@ -732,6 +788,39 @@ impl EventStore for JetStreamEventStore {
         )
         .await?;
         Ok(StreamSequence(last))
+    }
+
+    /// "No responders" for an existing stream is not a missing stream: its leader is being
+    /// elected, or its servers are down. One STREAM.INFO request tells the two apart, on the
+    /// error path only.
+    async fn reclassify<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let Err(e) = result else {
+            return result;
+        };
+        let no_responders = matches!(e.kind(), StoreErrorKind::StreamNotFound)
+            && std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<async_nats::RequestError>())
+                .is_some_and(|r| r.kind() == async_nats::RequestErrorKind::NoResponders);
+        if !no_responders {
+            return Err(e);
+        }
+        let stream = &self.inner.config.stream_name;
+        match api::stream_state(&self.inner.client, stream, None, self.inner.timeout).await {
+            Err(info)
+                if matches!(info.kind(), StoreErrorKind::StreamNotFound) && {
+                    // The JetStream API itself answered that the stream is gone.
+                    std::error::Error::source(&info).is_none()
+                } =>
+            {
+                Err(e)
+            }
+            _ => Err(StoreError::with_source(
+                StoreErrorKind::Unavailable {
+                    stream: stream.clone(),
+                },
+                e,
+            )),
+        }
     }
 }
 

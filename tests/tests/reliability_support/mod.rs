@@ -87,6 +87,7 @@ pub fn is_transient(e: &StoreError) -> bool {
         e.kind(),
         StoreErrorKind::TimedOut
             | StoreErrorKind::Connection
+            | StoreErrorKind::Unavailable { .. }
             | StoreErrorKind::StreamNotFound
             | StoreErrorKind::Server { .. }
     )
