@@ -224,6 +224,13 @@ pub enum SetupErrorKind {
     },
     /// The configuration itself is invalid.
     InvalidConfig(String),
+    /// The connection's user is not permitted what setting up needs (publishing a JetStream
+    /// API request, or receiving its reply), as its permissions say; the error's source names
+    /// the user and the rule.
+    PermissionDenied {
+        /// The refused subject.
+        subject: String,
+    },
     /// The server refused with a JetStream error.
     Server {
         /// JetStream error code, 0 if none.
@@ -260,6 +267,9 @@ impl fmt::Display for SetupErrorKind {
                 f,
                 "the subjects of stream {stream:?} overlap those of another stream (server error 10065)"
             ),
+            Self::PermissionDenied { subject } => {
+                write!(f, "permission denied for subject {subject:?}")
+            }
             Self::InvalidConfig(why) => write!(f, "invalid store configuration: {why}"),
             Self::Server { code, description } => {
                 write!(f, "server error {code}: {description}")
@@ -326,6 +336,13 @@ pub enum SubscriberErrorKind {
     },
     /// The subscription's task ended abnormally (it panicked or its runtime shut down).
     TaskFailed,
+    /// The connection's user is not permitted what the subscription needs (creating its
+    /// consumer, or receiving the events on their inbox); the error's source, when the
+    /// permissions could be read, names the user and the rule.
+    PermissionDenied {
+        /// The refused subject.
+        subject: String,
+    },
     /// The server refused with a JetStream error.
     Server {
         /// JetStream error code, 0 if none.
@@ -373,6 +390,9 @@ impl fmt::Display for SubscriberErrorKind {
                 "shutdown timed out with {unfinished} handler(s) still running; their events \
                  will be delivered again"
             ),
+            Self::PermissionDenied { subject } => {
+                write!(f, "permission denied for subject {subject:?}")
+            }
             Self::TaskFailed => write!(f, "the subscription task ended abnormally"),
             Self::Server { code, description } => {
                 write!(f, "server error {code}: {description}")

@@ -190,8 +190,11 @@ async fn a_store_without_jetstream_api_permission_fails_at_new() {
     .unwrap_err();
     let took = started.elapsed();
     println!("store set-up refused: {took:?}: {err}");
-    assert!(
-        matches!(err.kind(), SetupErrorKind::Server { code: 0, .. }),
+    assert_eq!(
+        *err.kind(),
+        SetupErrorKind::PermissionDenied {
+            subject: "$JS.API.STREAM.INFO.SHOP_EVENTS".to_owned()
+        },
         "{err:?}"
     );
     let text = err.to_string();
@@ -276,20 +279,19 @@ async fn a_subscription_a_deny_rule_refuses_fails_at_once() {
     let took = started.elapsed();
     println!("subscription refused by a deny rule: {took:?}: {err}");
     match err.kind() {
-        SubscriberErrorKind::ConsumerSetup {
-            stream,
-            description,
-        } => {
-            assert_eq!(stream, "SHOP_EVENTS");
+        SubscriberErrorKind::PermissionDenied { subject } => {
             assert!(
-                description.contains(
-                    "permission denied for subject \"$JS.API.CONSUMER.CREATE.SHOP_EVENTS"
-                ),
-                "{description}"
+                subject.starts_with("$JS.API.CONSUMER.CREATE.SHOP_EVENTS"),
+                "{subject}"
             );
         }
-        other => panic!("expected ConsumerSetup, got {other:?}"),
+        other => panic!("expected PermissionDenied, got {other:?}"),
     }
+    assert!(
+        err.to_string()
+            .contains("permission denied for subject \"$JS.API.CONSUMER.CREATE.SHOP_EVENTS"),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("deny rule \"$JS.API.CONSUMER.>\""),
         "{err}"
@@ -314,10 +316,12 @@ async fn a_subscription_whose_deliveries_could_not_arrive_fails_at_once() {
         .unwrap_err();
     let took = started.elapsed();
     println!("subscription without a delivery inbox: {took:?}: {err}");
-    assert!(
-        matches!(err.kind(), SubscriberErrorKind::Server { code: 0, .. }),
-        "{err:?}"
-    );
+    match err.kind() {
+        SubscriberErrorKind::PermissionDenied { subject } => {
+            assert!(subject.starts_with("_INBOX."), "{subject}")
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
     let text = err.to_string();
     for needle in [
         "permission denied for subject \"_INBOX.",

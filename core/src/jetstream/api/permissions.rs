@@ -287,9 +287,8 @@ pub(crate) async fn setup_through(
         ),
         Ok(Err(e)) => Err(e),
         Err(denied) => Err(SetupError::with_source(
-            SetupErrorKind::Server {
-                code: 0,
-                description: format!("permission denied for subject {:?}", denied.subject),
+            SetupErrorKind::PermissionDenied {
+                subject: denied.subject.clone(),
             },
             denied,
         )),

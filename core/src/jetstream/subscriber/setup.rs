@@ -48,9 +48,8 @@ const STREAM_NAMES: &str = "$JS.API.STREAM.NAMES";
 
 fn denied_error(denied: Denied) -> SubscriberError {
     SubscriberError::with_source(
-        SubscriberErrorKind::Server {
-            code: 0,
-            description: format!("permission denied for subject {:?}", denied.subject),
+        SubscriberErrorKind::PermissionDenied {
+            subject: denied.subject.clone(),
         },
         denied,
     )
@@ -130,16 +129,18 @@ async fn api_request_on_new_inbox(
             }
             () = tokio::time::sleep_until(until) => {
                 return Err(match answered_elsewhere {
-                    Some(_) => SubscriberError::new(SubscriberErrorKind::Server {
-                        code: 0,
-                        description: format!(
-                            "permission denied for subject {inbox:?}: the JetStream API answered \
-                             through the client's request inbox but not on the new inbox \
-                             {inbox:?}, so the connection's user is most likely not permitted to \
-                             subscribe to it; consumers deliver events to such inboxes, so no \
-                             event would ever arrive (permit subscribing to _INBOX.>)"
+                    Some(_) => SubscriberError::with_source(
+                        SubscriberErrorKind::PermissionDenied {
+                            subject: inbox.clone(),
+                        },
+                        format!(
+                            "the JetStream API answered through the client's request inbox but \
+                             not on the new inbox {inbox:?}, so the connection's user is most \
+                             likely not permitted to subscribe to it; consumers deliver events \
+                             to such inboxes, so no event would ever arrive (permit subscribing \
+                             to _INBOX.>)"
                         ),
-                    }),
+                    ),
                     None => SubscriberError::with_source(
                         SubscriberErrorKind::Connection,
                         permissions::no_reply(subject, Some(API_TIMEOUT)),
@@ -284,10 +285,9 @@ pub(crate) async fn create_consumer(
     };
     let refused = |denied: Denied| {
         SubscriberError::with_source(
-            setup_error(format!(
-                "permission denied for subject {:?}",
-                denied.subject
-            )),
+            SubscriberErrorKind::PermissionDenied {
+                subject: denied.subject.clone(),
+            },
             denied,
         )
     };
