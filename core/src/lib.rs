@@ -30,6 +30,7 @@ pub mod error;
 pub mod event;
 pub mod harness;
 pub mod headers;
+pub mod id;
 pub mod identity;
 pub mod memory;
 pub mod projection;
@@ -51,6 +52,7 @@ pub use envelope::{Envelope, StoredEvent, StreamSequence};
 pub use error::{Error, SetupError, SetupErrorKind, StoreError, StoreErrorKind};
 pub use error::{SubscriberError, SubscriberErrorKind};
 pub use event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError, Upcaster};
+pub use id::IdParseError;
 pub use identity::{CausationId, CorrelationId, MessageId, MessageIdentity};
 pub use projection::{replay, OnUnreadable, Projection, ProjectionError};
 pub use publisher::EventPublisher;
@@ -70,12 +72,18 @@ pub use subscriber::{
 #[cfg(feature = "derive")]
 pub use cim_nats_macros::NatsEvent;
 
+/// `#[derive(EntityId)]`: a UUID newtype as a typed id.
+#[cfg(feature = "derive")]
+pub use cim_nats_macros::EntityId;
+
 /// Not public API: paths used by the code `#[derive(NatsEvent)]` generates.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError};
+    pub use crate::id::IdParseError;
     pub use crate::identity::MessageIdentity;
     pub use crate::subject::{AggregateId, InvalidSubject};
+    pub use serde;
     pub use serde_json;
     pub use uuid;
 }

@@ -1,11 +1,12 @@
-//! `#[derive(NatsEvent)]` for `cim-nats`, checked at compile time. Use it through
-//! `cim_nats::NatsEvent` (feature `derive`, on by default).
+//! `#[derive(NatsEvent)]` and `#[derive(EntityId)]` for `cim-nats`, checked at compile time. Use
+//! them through `cim_nats::NatsEvent` and `cim_nats::EntityId` (feature `derive`, on by default).
 
 mod ast;
 mod attr;
 mod errors;
 mod expand;
 mod fallback;
+mod id;
 mod symbol;
 mod valid;
 
@@ -57,4 +58,33 @@ mod valid;
 pub fn derive_nats_event(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     expand::derive(&input).into()
+}
+
+/// Derives a typed id from a tuple struct around one `Uuid`: `new()` (UUID v7, ordered by
+/// creation time), `from_uuid`, `as_uuid`, `Default` (a new id), `From<Uuid>` both ways,
+/// `FromStr` (error `cim_nats::IdParseError` naming the type and the input), `Display` (the
+/// UUID), `Debug` (`OrderId(…)`), and serde as a plain UUID string. With
+/// `#[entity_id(aggregate)]`, the id names an aggregate and converts into `AggregateId` (other
+/// ids do not, so that one cannot be passed for an aggregate's by mistake). Derive `Clone`,
+/// `Copy`, `PartialEq`, `Eq`, `Hash` (and `Ord`) yourself, as you need them.
+///
+/// ```
+/// use cim_nats::{AggregateId, EntityId};
+///
+/// #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EntityId)]
+/// #[entity_id(aggregate)]
+/// pub struct OrderId(uuid::Uuid);
+///
+/// let id = OrderId::new();
+/// let text = id.to_string();
+/// assert_eq!(text.parse::<OrderId>().unwrap(), id);
+/// assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{text}\""));
+/// assert_eq!(AggregateId::from(id).as_str(), text);
+/// assert_eq!(format!("{id:?}"), format!("OrderId({text})"));
+/// assert!("42".parse::<OrderId>().unwrap_err().to_string().starts_with("invalid OrderId \"42\""));
+/// ```
+#[proc_macro_derive(EntityId, attributes(entity_id))]
+pub fn derive_entity_id(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    id::derive(&input).into()
 }

@@ -99,3 +99,33 @@ fn generated_code_is_hygienic() {
         Err(DecodeError::UnknownVersion { current: 3, .. })
     ));
 }
+
+mod ids_without_prelude {
+    #![no_implicit_prelude]
+
+    /// Names the generated code must not pick up.
+    #[allow(dead_code)]
+    pub(crate) struct Result;
+    #[allow(dead_code)]
+    pub(crate) struct Ok;
+    #[allow(dead_code)]
+    pub(crate) struct Uuid;
+
+    #[derive(
+        ::core::clone::Clone,
+        ::core::marker::Copy,
+        ::core::cmp::PartialEq,
+        ::core::cmp::Eq,
+        ::cim_nats::EntityId,
+    )]
+    #[entity_id(aggregate)]
+    pub(crate) struct ThingId(::uuid::Uuid);
+}
+
+#[test]
+fn entity_ids_need_no_prelude() {
+    let id = ids_without_prelude::ThingId::new();
+    let parsed: ids_without_prelude::ThingId = id.to_string().parse().unwrap();
+    assert!(parsed == id);
+    assert_eq!(AggregateId::from(id).as_str(), id.to_string());
+}
