@@ -8,76 +8,19 @@
 use std::fmt;
 use std::str::FromStr;
 
+use cim_nats::EntityId;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-macro_rules! uuid_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(Uuid);
+/// The id of an organization: the aggregate, whose events are all stored on
+/// `organization.*.*.{organization_id}`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EntityId)]
+#[entity_id(aggregate)]
+pub struct OrganizationId(Uuid);
 
-        impl $name {
-            /// A new id (UUID version 7: ordered by creation time).
-            pub fn new() -> Self {
-                Self(Uuid::now_v7())
-            }
-
-            /// Wraps an existing UUID.
-            pub const fn from_uuid(id: Uuid) -> Self {
-                Self(id)
-            }
-
-            /// The underlying UUID.
-            pub const fn as_uuid(&self) -> &Uuid {
-                &self.0
-            }
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = uuid::Error;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s).map(Self)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!(stringify!($name), "({})"), self.0)
-            }
-        }
-    };
-}
-
-uuid_id!(
-    /// The id of an organization: the aggregate, whose events are all stored on
-    /// `organization.*.*.{organization_id}`.
-    OrganizationId
-);
-
-uuid_id!(
-    /// The id of a person, who can be a member of several departments.
-    PersonId
-);
-
-impl From<OrganizationId> for cim_nats::AggregateId {
-    fn from(id: OrganizationId) -> Self {
-        cim_nats::AggregateId::from(id.0)
-    }
-}
+/// The id of a person, who can be a member of several departments.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EntityId)]
+pub struct PersonId(Uuid);
 
 /// A value that is not a valid department code or department id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,10 +4,7 @@
 //! type, so a [`ResourceId`] can never be passed where a [`NetworkId`] is expected. Ids are
 //! `Copy`, serialise as a plain UUID string and parse from one.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
+use cim_nats::EntityId;
 use uuid::Uuid;
 
 /// A string that is not a valid id.
@@ -19,144 +16,44 @@ use uuid::Uuid;
 /// assert_eq!(err.kind(), "ResourceId");
 /// assert_eq!(err.value(), "not-a-uuid");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} {value:?}: {source}")]
-pub struct IdError {
-    kind: &'static str,
-    value: String,
-    source: uuid::Error,
-}
+pub use cim_nats::IdParseError as IdError;
 
-impl IdError {
-    /// The name of the id type that failed to parse, e.g. `"ResourceId"`.
-    pub fn kind(&self) -> &'static str {
-        self.kind
-    }
+/// The id of an infrastructure aggregate: the consistency unit whose events share one version
+/// sequence and one subject token.
+///
+/// It converts into the framework's [`AggregateId`](cim_nats::AggregateId):
+///
+/// ```
+/// use cim_domain_infrastructure::InfrastructureId;
+/// use cim_nats::AggregateId;
+///
+/// let id = InfrastructureId::new();
+/// let aggregate_id: AggregateId = id.into();
+/// assert_eq!(aggregate_id.as_str(), id.to_string());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EntityId)]
+#[entity_id(aggregate)]
+pub struct InfrastructureId(Uuid);
 
-    /// The rejected input.
-    pub fn value(&self) -> &str {
-        &self.value
-    }
-}
+/// The id of a compute resource (a physical machine, a virtual machine or a container).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EntityId)]
+pub struct ResourceId(Uuid);
 
-macro_rules! uuid_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(Uuid);
+/// The id of a network.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EntityId)]
+pub struct NetworkId(Uuid);
 
-        impl $name {
-            /// A new, unique id (UUID version 7: ordered by creation time).
-            pub fn new() -> Self {
-                Self(Uuid::now_v7())
-            }
+/// The id of a connection between two compute resources.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EntityId)]
+pub struct ConnectionId(Uuid);
 
-            /// Wraps an existing UUID.
-            pub const fn from_uuid(id: Uuid) -> Self {
-                Self(id)
-            }
+/// The id of a software configuration applied to a compute resource.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EntityId)]
+pub struct SoftwareId(Uuid);
 
-            /// The underlying UUID.
-            pub const fn as_uuid(&self) -> &Uuid {
-                &self.0
-            }
-        }
-
-        impl Default for $name {
-            /// A new, unique id, as [`new`](Self::new).
-            fn default() -> Self {
-                Self::new()
-            }
-        }
-
-        impl From<Uuid> for $name {
-            fn from(id: Uuid) -> Self {
-                Self(id)
-            }
-        }
-
-        impl From<$name> for Uuid {
-            fn from(id: $name) -> Self {
-                id.0
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = IdError;
-
-            /// Parses any textual UUID form accepted by [`Uuid::parse_str`].
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s).map(Self).map_err(|source| IdError {
-                    kind: stringify!($name),
-                    value: s.to_owned(),
-                    source,
-                })
-            }
-        }
-
-        impl fmt::Display for $name {
-            /// The hyphenated lowercase UUID.
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!(stringify!($name), "({})"), self.0)
-            }
-        }
-    };
-}
-
-uuid_id!(
-    /// The id of an infrastructure aggregate: the consistency unit whose events share one version
-    /// sequence and one subject token.
-    ///
-    /// It converts into the framework's [`AggregateId`](cim_nats::AggregateId):
-    ///
-    /// ```
-    /// use cim_domain_infrastructure::InfrastructureId;
-    /// use cim_nats::AggregateId;
-    ///
-    /// let id = InfrastructureId::new();
-    /// let aggregate_id: AggregateId = id.into();
-    /// assert_eq!(aggregate_id.as_str(), id.to_string());
-    /// ```
-    InfrastructureId
-);
-
-uuid_id!(
-    /// The id of a compute resource (a physical machine, a virtual machine or a container).
-    ResourceId
-);
-
-uuid_id!(
-    /// The id of a network.
-    NetworkId
-);
-
-uuid_id!(
-    /// The id of a connection between two compute resources.
-    ConnectionId
-);
-
-uuid_id!(
-    /// The id of a software configuration applied to a compute resource.
-    SoftwareId
-);
-
-uuid_id!(
-    /// The id of a policy rule.
-    PolicyId
-);
-
-impl From<InfrastructureId> for cim_nats::AggregateId {
-    fn from(id: InfrastructureId) -> Self {
-        cim_nats::AggregateId::from(id.0)
-    }
-}
+/// The id of a policy rule.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, EntityId)]
+pub struct PolicyId(Uuid);
 
 #[cfg(test)]
 mod tests {
