@@ -315,11 +315,43 @@ impl Projection for Gated {
     }
 }
 
-/// The server goes away while the runner has progress to checkpoint, for longer than a request
-/// may take: the checkpoint write is retried until the server is back, and the runner ends with
-/// each event applied once, without stopping.
+/// Warnings logged by the code under test, as `message field=value ...` lines.
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records every warning into [`WARNINGS`].
+struct RecordWarnings;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecordWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut line = Line(String::new());
+            event.record(&mut line);
+            WARNINGS.lock().unwrap().push(line.0);
+        }
+    }
+}
+
+fn record_warnings() {
+    use tracing_subscriber::layer::SubscriberExt;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::registry().with(RecordWarnings);
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per test run");
+    });
+}
+
+/// The server goes away while the runner has progress to checkpoint, until a checkpoint write
+/// has failed: the write is retried until the server is back, and the runner ends with each
+/// event applied once, without stopping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_write_is_retried_across_a_server_restart() {
+    record_warnings();
     let (mut server, client) = support::server().await;
     let store = JetStreamEventStore::new(client, StoreConfig::for_domain("bank"))
         .await
@@ -332,9 +364,15 @@ async fn a_checkpoint_write_is_retried_across_a_server_restart() {
     runner.wait_for(StreamSequence(599), WAIT).await.unwrap();
     server.kill();
     gate().send_replace(true);
-    // The runner applies what it holds and tries to checkpoint at 699 with the server down. It
-    // stays down longer than a request's timeout (5 s), so that the write fails, not waits.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The runner applies what it holds and tries to checkpoint with the server down; the server
+    // stays down until that write has failed (after its request's timeout) and is to be retried.
+    support::wait_until(WAIT, "a failed checkpoint write of `gated`", || {
+        let failed = WARNINGS.lock().unwrap().iter().any(|w| {
+            w.contains("checkpoint not written; retrying") && w.contains("projection=gated")
+        });
+        async move { failed }
+    })
+    .await;
     assert!(
         !runner.is_finished(),
         "the runner stopped while the server was down"
