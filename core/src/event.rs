@@ -233,8 +233,9 @@ impl From<&str> for UpcastError {
 }
 
 /// An upcaster: turns the stored JSON of an event at schema version `n` into the JSON of the same
-/// event at version `n + 1`. The JSON is the whole event as serde wrote it (for a default,
-/// externally tagged enum: `{"Variant": {...}}`).
+/// event at version `n + 1`. Declared with `upcast(from = n, with = f)`, it gets the whole event
+/// as serde wrote it (for a default, externally tagged enum: `{"Variant": {...}}`); with
+/// `upcast(from = n, fields = f)`, only the variant's content (`{...}`).
 pub type Upcaster = fn(serde_json::Value) -> Result<serde_json::Value, UpcastError>;
 
 /// A domain event enum that knows its subjects and its metadata.

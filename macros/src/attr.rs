@@ -9,8 +9,8 @@ use syn::{Attribute, LitInt, LitStr, Path, Token};
 
 use crate::errors::Errors;
 use crate::symbol::{
-    AGGREGATE, AGGREGATE_ID, DOMAIN, ENUM_KEYS, EVENT_ID, EVENT_TYPE, FIELD_KEYS, FROM, IDENTITY,
-    NATS_EVENT, OPERATION, UPCAST, UPCAST_KEYS, VARIANT_KEYS, VERSION, WITH,
+    AGGREGATE, AGGREGATE_ID, DOMAIN, ENUM_KEYS, EVENT_ID, EVENT_TYPE, FIELDS, FIELD_KEYS, FROM,
+    IDENTITY, NATS_EVENT, OPERATION, UPCAST, UPCAST_KEYS, VARIANT_KEYS, VERSION, WITH,
 };
 
 /// An integer literal with the value it holds.
@@ -43,10 +43,12 @@ pub(crate) struct VariantAttrs {
     pub(crate) upcasts: Vec<Upcast>,
 }
 
-/// One `upcast(from = N, with = path)`.
+/// One `upcast(from = N, with = path)` or `upcast(from = N, fields = path)`.
 pub(crate) struct Upcast {
     pub(crate) from: Int,
     pub(crate) with: Path,
+    /// `fields = path`: the function gets and returns the variant's content only.
+    pub(crate) fields: bool,
 }
 
 /// `#[nats_event(...)]` on a field: the span of each marker present.
@@ -117,10 +119,11 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
     out
 }
 
-/// `upcast(from = N, with = path)`.
+/// `upcast(from = N, with = path)` or `upcast(from = N, fields = path)`.
 fn upcast(meta: &ParseNestedMeta<'_>) -> syn::Result<Upcast> {
     let mut from = None;
     let mut with = None;
+    let mut fields = None;
     meta.parse_nested_meta(|inner| {
         if inner.path.is_ident(FROM) {
             let value = int(&inner)?;
@@ -128,17 +131,36 @@ fn upcast(meta: &ParseNestedMeta<'_>) -> syn::Result<Upcast> {
         } else if inner.path.is_ident(WITH) {
             let value: Path = inner.value()?.parse()?;
             set(&mut with, value, &inner, WITH)
+        } else if inner.path.is_ident(FIELDS) {
+            let value: Path = inner.value()?.parse()?;
+            set(&mut fields, value, &inner, FIELDS)
         } else {
             Err(unknown_key(&inner, "`upcast(...)`", UPCAST_KEYS))
         }
     })?;
-    match (from, with) {
-        (Some(from), Some(with)) => Ok(Upcast { from, with }),
-        (None, _) => Err(meta.error(format_args!(
+    let Some(from) = from else {
+        return Err(meta.error(format_args!(
             "`{UPCAST}` needs `{FROM} = N`: `{UPCAST}({FROM} = 1, {WITH} = path::to::fn)`"
+        )));
+    };
+    match (with, fields) {
+        (Some(with), None) => Ok(Upcast {
+            from,
+            with,
+            fields: false,
+        }),
+        (None, Some(with)) => Ok(Upcast {
+            from,
+            with,
+            fields: true,
+        }),
+        (Some(_), Some(_)) => Err(meta.error(format_args!(
+            "`{UPCAST}` takes `{WITH} = path` (the whole stored JSON) or `{FIELDS} = path` (the \
+             variant's content), not both"
         ))),
-        (_, None) => Err(meta.error(format_args!(
-            "`{UPCAST}` needs `{WITH} = path`: `{UPCAST}({FROM} = 1, {WITH} = path::to::fn)`"
+        (None, None) => Err(meta.error(format_args!(
+            "`{UPCAST}` needs `{WITH} = path` (given the whole stored JSON) or `{FIELDS} = path` \
+             (given the variant's content): `{UPCAST}({FROM} = 1, {FIELDS} = path::to::fn)`"
         ))),
     }
 }

@@ -78,7 +78,7 @@ fn descriptor(model: &Model<'_>, event: &Event<'_>) -> TokenStream {
         ..
     } = event;
     let subject = model.subject(event);
-    let from = event.upcasts.iter().map(|(from, _)| from);
+    let from = event.upcasts.iter().map(|(from, _, _)| from);
     quote! {
         ::cim_nats::__private::EventDescriptor {
             event_type: #event_type,
@@ -288,23 +288,53 @@ fn upcast_fn(model: &Model<'_>) -> TokenStream {
     let arms = model.events.iter().enumerate().map(|(i, event)| {
         let name = &event.event_type;
         let current = event.version;
-        let chain = event.upcasts.first().map(|&(lowest, _)| {
+        let chain = event.upcasts.first().map(|&(lowest, _, _)| {
             let last = current - 1;
-            let steps = event.upcasts.iter().map(|&(step, with)| {
+            let steps = event.upcasts.iter().map(|&(step, with, fields)| {
                 let upcaster = quote_spanned! {with.span()=>
                     let upcaster: fn(
                         #p::serde_json::Value,
                     ) -> ::core::result::Result<#p::serde_json::Value, #p::UpcastError> = #with;
                 };
-                let apply = quote! {
-                    #upcaster
-                    #json = ::core::result::Result::map_err(upcaster(#json), |source| {
-                        #p::DecodeError::Upcast {
-                            event_type: ::std::borrow::ToOwned::to_owned(#event_type),
-                            from: #step,
-                            source,
-                        }
-                    })?;
+                let failed = quote! {
+                    |source| #p::DecodeError::Upcast {
+                        event_type: ::std::borrow::ToOwned::to_owned(#event_type),
+                        from: #step,
+                        source,
+                    }
+                };
+                let apply = if fields {
+                    // The stored JSON is `{"Variant": content}`: the upcaster gets the content.
+                    let outer = Ident::new("outer", Span::mixed_site());
+                    let key = Ident::new("key", Span::mixed_site());
+                    let content = Ident::new("content", Span::mixed_site());
+                    let not_variant = quote! {
+                        return ::core::result::Result::Err((#failed)(#p::UpcastError::new(
+                            "the stored JSON is not of the form {\"Variant\": content}",
+                        )))
+                    };
+                    quote! {
+                        #upcaster
+                        let mut #outer = match #json {
+                            #p::serde_json::Value::Object(#outer) if #outer.len() == 1 => #outer,
+                            _ => #not_variant,
+                        };
+                        let ::core::option::Option::Some((#key, #content)) = ::core::option::Option::map(
+                            ::core::iter::Iterator::next(&mut #outer.iter_mut()),
+                            |(k, v)| (::core::clone::Clone::clone(k), ::core::mem::take(v)),
+                        ) else {
+                            #not_variant
+                        };
+                        let #content =
+                            ::core::result::Result::map_err(upcaster(#content), #failed)?;
+                        #outer.insert(#key, #content);
+                        #json = #p::serde_json::Value::Object(#outer);
+                    }
+                } else {
+                    quote! {
+                        #upcaster
+                        #json = ::core::result::Result::map_err(upcaster(#json), #failed)?;
+                    }
                 };
                 // Every version in the arm's range takes the last step.
                 if step == last {

@@ -16,7 +16,9 @@ mod valid;
 ///   "field"` (a field every struct variant has).
 /// - On a variant: `operation` (required), `aggregate`, `version` (default 1), `event_type`
 ///   (default: the variant's name), `upcast(from = N, with = path)` (repeatable; the `from`s
-///   run without gaps up to `version - 1`).
+///   run without gaps up to `version - 1`): the function gets the whole stored JSON
+///   (`{"Variant": {...}}`); with `fields = path` instead of `with`, it gets and returns only the
+///   variant's content (`{...}`).
 /// - On a field: `event_id` (into `EventId`), `aggregate_id` (`Display`, e.g. a `Uuid`),
 ///   `identity` (a `MessageIdentity`: correlation, causation and actor).
 ///

@@ -19,8 +19,10 @@ pub(crate) const EVENT_TYPE: &str = "event_type";
 pub(crate) const UPCAST: &str = "upcast";
 /// Inside `upcast(...)`: the schema version the upcaster reads.
 pub(crate) const FROM: &str = "from";
-/// Inside `upcast(...)`: the upcaster function.
+/// Inside `upcast(...)`: the upcaster function, given the whole stored JSON.
 pub(crate) const WITH: &str = "with";
+/// Inside `upcast(...)`: the upcaster function, given only the variant's content.
+pub(crate) const FIELDS: &str = "fields";
 /// Field: marks the aggregate id.
 pub(crate) const AGGREGATE_ID: &str = "aggregate_id";
 /// Field: marks the identity (a `MessageIdentity`) of the event: correlation, causation, actor.
@@ -33,4 +35,4 @@ pub(crate) const VARIANT_KEYS: &[&str] = &[AGGREGATE, OPERATION, VERSION, EVENT_
 /// Keys accepted on a field.
 pub(crate) const FIELD_KEYS: &[&str] = &[EVENT_ID, AGGREGATE_ID, IDENTITY];
 /// Keys accepted inside `upcast(...)`.
-pub(crate) const UPCAST_KEYS: &[&str] = &[FROM, WITH];
+pub(crate) const UPCAST_KEYS: &[&str] = &[FROM, WITH, FIELDS];

@@ -31,7 +31,9 @@ pub(crate) struct Event<'a> {
     pub(crate) version: u32,
     /// The upcasters, by the version they read, sorted: a contiguous range ending at
     /// `version - 1`.
-    pub(crate) upcasts: Vec<(u32, &'a Path)>,
+    /// The upcast chain by `from`: the function, and whether it takes the variant's content
+    /// only (`fields = path`).
+    pub(crate) upcasts: Vec<(u32, &'a Path, bool)>,
     pub(crate) event_id: Option<Marked<'a>>,
     pub(crate) aggregate_id: Option<Marked<'a>>,
     pub(crate) identity: Option<Marked<'a>>,
@@ -243,7 +245,7 @@ fn check_upcasts<'a>(
     version: Option<u32>,
     explicit_version: bool,
     errors: &mut Errors,
-) -> Vec<(u32, &'a Path)> {
+) -> Vec<(u32, &'a Path, bool)> {
     let mut chain: BTreeMap<u32, &Upcast> = BTreeMap::new();
     for upcast in upcasts {
         let from = upcast.from.value;
@@ -294,7 +296,7 @@ fn check_upcasts<'a>(
     }
     chain
         .into_iter()
-        .map(|(from, upcast)| (from, &upcast.with))
+        .map(|(from, upcast)| (from, &upcast.with, upcast.fields))
         .collect()
 }
 

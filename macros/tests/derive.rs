@@ -690,3 +690,66 @@ fn identity_field() {
         (None, None, None)
     );
 }
+
+mod fields_upcasters {
+    use cim_nats::{DecodeError, EventId, NatsEvent, UpcastError};
+    use serde::{Deserialize, Serialize};
+    use serde_json::{json, Value};
+
+    #[derive(Debug, Serialize, Deserialize, NatsEvent)]
+    #[nats_event(domain = "shop", aggregate = "order")]
+    enum OrderEvent {
+        /// v1 `{"total": 5}`, v2 `{"cents": 500}`, v3 `{"cents": 500, "currency": "EUR"}`.
+        #[nats_event(
+            operation = "placed",
+            version = 3,
+            upcast(from = 1, fields = cents),
+            upcast(from = 2, with = currency)
+        )]
+        Placed {
+            #[nats_event(event_id)]
+            id: EventId,
+            cents: u64,
+            currency: String,
+        },
+    }
+
+    /// Gets the variant's content only.
+    fn cents(mut v: Value) -> Result<Value, UpcastError> {
+        let total = v["total"].as_u64().ok_or("no `total`")?;
+        v["cents"] = json!(total * 100);
+        Ok(v)
+    }
+
+    /// Gets the whole stored JSON.
+    fn currency(mut v: Value) -> Result<Value, UpcastError> {
+        v["Placed"]["currency"] = json!("EUR");
+        Ok(v)
+    }
+
+    #[test]
+    fn a_fields_upcaster_gets_the_variant_content_and_chains_with_a_whole_one() {
+        let id = EventId::new();
+        let v1 = json!({"Placed": {"id": id, "total": 5}});
+        let event = OrderEvent::decode("Placed", 1, &serde_json::to_vec(&v1).unwrap()).unwrap();
+        let OrderEvent::Placed {
+            cents, currency, ..
+        } = event;
+        assert_eq!((cents, currency.as_str()), (500, "EUR"));
+    }
+
+    #[test]
+    fn stored_json_not_of_the_variant_form_is_an_upcast_error() {
+        for stored in [json!({"total": 5, "id": 1}), json!([1, 2]), json!("Placed")] {
+            let err =
+                OrderEvent::decode("Placed", 1, &serde_json::to_vec(&stored).unwrap()).unwrap_err();
+            match err {
+                DecodeError::Upcast { from, source, .. } => {
+                    assert_eq!(from, 1);
+                    assert!(source.to_string().contains("Variant"), "{source}");
+                }
+                other => panic!("expected an upcast error, got {other:?}"),
+            }
+        }
+    }
+}

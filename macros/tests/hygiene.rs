@@ -26,8 +26,9 @@ mod no_prelude {
         ::core::result::Result::Ok(v)
     }
 
+    /// A `fields` upcaster: it gets the variant's content.
     pub(crate) fn from(mut v: Value) -> ::core::result::Result<Value, UpcastError> {
-        v["Made"]["three"] = ::serde_json::Value::Bool(true);
+        v["three"] = ::serde_json::Value::Bool(true);
         ::core::result::Result::Ok(v)
     }
 
@@ -38,7 +39,7 @@ mod no_prelude {
             operation = "made",
             version = 3,
             upcast(from = 1, with = json),
-            upcast(from = 2, with = from)
+            upcast(from = 2, fields = from)
         )]
         Made {
             #[nats_event(event_id)]
