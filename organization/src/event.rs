@@ -64,7 +64,7 @@ pub enum OrganizationEvent {
         aggregate = "member",
         operation = "joined",
         version = 2,
-        upcast(from = 1, with = member_joined_v1_to_v2)
+        upcast(from = 1, fields = member_joined_v1_to_v2)
     )]
     MemberJoined {
         /// The event's id.
@@ -103,19 +103,18 @@ pub enum OrganizationEvent {
     },
 }
 
-/// `MemberJoined` version 1 (`"role": "lead"`) to version 2 (`"roles": ["lead"]`). The JSON is
-/// the whole event as serde writes it: `{"MemberJoined": {...}}`.
-fn member_joined_v1_to_v2(mut event: Value) -> Result<Value, UpcastError> {
-    let fields = event
-        .get_mut("MemberJoined")
-        .and_then(Value::as_object_mut)
-        .ok_or("not a MemberJoined object")?;
-    let role = fields.remove("role").ok_or("version 1 has no `role`")?;
+/// `MemberJoined` version 1 (`"role": "lead"`) to version 2 (`"roles": ["lead"]`), given the
+/// variant's fields (`upcast(from = 1, fields = ...)`).
+fn member_joined_v1_to_v2(mut fields: Value) -> Result<Value, UpcastError> {
+    let object = fields
+        .as_object_mut()
+        .ok_or("MemberJoined is not an object")?;
+    let role = object.remove("role").ok_or("version 1 has no `role`")?;
     let role: Role = role
         .as_str()
         .ok_or("`role` is not a string")?
         .parse()
         .map_err(|e: crate::values::UnknownRole| UpcastError::new(e.to_string()))?;
-    fields.insert("roles".to_owned(), serde_json::to_value([role])?);
-    Ok(event)
+    object.insert("roles".to_owned(), serde_json::to_value([role])?);
+    Ok(fields)
 }
