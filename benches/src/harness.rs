@@ -182,14 +182,7 @@ pub(crate) struct Row {
 
 impl Row {
     pub(crate) fn latency(case: &str, what: &'static str, f: Duration, r: Duration) -> Self {
-        Self {
-            case: case.to_owned(),
-            metric: what,
-            framework: f.as_secs_f64() * 1e6,
-            raw: r.as_secs_f64() * 1e6,
-            higher_is_better: false,
-            raw_label: None,
-        }
+        Self::lower(case, what, f.as_secs_f64() * 1e6, r.as_secs_f64() * 1e6)
     }
 
     pub(crate) fn throughput(case: &str, what: &'static str, f: f64, r: f64) -> Self {

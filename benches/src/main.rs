@@ -88,10 +88,11 @@ pub(crate) fn payload() -> Bytes {
 /// raw publishes.
 pub(crate) async fn fill(client: &async_nats::Client, domain: &str, aggregates: u64) -> Duration {
     let js = async_nats::jetstream::new(client.clone());
-    // The payloads are the serde form of `sample::ItemEvent`, so a repository can read them.
+    // The payloads are `sample::ItemEvent`s, so a repository can read them.
     let pad = "x".repeat(476);
-    let created = Bytes::from(format!("{{\"Created\":{{\"pad\":\"{pad}\"}}}}"));
-    let updated = Bytes::from(format!("{{\"Updated\":{{\"pad\":\"{pad}\"}}}}"));
+    let json = |event: &sample::ItemEvent| Bytes::from(serde_json::to_vec(event).expect("json"));
+    let created = json(&sample::ItemEvent::Created { pad: pad.clone() });
+    let updated = json(&sample::ItemEvent::Updated { pad });
     let started = Instant::now();
     let mut acks = futures::stream::FuturesUnordered::new();
     let contiguous = std::env::var("BENCH_FILL").as_deref() == Ok("contiguous");
@@ -162,6 +163,16 @@ async fn raw_load(client: &async_nats::Client, stream: &str, subjects: &[String]
     messages.len()
 }
 
+/// Raw async-nats: the 20 events of item `a` of `domain`'s stream, on its two literal subjects.
+async fn raw_item_load(client: &async_nats::Client, domain: &str, stream: &str, a: u64) {
+    let subjects = [
+        format!("{domain}.item.created.a{a}"),
+        format!("{domain}.item.updated.a{a}"),
+    ];
+    let n = raw_load(client, stream, &subjects).await;
+    assert_eq!(n as u64, PER_AGGREGATE);
+}
+
 async fn load_case(
     client: &async_nats::Client,
     domain: &str,
@@ -184,15 +195,7 @@ async fn load_case(
     let raw = |i: usize| {
         let client = client.clone();
         let stream = stream.clone();
-        async move {
-            let a = pick(i);
-            let subjects = [
-                format!("{domain}.item.created.a{a}"),
-                format!("{domain}.item.updated.a{a}"),
-            ];
-            let n = raw_load(&client, &stream, &subjects).await;
-            assert_eq!(n as u64, PER_AGGREGATE);
-        }
+        async move { raw_item_load(&client, domain, &stream, pick(i)).await }
     };
     let routing = [
         format!("{domain}.item.created"),
@@ -327,15 +330,7 @@ async fn cached_load_case(
         },
         |i| {
             let client = client.clone();
-            async move {
-                let a = pick(i);
-                let subjects = [
-                    format!("large.item.created.a{a}"),
-                    format!("large.item.updated.a{a}"),
-                ];
-                let n = raw_load(&client, "LARGE_EVENTS", &subjects).await;
-                assert_eq!(n as u64, PER_AGGREGATE);
-            }
+            async move { raw_item_load(&client, "large", "LARGE_EVENTS", pick(i)).await }
         },
     )
     .await;

@@ -297,12 +297,9 @@ pub(crate) async fn batch_of_three(client: &async_nats::Client, reps: usize, row
 /// The JSON of the event a ledger command decides, as the raw side of the command cases
 /// encodes it.
 fn ledger_payload(amount: i64) -> Bytes {
-    let event = crate::sample::LedgerEvent::Recorded {
-        id: EventId::new(),
-        amount,
-        memo: "x".repeat(440),
-    };
-    Bytes::from(serde_json::to_vec(&event).expect("json"))
+    use cim_nats::Aggregate;
+    let events = Ledger::default().handle(amount).expect("a ledger entry");
+    Bytes::from(serde_json::to_vec(&events[0]).expect("json"))
 }
 
 /// Commands through the repository (load from its cache, decide, append): on one aggregate

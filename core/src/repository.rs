@@ -85,8 +85,12 @@ impl<A> Cache<A> {
         self.entries.remove(id).map(|(_, l)| l)
     }
 
-    fn peek(&self, id: &AggregateId) -> Option<&Loaded<A>> {
-        self.entries.get(id).map(|(_, l)| l)
+    /// The kept copy of `id`, marked as just used.
+    fn peek(&mut self, id: &AggregateId) -> Option<&Loaded<A>> {
+        let (tick, loaded) = self.entries.get_mut(id)?;
+        self.tick += 1;
+        *tick = self.tick;
+        Some(loaded)
     }
 
     /// Keeps `loaded`, unless a newer copy of the aggregate is already kept (put there by a
@@ -282,13 +286,14 @@ impl<A: Aggregate> Repository<A> {
         let cached = self
             .cache
             .as_ref()
-            .and_then(|c| c.lock().ok().and_then(|c| c.peek(id).cloned()));
+            .and_then(|c| c.lock().ok().and_then(|mut c| c.peek(id).cloned()));
         let loaded = match cached {
             None => self.load(id).await?,
             Some(mut cached) => {
                 let stored = self.store.aggregate_version(id).await?.unwrap_or(0);
                 match stored.cmp(&cached.version) {
-                    std::cmp::Ordering::Equal => cached,
+                    // Current: the cache already holds this copy.
+                    std::cmp::Ordering::Equal => return Ok(cached),
                     std::cmp::Ordering::Greater => {
                         self.catch_up(&mut cached).await?;
                         cached

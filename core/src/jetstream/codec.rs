@@ -229,19 +229,22 @@ fn decode_parts(
     })
 }
 
+/// The stream sequence and store time of a delivered message; `None` if its reply subject
+/// carries no JetStream metadata.
+fn delivery_position(message: &async_nats::jetstream::Message) -> Option<(u64, DateTime<Utc>)> {
+    let info = message.info().ok()?;
+    let time =
+        DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
+            .unwrap_or_default();
+    Some((info.stream_sequence, time))
+}
+
 /// A message delivered by a JetStream consumer, taken apart without copying its headers or
 /// payload; `None` if its reply subject carries no JetStream metadata.
 pub(crate) fn raw_from_delivery_owned(
     message: async_nats::jetstream::Message,
 ) -> Option<RawMessage> {
-    let (sequence, time) = {
-        let info = message.info().ok()?;
-        (
-            info.stream_sequence,
-            DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
-                .unwrap_or_default(),
-        )
-    };
+    let (sequence, time) = delivery_position(&message)?;
     let inner = message.message;
     Some(RawMessage {
         subject: inner.subject.to_string(),
@@ -257,23 +260,13 @@ pub(crate) fn raw_from_delivery_owned(
 pub(crate) fn decode_delivery(
     message: &async_nats::jetstream::Message,
 ) -> Option<Result<StoredEvent, StoreError>> {
-    let info = message.info().ok()?;
-    let time =
-        DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
-            .unwrap_or_default();
-    let empty;
-    let headers = match &message.headers {
-        Some(headers) => headers,
-        None => {
-            empty = HeaderMap::new();
-            &empty
-        }
-    };
+    let (sequence, time) = delivery_position(message)?;
+    let empty = HeaderMap::new();
     Some(decode_parts(
-        info.stream_sequence,
+        sequence,
         time,
         message.subject.to_string(),
-        headers,
+        message.headers.as_ref().unwrap_or(&empty),
         message.payload.clone(),
     ))
 }

@@ -764,7 +764,7 @@ impl JetStreamEventStore {
         match complete {
             Some(events) => Ok(events),
             None => {
-                self.read_aggregate_after(aggregate_id, after_version, after_sequence)
+                self.read_aggregate_after_unchecked(aggregate_id, after_version, after_sequence)
                     .await
             }
         }

@@ -180,22 +180,11 @@ pub(crate) async fn unless_denied<F>(
 where
     F: Future,
 {
-    let request = std::pin::pin!(request);
-    let mut request = request;
-    tokio::select! {
-        biased;
-        out = &mut request => return Ok(out),
-        () = tokio::time::sleep(SUSPECT_AFTER) => {}
-    }
-    // Boxed: the slow path's future is not carried by every request's.
-    let info = Box::pin(user_info(client));
-    tokio::select! {
-        biased;
-        out = &mut request => Ok(out),
-        info = info => match info.and_then(|i| i.refusal(client, needs)) {
-            Some(denied) => Err(denied),
-            None => Ok(request.await),
-        },
+    let mut request = std::pin::pin!(request);
+    match guard(client, needs, None, request.as_mut()).await? {
+        Some(out) => Ok(out),
+        // Without a deadline the guard only ends with the request's outcome or a refusal.
+        None => Ok(request.await),
     }
 }
 
@@ -206,24 +195,42 @@ pub(crate) async fn unless_denied_within<F>(
     client: &Client,
     needs: &[Need<'_>],
     timeout: Duration,
+    request: std::pin::Pin<&mut F>,
+) -> Result<Option<F::Output>, Denied>
+where
+    F: Future,
+{
+    guard(client, needs, Some(timeout), request).await
+}
+
+/// Waits for `request`; after [`SUSPECT_AFTER`] asks for the user's permissions meanwhile and
+/// ends with [`Denied`] if they refuse one of `needs`; `Ok(None)` once `timeout` (if any) has
+/// passed without an answer.
+async fn guard<F>(
+    client: &Client,
+    needs: &[Need<'_>],
+    timeout: Option<Duration>,
     mut request: std::pin::Pin<&mut F>,
 ) -> Result<Option<F::Output>, Denied>
 where
     F: Future,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let timer =
-        tokio::time::sleep_until((tokio::time::Instant::now() + SUSPECT_AFTER).min(deadline));
+    let now = tokio::time::Instant::now();
+    let deadline = timeout.map(|t| now + t);
+    let suspect = now + SUSPECT_AFTER;
+    let timer = tokio::time::sleep_until(deadline.map_or(suspect, |d| suspect.min(d)));
     let mut timer = std::pin::pin!(timer);
     tokio::select! {
         biased;
         out = &mut request => return Ok(Some(out)),
         () = &mut timer => {}
     }
-    if tokio::time::Instant::now() >= deadline {
-        return Ok(None);
+    if let Some(deadline) = deadline {
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        timer.as_mut().reset(deadline);
     }
-    timer.as_mut().reset(deadline);
     // Boxed: the slow path's future is not carried by every request's.
     let mut info = Box::pin(user_info(client));
     let mut asked = false;
@@ -231,7 +238,7 @@ where
         tokio::select! {
             biased;
             out = &mut request => return Ok(Some(out)),
-            () = &mut timer => return Ok(None),
+            () = &mut timer, if deadline.is_some() => return Ok(None),
             info = &mut info, if !asked => {
                 if let Some(denied) = info.and_then(|i| i.refusal(client, needs)) {
                     return Err(denied);
