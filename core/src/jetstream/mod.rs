@@ -12,7 +12,7 @@ mod store;
 pub use config::{Storage, StoreConfig};
 pub use kv::KvSnapshotStore;
 pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
-pub use server::{check_server_info, ServerVersion, MIN_SERVER_VERSION};
+pub use server::{check_server_info, ServerVersion, ACCEPTED_SERVER_VERSIONS};
 pub use store::{JetStreamEventStore, MAX_EVENTS_PER_APPEND};
 pub mod subscriber;
 pub use subscriber::{EventSubscriber, EventSubscriberBuilder, SubscriptionHandle};

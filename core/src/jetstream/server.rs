@@ -1,11 +1,20 @@
-//! Checks of the server a store talks to.
+//! Checks of the server a store talks to: its version and JetStream.
 
 use crate::error::{SetupError, SetupErrorKind};
 
-/// The oldest nats-server this crate supports: 2.12.1 stores atomic batches with message ids
-/// and honours `Nats-Expected-Last-Subject-Sequence-Subject` (2.9 silently ignores it, which would
-/// let a concurrency check pass when it must fail).
-pub const MIN_SERVER_VERSION: &str = "2.12.1";
+/// The nats-server versions this crate accepts, as the error of a refused server says them.
+///
+/// - 2.12.14 or later on the 2.12 line, 2.14.4 or later on the 2.14 line, any 2.15.0 or later:
+///   the store sends atomic batches whose messages carry
+///   `Nats-Expected-Last-Subject-Sequence-Subject`, and the server checks such an expectation
+///   correctly inside a batch only since 2.12.14 and 2.14.4 (nats-server commit 39a478eec,
+///   "Atomic batch expected subject ownership"); 2.14.0 to 2.14.3 lack it, so a plain
+///   "at least 2.12.14" would let them through.
+/// - Everything older is refused: atomic batches with message ids need 2.12.1, and nats-server
+///   2.9 silently ignores `Nats-Expected-Last-Subject-Sequence-Subject`, so a concurrency check
+///   would pass when it must fail. 2.13 is not a release line of its own.
+pub const ACCEPTED_SERVER_VERSIONS: &str =
+    "2.12.14 or later on 2.12, 2.14.4 or later on 2.14, or 2.15.0 or later";
 
 /// A parsed `major.minor.patch[-pre]` server version.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,19 +52,24 @@ impl ServerVersion {
         })
     }
 
-    /// The minimum supported version.
-    pub fn minimum() -> Self {
+    const fn release(major: u64, minor: u64, patch: u64) -> Self {
         Self {
-            major: 2,
-            minor: 12,
-            patch: 1,
+            major,
+            minor,
+            patch,
             release: true,
         }
     }
 
-    /// Is this version supported?
+    /// Is this version accepted ([`ACCEPTED_SERVER_VERSIONS`])? A pre-release counts as older
+    /// than its release.
     pub fn is_supported(&self) -> bool {
-        *self >= Self::minimum()
+        match (self.major, self.minor) {
+            (2, 12) => *self >= Self::release(2, 12, 14),
+            (2, 14) => *self >= Self::release(2, 14, 4),
+            (major, minor) if (major, minor) >= (2, 15) => *self >= Self::release(2, 15, 0),
+            _ => false,
+        }
     }
 }
 
@@ -63,14 +77,14 @@ impl ServerVersion {
 ///
 /// # Errors
 ///
-/// [`SetupErrorKind::ServerTooOld`] naming the version found and the minimum;
+/// [`SetupErrorKind::ServerNotSupported`] naming the version found and the versions accepted;
 /// [`SetupErrorKind::JetStreamDisabled`].
 pub fn check_server_info(info: &async_nats::ServerInfo) -> Result<(), SetupError> {
     let supported = ServerVersion::parse(&info.version).is_some_and(|v| v.is_supported());
     if !supported {
-        return Err(SetupError::new(SetupErrorKind::ServerTooOld {
+        return Err(SetupError::new(SetupErrorKind::ServerNotSupported {
             found: info.version.clone(),
-            minimum: MIN_SERVER_VERSION,
+            accepted: ACCEPTED_SERVER_VERSIONS,
         }));
     }
     if !info.jetstream {
@@ -83,15 +97,33 @@ pub fn check_server_info(info: &async_nats::ServerInfo) -> Result<(), SetupError
 mod tests {
     use super::*;
 
+    fn ok(v: &str) -> bool {
+        ServerVersion::parse(v).unwrap().is_supported()
+    }
+
     #[test]
-    fn versions_compare() {
-        let min = ServerVersion::minimum();
-        assert!(ServerVersion::parse("2.15.1").unwrap() > min);
-        assert!(ServerVersion::parse("v2.12.1").unwrap() == min);
-        assert!(ServerVersion::parse("2.12.1-RC.2").unwrap() < min);
-        assert!(ServerVersion::parse("2.12.0").unwrap() < min);
-        assert!(ServerVersion::parse("2.9.10").unwrap() < min);
-        assert!(ServerVersion::parse("3.0").unwrap() > min);
+    fn the_accepted_lines() {
+        for v in [
+            "2.12.14", "v2.12.15", "2.14.4", "2.14.9", "2.15.0", "2.15.1", "2.16.0", "3.0",
+        ] {
+            assert!(ok(v), "{v} is accepted");
+        }
+        for v in [
+            "2.9.10",
+            "2.11.9",
+            "2.12.0",
+            "2.12.1",
+            "2.12.13",
+            "2.12.14-RC.1",
+            "2.13.0",
+            "2.13.5",
+            "2.14.0",
+            "2.14.3",
+            "2.14.4-RC.2",
+            "2.15.0-RC.1",
+        ] {
+            assert!(!ok(v), "{v} is refused");
+        }
         assert!(ServerVersion::parse("garbage").is_none());
         assert!(ServerVersion::parse("").is_none());
     }

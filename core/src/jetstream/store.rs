@@ -95,6 +95,26 @@ impl fmt::Debug for JetStreamEventStore {
     }
 }
 
+/// How long setting a store up waits for a client that is not connected yet.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `client` has connected to a server (its `INFO`, and so the server's version, is
+/// known only then).
+pub(crate) async fn wait_connected(client: &Client, wait: Duration) -> Result<(), SetupError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    while client.connection_state() != async_nats::connection::State::Connected
+        || client.server_info().version.is_empty()
+    {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SetupError::new(SetupErrorKind::NotConnected {
+                waited: wait,
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 fn setup_error(code: u64, description: String) -> SetupError {
     SetupError::new(SetupErrorKind::Server { code, description })
 }
@@ -102,17 +122,22 @@ fn setup_error(code: u64, description: String) -> SetupError {
 impl JetStreamEventStore {
     /// Connects the store to its stream, creating the stream if it does not exist.
     ///
-    /// Checks first that the server is nats-server >= 2.12.1 with JetStream. Creating is
-    /// idempotent; an existing stream with other settings is left unchanged and reported.
+    /// Checks first that the server is of an accepted version
+    /// ([`crate::jetstream::ACCEPTED_SERVER_VERSIONS`]) with JetStream. A client that is not
+    /// connected yet (made with `ConnectOptions::retry_on_initial_connect`) is waited for, up to
+    /// 10 s. Creating is idempotent; an existing stream with other settings is left unchanged and
+    /// reported.
     ///
     /// # Errors
     ///
-    /// [`SetupErrorKind::ServerTooOld`], [`SetupErrorKind::JetStreamDisabled`],
+    /// [`SetupErrorKind::ServerNotSupported`], [`SetupErrorKind::NotConnected`],
+    /// [`SetupErrorKind::JetStreamDisabled`],
     /// [`SetupErrorKind::StreamConfigMismatch`], [`SetupErrorKind::SubjectsOverlap`],
     /// [`SetupErrorKind::InvalidConfig`], or a server error.
     pub async fn new(client: Client, config: impl Into<StoreConfig>) -> Result<Self, SetupError> {
         let config = config.into();
         config.validate()?;
+        wait_connected(&client, CONNECT_WAIT).await?;
         let info = client.server_info();
         check_server_info(&info)?;
         let context = jetstream::new(client.clone());

