@@ -18,11 +18,18 @@
 //!
 //! Its own `Nats-Msg-Id` is `dlq:{stream}:{consumer}:{sequence}`, so retrying a dead letter
 //! does not store it twice.
+//!
+//! A dead letter always fits in one message: when the copy would exceed the server's
+//! `max_payload` (an event near that size, or one with huge headers), the body is left out and
+//! [`BODY`] says so and where the event stays (its stream and sequence); if the headers alone
+//! are still too large, the original headers longer than 1 KiB are left out too and [`HEADERS`]
+//! says how many.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
+use bytes::Bytes;
 
 use crate::error::{SubscriberError, SubscriberErrorKind};
 use crate::headers as h;
@@ -49,6 +56,10 @@ pub const ERROR: &str = "Cim-Dead-Letter-Error";
 pub const REASON: &str = "Cim-Dead-Letter-Reason";
 /// Header: when the event was dead-lettered, RFC 3339.
 pub const TIME: &str = "Cim-Dead-Letter-Time";
+/// Header, only when the body was left out to fit: its size and where the event stays.
+pub const BODY: &str = "Cim-Dead-Letter-Body";
+/// Header, only when original headers were left out to fit: how many, and their size.
+pub const HEADERS: &str = "Cim-Dead-Letter-Headers";
 
 /// [`REASON`]: the handler failed on every allowed delivery.
 pub const REASON_DELIVERIES_EXHAUSTED: &str = "deliveries-exhausted";
@@ -268,9 +279,142 @@ pub(crate) fn letter_headers(
     headers
 }
 
+/// The size of a header map on the wire.
+fn headers_size(headers: &HeaderMap) -> usize {
+    12 + headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+}
+
+/// Room kept for the subject and the protocol around a dead letter.
+const MARGIN: usize = 1024;
+
+/// The longest original header value kept when headers must be cut.
+const MAX_KEPT_VALUE: usize = 1024;
+
+/// Makes a dead letter fit in `max` bytes (the server's `max_payload`): the body left out
+/// first, then the long original headers (see the module's documentation).
+pub(crate) fn fit_letter(
+    mut headers: HeaderMap,
+    payload: &Bytes,
+    letter: &Letter<'_>,
+    max: usize,
+) -> (HeaderMap, Bytes) {
+    let limit = max.saturating_sub(MARGIN);
+    if headers_size(&headers) + payload.len() <= limit {
+        return (headers, payload.clone());
+    }
+    headers.insert(
+        BODY,
+        format!(
+            "omitted: {} bytes, too large for a dead letter with the headers; the event stays \
+             in stream {} at sequence {}",
+            payload.len(),
+            letter.stream,
+            letter.sequence
+        ),
+    );
+    if headers_size(&headers) <= limit {
+        return (headers, Bytes::new());
+    }
+    let ours = [
+        ORIGINAL_MSG_ID,
+        ORIGINAL_SUBJECT,
+        ORIGINAL_STREAM,
+        ORIGINAL_SEQUENCE,
+        CONSUMER,
+        DELIVERY_COUNT,
+        ERROR,
+        REASON,
+        TIME,
+        BODY,
+        h::MSG_ID,
+    ];
+    let mut kept = HeaderMap::new();
+    let (mut cut, mut cut_bytes) = (0usize, 0usize);
+    for (name, values) in headers.iter() {
+        let own = ours
+            .iter()
+            .any(|o| AsRef::<str>::as_ref(name).eq_ignore_ascii_case(o));
+        for value in values {
+            if own || value.as_str().len() <= MAX_KEPT_VALUE {
+                kept.append(name.clone(), value.clone());
+            } else {
+                cut += 1;
+                cut_bytes += value.as_str().len();
+            }
+        }
+    }
+    kept.insert(
+        HEADERS,
+        format!("{cut} original header values of {cut_bytes} bytes left out to fit"),
+    );
+    (kept, Bytes::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn letter() -> Letter<'static> {
+        Letter {
+            stream: "BANK_EVENTS",
+            consumer: "c1",
+            sequence: 7,
+            delivered: 1,
+            reason: REASON_UNDECODABLE,
+            error: "not JSON",
+        }
+    }
+
+    #[test]
+    fn a_letter_that_fits_is_kept_whole() {
+        let headers = letter_headers(None, "bank.account.opened.a", &letter());
+        let payload = Bytes::from_static(b"{}");
+        let (kept, body) = fit_letter(headers.clone(), &payload, &letter(), 1 << 20);
+        assert_eq!(body, payload);
+        assert!(kept.get(BODY).is_none());
+    }
+
+    #[test]
+    fn a_body_at_the_limit_is_left_out_and_said_where_it_stays() {
+        let max = 1 << 20;
+        let headers = letter_headers(None, "bank.account.opened.a", &letter());
+        let payload = Bytes::from(vec![b'x'; max - 100]);
+        let (kept, body) = fit_letter(headers, &payload, &letter(), max);
+        assert!(body.is_empty());
+        let note = kept.get(BODY).unwrap().as_str();
+        assert!(note.contains(&format!("{} bytes", max - 100)), "{note}");
+        assert!(note.contains("stream BANK_EVENTS at sequence 7"), "{note}");
+        assert!(headers_size(&kept) < max);
+    }
+
+    #[test]
+    fn huge_headers_are_cut_too() {
+        let max = 1 << 20;
+        let mut original = HeaderMap::new();
+        for i in 0..20 {
+            original.insert(format!("X-Big-{i}").as_str(), "h".repeat(60_000).as_str());
+        }
+        original.insert("Cim-Event-Type", "Opened");
+        let headers = letter_headers(Some(&original), "bank.account.opened.a", &letter());
+        let (kept, body) = fit_letter(headers, &Bytes::from_static(b"{}"), &letter(), max);
+        assert!(body.is_empty());
+        assert!(headers_size(&kept) + MARGIN <= max);
+        assert_eq!(kept.get("Cim-Event-Type").unwrap().as_str(), "Opened");
+        assert!(kept
+            .get(HEADERS)
+            .unwrap()
+            .as_str()
+            .starts_with("20 original header values"));
+        assert_eq!(kept.get(ORIGINAL_SEQUENCE).unwrap().as_str(), "7");
+    }
 
     #[test]
     fn headers_strip_jetstream_ones_and_keep_the_rest() {

@@ -19,6 +19,11 @@
 //! - **Dead letter.** After the last failed delivery, on a permanent error, or for a message that
 //!   is not a readable event, the event is copied with its headers and the error to the dead
 //!   letter (see [`dead_letter`]) and terminated (`+TERM`); the consumer goes on.
+//! - **Nothing stalls on a message the client cannot parse.** `async-nats` drops the connection
+//!   when a delivery's headers do not parse (another client may have stored bytes that are not
+//!   UTF-8); the deliveries lost with it are found and delivered again at once, and such a
+//!   message goes to the dead letter and is terminated (see `recover.rs`): one reconnection
+//!   per such message, and everything else on the same client goes on.
 //! - **Liveness.** Running handlers and events waiting behind their aggregate report progress
 //!   (`+WPI`) to the server, so a slow handler does not get its event delivered twice.
 //! - **Graceful shutdown.** Stop pulling, give back events not started (in stream order, and
@@ -67,6 +72,7 @@ mod handle;
 mod lanes;
 mod process;
 mod pull;
+mod recover;
 mod run;
 mod setup;
 
@@ -152,6 +158,7 @@ impl EventSubscriber {
                     }
                 };
             let name = consumer.cached_info().name.clone();
+            let filters = subjects.clone();
             let dead_letter = self
                 .options
                 .dead_letter
@@ -171,6 +178,7 @@ impl EventSubscriber {
                 client: self.client.clone(),
                 stream: Arc::from(stream.as_str()),
                 consumer: Arc::from(name.as_str()),
+                subjects: Arc::from(filters),
                 handler: Arc::clone(&self.handler),
                 options: Arc::clone(&self.options),
                 dead_letter,

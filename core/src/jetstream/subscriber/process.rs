@@ -7,16 +7,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{Client, Subject};
+use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::event::DecodeError;
+use crate::jetstream::api;
 use crate::jetstream::codec::decode_delivery;
 use crate::jetstream::subscriber::builder::Options;
 use crate::jetstream::subscriber::dead_letter::{
-    letter_headers, Letter, REASON_DELIVERIES_EXHAUSTED, REASON_PERMANENT_ERROR, REASON_UNDECODABLE,
+    fit_letter, letter_headers, Letter, REASON_DELIVERIES_EXHAUSTED, REASON_PERMANENT_ERROR,
+    REASON_UNDECODABLE,
 };
 use crate::subscriber::{Delivery, EventHandler, HandlerError};
 
@@ -79,6 +81,29 @@ impl Held {
     pub(crate) fn take_all(&self) -> Vec<(u64, Subject)> {
         self.lock().drain().map(|(s, e)| (s, e.reply)).collect()
     }
+
+    /// The stream sequences held.
+    pub(crate) fn sequences(&self) -> Vec<u64> {
+        self.lock().keys().copied().collect()
+    }
+}
+
+/// The parts of a stored message a dead letter copies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Original<'a> {
+    pub(crate) subject: &'a str,
+    pub(crate) headers: Option<&'a HeaderMap>,
+    pub(crate) payload: &'a Bytes,
+}
+
+impl<'a> Original<'a> {
+    fn of(message: &'a jetstream::Message) -> Self {
+        Self {
+            subject: message.subject.as_str(),
+            headers: message.headers.as_ref(),
+            payload: &message.payload,
+        }
+    }
 }
 
 /// Where this consumer's dead letters go.
@@ -93,6 +118,8 @@ pub(crate) struct ConsumerContext {
     pub(crate) client: Client,
     pub(crate) stream: Arc<str>,
     pub(crate) consumer: Arc<str>,
+    /// The subjects the consumer filters on.
+    pub(crate) subjects: Arc<[String]>,
     pub(crate) handler: Arc<dyn EventHandler>,
     pub(crate) options: Arc<Options>,
     pub(crate) dead_letter: Option<DeadLetterTarget>,
@@ -250,7 +277,7 @@ impl ConsumerContext {
         let Some(entry) = self.held.get(sequence) else {
             return Outcome::Unconfirmed;
         };
-        let confirmed = self.confirm(entry.reply, b"+ACK").await;
+        let confirmed = self.confirm(entry.reply, Bytes::from_static(b"+ACK")).await;
         self.held.remove(sequence);
         if confirmed {
             tracing::debug!("event handled and acknowledged");
@@ -280,17 +307,19 @@ impl ConsumerContext {
         }
     }
 
-    /// Sends an acknowledgement of the given kind as a request, so the server confirms it.
-    async fn confirm(&self, reply: Subject, body: &'static [u8]) -> bool {
+    /// Sends an acknowledgement of the given kind as a request, so the server confirms it;
+    /// sent again at once if the client reconnects meanwhile (an acknowledgement is
+    /// idempotent).
+    pub(crate) async fn confirm(&self, reply: Subject, body: Bytes) -> bool {
         for attempt in 1..=ACK_ATTEMPTS {
-            let request = async_nats::Request::new()
-                .payload(Bytes::from_static(body))
-                .timeout(Some(ACK_TIMEOUT));
-            match self.client.send_request(reply.clone(), request).await {
+            match api::request_again_on_reconnect(&self.client, &reply, body.clone(), ACK_TIMEOUT)
+                .await
+            {
                 Ok(_) => return true,
                 Err(e) => {
                     tracing::debug!(attempt, error = %e, "acknowledgement not confirmed");
-                    if matches!(e.kind(), async_nats::RequestErrorKind::NoResponders) {
+                    if matches!(e.kind(), crate::StoreErrorKind::StreamNotFound) {
+                        // No responders: the consumer is gone.
                         return false;
                     }
                 }
@@ -319,7 +348,10 @@ impl ConsumerContext {
                     reason,
                     error,
                 };
-                match self.send_letter(target, message, &letter).await {
+                match self
+                    .send_letter(target, Original::of(message), &letter)
+                    .await
+                {
                     Ok(()) => tracing::error!(
                         dead_letter = %target.subject,
                         reason,
@@ -353,30 +385,69 @@ impl ConsumerContext {
             ),
         }
         if let Some(reply) = self.held.remove(sequence) {
-            if !self.confirm(reply, b"+TERM").await {
+            if !self.confirm(reply, Bytes::from_static(b"+TERM")).await {
                 tracing::warn!("termination not confirmed");
             }
         }
         Outcome::Settled
     }
 
+    /// Sends a message the client cannot parse (read through the JSON API, its headers
+    /// leniently) to the dead letter, if there is one. It was never delivered intact, so it is
+    /// counted as delivered once.
+    pub(crate) async fn dead_letter_unparseable(
+        &self,
+        sequence: u64,
+        original: &Original<'_>,
+        error: &str,
+    ) {
+        let Some(target) = &self.dead_letter else {
+            tracing::error!(
+                stream_sequence = sequence,
+                error,
+                "a message the client cannot parse is terminated (no dead letter configured)"
+            );
+            return;
+        };
+        let letter = Letter {
+            stream: &self.stream,
+            consumer: &self.consumer,
+            sequence,
+            delivered: 1,
+            reason: REASON_UNDECODABLE,
+            error,
+        };
+        match self.send_letter(target, *original, &letter).await {
+            Ok(()) => tracing::error!(
+                dead_letter = %target.subject,
+                stream_sequence = sequence,
+                error,
+                "a message the client cannot parse was sent to the dead letter"
+            ),
+            Err(e) => tracing::error!(
+                stream_sequence = sequence,
+                error = %e,
+                "a message the client cannot parse is terminated; its dead letter was not stored \
+                 and it stays only in its stream"
+            ),
+        }
+    }
+
     async fn send_letter(
         &self,
         target: &DeadLetterTarget,
-        message: &jetstream::Message,
+        original: Original<'_>,
         letter: &Letter<'_>,
     ) -> Result<(), String> {
-        let headers = letter_headers(message.headers.as_ref(), message.subject.as_str(), letter);
+        let headers = letter_headers(original.headers, original.subject, letter);
+        let max = self.client.server_info().max_payload;
+        let (headers, payload) = fit_letter(headers, original.payload, letter, max);
         let mut last = String::new();
         for attempt in 1..=DEAD_LETTER_ATTEMPTS {
             let sent = async {
                 target
                     .js
-                    .publish_with_headers(
-                        target.subject.clone(),
-                        headers.clone(),
-                        message.payload.clone(),
-                    )
+                    .publish_with_headers(target.subject.clone(), headers.clone(), payload.clone())
                     .await
                     .map_err(|e| e.to_string())?
                     .await

@@ -135,6 +135,16 @@ impl Puller {
         Ok(())
     }
 
+    /// Is a pull request pending on the server (something may still arrive)?
+    pub(crate) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// The consumer pulled from.
+    pub(crate) fn consumer_mut(&mut self) -> &mut PullConsumer {
+        &mut self.consumer
+    }
+
     fn deleted(&self) -> SubscriberErrorKind {
         SubscriberErrorKind::ConsumerDeleted {
             stream: self.consumer.cached_info().stream_name.clone(),

@@ -18,7 +18,11 @@ use crate::headers as h;
 use crate::jetstream::subscriber::lanes::{Lanes, Offer, Retry};
 use crate::jetstream::subscriber::process::{ConsumerContext, Done, Outcome};
 use crate::jetstream::subscriber::pull::{Pulled, Puller};
+use crate::jetstream::subscriber::recover::{self, Check, Continuity, Recovery};
 
+/// How often an idle subscription looks whether the client reconnected (deliveries may then
+/// have been lost on the way).
+const RECONNECT_POLL: Duration = Duration::from_millis(200);
 /// Extra time a lane waits for a retried event beyond its retry delay and ack wait.
 const RETRY_GRACE: Duration = Duration::from_secs(5);
 /// At shutdown, how long after a retried event the events waiting behind it are delivered
@@ -246,6 +250,16 @@ pub(crate) async fn run(
     consumer: PullConsumer,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SubscriberError> {
+    let delivered = &consumer.cached_info().delivered;
+    let mut continuity = Continuity::new(
+        &ctx.client,
+        delivered.consumer_sequence,
+        delivered.stream_sequence,
+    );
+    // Deliveries lost on the way are being recovered (see `recover.rs`): no pulling meanwhile,
+    // and what still arrives is held back.
+    let mut recovering: Option<Recovery> = None;
+    let mut recover_after: Option<Instant> = None;
     let mut puller = Puller::new(consumer, js, ctx.options.max_in_flight)
         .await
         .map_err(|e| {
@@ -269,13 +283,36 @@ pub(crate) async fn run(
         if *stop.borrow_and_update() {
             break Ok(());
         }
-        if let Err((kind, why)) = puller.ensure_request().await {
-            break Err(SubscriberError::with_source(kind, why));
+        // The pending pull request is the fence: once it has ended, nothing lost can still
+        // arrive, and the recovery can be finished.
+        if !puller.is_open() && recover_after.is_none_or(|t| Instant::now() >= t) {
+            if let Some(recovery) = recovering.take() {
+                match recover::finish(&ctx, puller.consumer_mut(), &mut continuity, recovery).await
+                {
+                    Ok(()) => recover_after = None,
+                    Err(recovery) => {
+                        recovering = Some(recovery);
+                        recover_after = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
         }
-        let deadline = match d.lanes.next_deadline() {
+        if recovering.is_none() {
+            if let Err((kind, why)) = puller.ensure_request().await {
+                break Err(SubscriberError::with_source(kind, why));
+            }
+        }
+        let mut deadline = match d.lanes.next_deadline() {
             Some(lane) => lane.min(puller.deadline()),
             None => puller.deadline(),
         };
+        if recovering.is_some() {
+            if let Some(t) = recover_after {
+                deadline = deadline.min(t);
+            }
+        }
+        // A few times a second, whether the client reconnected (see below).
+        deadline = deadline.min(Instant::now() + RECONNECT_POLL);
         tokio::select! {
             biased;
             changed = stop.changed() => {
@@ -285,7 +322,13 @@ pub(crate) async fn run(
             }
             Some(done) = d.running.next() => d.on_done(done),
             message = puller.recv() => match message.map(|m| puller.on_message(m)) {
-                Some(Pulled::Message(message)) => d.on_message(message),
+                Some(Pulled::Message(message)) => match &mut recovering {
+                    Some(recovery) => recovery.held_back.push(message),
+                    None if continuity.check(&message) == Check::Gap => {
+                        recovering = Some(Recovery { held_back: vec![message] });
+                    }
+                    None => d.on_message(message),
+                },
                 Some(Pulled::Status) => {}
                 Some(Pulled::Fatal(kind, why)) => break Err(SubscriberError::with_source(kind, why)),
                 None => break Err(SubscriberError::new(puller.pull_error())),
@@ -296,7 +339,20 @@ pub(crate) async fn run(
                 puller.on_deadline(now);
             }
         }
+        if recovering.is_none() && continuity.reconnected() {
+            recovering = Some(Recovery::default());
+        }
     };
+    // Deliveries held back by an unfinished recovery go back to the server, in order.
+    if let Some(recovery) = recovering {
+        let mut held_back = recovery.held_back;
+        held_back.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
+        for message in held_back {
+            if let Some(reply) = message.message.reply {
+                ctx.nak_reply(reply, Duration::ZERO).await;
+            }
+        }
+    }
 
     // Stop pulling; for a durable consumer, wait until nothing delivered can still be on its
     // way (an ephemeral one is deleted next). Nothing new starts; what waits goes back to the
