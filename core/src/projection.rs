@@ -53,9 +53,18 @@ pub enum ProjectionError {
         /// The sequence it had reached.
         reached: u64,
     },
-    /// The runner task ended abnormally.
+    /// The runner task ended abnormally (it panicked, or was aborted).
     #[error("projection {0:?} runner ended abnormally")]
     Aborted(String),
+    /// The runner stopped with an error (its cause) while the caller waited for it.
+    #[error("projection {projection:?} stopped: {cause}")]
+    Stopped {
+        /// The projection's name.
+        projection: String,
+        /// Why it stopped (the runner's shutdown returns the same error).
+        #[source]
+        cause: std::sync::Arc<ProjectionError>,
+    },
 }
 
 /// What a runner does with a stored event it cannot read or decode.

@@ -210,7 +210,17 @@ async fn unreadable_events_stop_or_are_skipped_and_recorded() {
         .await
         .unwrap();
     let err = stop.wait_for(last, WAIT).await.unwrap_err();
-    assert!(matches!(err, ProjectionError::Aborted(_)), "{err}");
+    // The waiter is told why the runner stopped.
+    match &err {
+        ProjectionError::Stopped { cause, .. } => assert!(
+            matches!(&**cause, ProjectionError::Unreadable { source, .. }
+                if matches!(source.kind(), cim_nats::StoreErrorKind::Decode { sequence: 4, .. })),
+            "{err}"
+        ),
+        other => panic!("expected Stopped with the cause, got {other:?}"),
+    }
+    assert!(err.to_string().contains("sequence 4"), "{err}");
+    drop(err);
     assert_eq!(
         stop.applied(),
         StreamSequence(3),

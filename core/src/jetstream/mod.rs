@@ -6,6 +6,7 @@ mod config;
 mod kv;
 mod projection;
 mod read;
+mod reader;
 mod server;
 mod store;
 

@@ -1,13 +1,16 @@
 //! [`ProjectionRunner`]: a projection kept up to date from a JetStream stream, with its state
 //! and checkpoint in one KV entry.
+//!
+//! The runner reads through an ordered reader (see `reader.rs`): no gap, and a stored message
+//! the NATS client cannot parse is an unreadable event at its sequence, handled by
+//! [`OnUnreadable`], instead of a broken connection the runner would never get past.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{consumer, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::{watch, RwLock, RwLockReadGuard};
 use tokio::task::JoinHandle;
@@ -15,8 +18,9 @@ use tokio::task::JoinHandle;
 use crate::envelope::StreamSequence;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::event::NatsEvent;
-use crate::jetstream::codec::{decode_stored, raw_from_delivery_owned};
+use crate::jetstream::codec::decode_stored;
 use crate::jetstream::kv::{kv_key, open_bucket};
+use crate::jetstream::reader::{OrderedReader, Progress, ReadSpec, Start};
 use crate::jetstream::store::JetStreamEventStore;
 use crate::projection::{OnUnreadable, Projection, ProjectionError};
 use crate::store::decode_envelope;
@@ -83,14 +87,17 @@ struct CheckpointIn<P> {
 struct Shared<P> {
     state: RwLock<P>,
     skipped: std::sync::Mutex<Vec<Skipped>>,
+    /// Why the runner stopped, once it has.
+    stopped: std::sync::Mutex<Option<Arc<ProjectionError>>>,
 }
 
 /// A running projection: query its state, wait for it to reach a sequence, stop it.
 pub struct ProjectionHandle<P> {
     shared: Arc<Shared<P>>,
     applied: watch::Receiver<u64>,
+    progress: watch::Receiver<Progress>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), ProjectionError>>,
+    task: JoinHandle<()>,
 }
 
 impl<P> fmt::Debug for ProjectionHandle<P> {
@@ -179,33 +186,25 @@ impl ProjectionRunner {
         let shared = Arc::new(Shared {
             state: RwLock::new(state),
             skipped: std::sync::Mutex::new(skipped),
+            stopped: std::sync::Mutex::new(None),
         });
-        let deliver_policy = if start == 0 {
-            consumer::DeliverPolicy::All
-        } else {
-            consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: start + 1,
-            }
-        };
-        let stream = context
+        // The stream must exist: a runner on a missing stream fails here, not later.
+        context
             .get_stream_no_info(store.stream_name())
             .await
             .map_err(|e| store_error(&name, e))?;
-        let ordered = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: <P::Event as NatsEvent>::DOMAIN_WILDCARD.to_owned(),
-                deliver_policy,
-                // Short pulls (and so a heartbeat every 2.5 s): a consumer on a server that died
-                // is noticed and recreated in seconds, not after two missed 15 s heartbeats.
-                max_expires: Duration::from_secs(5),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| store_error(&name, e))?;
-        let messages = ordered
-            .messages()
-            .await
-            .map_err(|e| store_error(&name, e))?;
+        let reader = OrderedReader::start(
+            store.client().clone(),
+            ReadSpec {
+                stream: store.stream_name().to_owned(),
+                filter: Some(<P::Event as NatsEvent>::DOMAIN_WILDCARD.to_owned()),
+                start: Start::Sequence(start + 1),
+                follow: true,
+                timeout: store.request_timeout(),
+            },
+        );
+        let progress = reader.progress();
+        let max_value = store.client().server_info().max_payload;
         let (applied_tx, applied) = watch::channel(start);
         let (stop, stop_rx) = watch::channel(false);
         let run = Run {
@@ -216,11 +215,23 @@ impl ProjectionRunner {
             options,
             applied: applied_tx,
             name,
+            max_value,
         };
-        let task = tokio::spawn(run.run(messages, stop_rx, start, rebuild));
+        let task = tokio::spawn(async move {
+            let mut run = run;
+            if let Err(e) = run.run(reader, stop_rx, start, rebuild).await {
+                tracing::error!(projection = P::NAME, error = %e, "projection runner stopped");
+                if let Ok(mut stopped) = run.shared.stopped.lock() {
+                    *stopped = Some(Arc::new(e));
+                }
+            }
+            // Dropped only now, so that a waiter woken by its end finds the cause recorded.
+            drop(run);
+        });
         Ok(ProjectionHandle {
             shared,
             applied,
+            progress,
             stop,
             task,
         })
@@ -238,8 +249,20 @@ fn store_error(name: &str, e: impl std::error::Error + Send + Sync + 'static) ->
 enum Refused {
     /// The checkpoint is not at the revision this runner wrote last.
     Moved,
-    /// The server did not take it (unavailable, timed out, ...).
+    /// The server did not take it this time (unavailable, timed out, ...): retried.
     Failed(String),
+    /// The server will never take it (too large, not permitted): not retried.
+    Permanent(String),
+}
+
+/// Is a refused KV write one that trying again cannot cure?
+fn is_permanent(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("maximum payload")
+        || e.contains("max payload")
+        || e.contains("payload too large")
+        || e.contains("message size exceeds")
+        || e.contains("permission")
 }
 
 struct Run<P> {
@@ -250,6 +273,8 @@ struct Run<P> {
     options: ProjectionOptions,
     applied: watch::Sender<u64>,
     name: String,
+    /// The largest message the server takes.
+    max_value: usize,
 }
 
 impl<P> Run<P>
@@ -278,6 +303,24 @@ where
             })?
         };
         let value = Bytes::from(value);
+        // The key and the headers of a KV write take a little room too.
+        if value.len() + self.key.len() + 512 > self.max_value {
+            return Err(ProjectionError::Store {
+                projection: self.name.clone(),
+                source: StoreError::with_source(
+                    StoreErrorKind::PayloadTooLarge {
+                        size: value.len(),
+                        max: self.max_value,
+                    },
+                    format!(
+                        "the checkpoint of projection {:?} (its whole state and position) no \
+                         longer fits in one message; a state this large needs a projection \
+                         that keeps its rows per key",
+                        self.name
+                    ),
+                ),
+            });
+        }
         let deadline = tokio::time::Instant::now() + CHECKPOINT_RETRY_FOR;
         let mut pause = Duration::from_millis(100);
         let mut retried = false;
@@ -297,6 +340,15 @@ where
                         }
                     }
                     return Err(ProjectionError::Contended(self.name.clone()));
+                }
+                Err(Refused::Permanent(reason)) => {
+                    return Err(ProjectionError::Store {
+                        projection: self.name.clone(),
+                        source: StoreError::new(StoreErrorKind::Server {
+                            code: 0,
+                            description: format!("checkpoint not written: {reason}"),
+                        }),
+                    });
                 }
                 Err(Refused::Failed(reason)) => {
                     if tokio::time::Instant::now() + pause > deadline {
@@ -329,6 +381,7 @@ where
                 .await
                 .map_err(|e| match e.kind() {
                     kv::CreateErrorKind::AlreadyExists => Refused::Moved,
+                    _ if is_permanent(&format!("{e:?} {e}")) => Refused::Permanent(e.to_string()),
                     _ => Refused::Failed(e.to_string()),
                 })
         } else {
@@ -337,6 +390,7 @@ where
                 .await
                 .map_err(|e| match e.kind() {
                     kv::UpdateErrorKind::WrongLastRevision => Refused::Moved,
+                    _ if is_permanent(&format!("{e:?} {e}")) => Refused::Permanent(e.to_string()),
                     _ => Refused::Failed(e.to_string()),
                 })
         }
@@ -349,8 +403,8 @@ where
     }
 
     async fn run(
-        mut self,
-        mut messages: consumer::pull::Ordered,
+        &mut self,
+        mut reader: OrderedReader,
         mut stop: watch::Receiver<bool>,
         start: u64,
         rebuild: bool,
@@ -379,49 +433,51 @@ where
                         written = last;
                     }
                 }
-                next = messages.next() => {
-                    let Some(message) = next else {
+                chunk = reader.next() => {
+                    let Some(chunk) = chunk else {
                         return Err(ProjectionError::Aborted(self.name.clone()));
                     };
-                    let message = message.map_err(|e| store_error(&self.name, e))?;
-                    let Some(raw) = raw_from_delivery_owned(message) else {
-                        continue;
-                    };
-                    let sequence = raw.sequence;
-                    if sequence <= last {
-                        continue;
-                    }
-                    match decode_stored(raw).and_then(decode_envelope::<P::Event>) {
-                        Ok(envelope) => {
-                            let mut state = self.shared.state.write().await;
-                            state.apply(&envelope).await?;
+                    let chunk = chunk.map_err(|e| ProjectionError::Store {
+                        projection: self.name.clone(),
+                        source: e,
+                    })?;
+                    for raw in chunk {
+                        let sequence = raw.sequence;
+                        if sequence <= last {
+                            continue;
                         }
-                        Err(e) => match (self.options.on_unreadable, e.kind()) {
-                            (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { reason, .. }) => {
-                                tracing::warn!(projection = %self.name, sequence, %reason,
-                                    "skipping an unreadable event");
-                                if let Ok(mut skipped) = self.shared.skipped.lock() {
-                                    if skipped.len() < MAX_SKIPPED {
-                                        skipped.push(Skipped { sequence, reason: reason.clone() });
+                        match decode_stored(raw).and_then(decode_envelope::<P::Event>) {
+                            Ok(envelope) => {
+                                let mut state = self.shared.state.write().await;
+                                state.apply(&envelope).await?;
+                            }
+                            Err(e) => match (self.options.on_unreadable, e.kind()) {
+                                (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { reason, .. }) => {
+                                    tracing::warn!(projection = %self.name, sequence, %reason,
+                                        "skipping an unreadable event");
+                                    if let Ok(mut skipped) = self.shared.skipped.lock() {
+                                        if skipped.len() < MAX_SKIPPED {
+                                            skipped.push(Skipped { sequence, reason: reason.clone() });
+                                        }
                                     }
                                 }
-                            }
-                            _ => {
-                                if last > written {
-                                    self.checkpoint(last).await?;
+                                _ => {
+                                    if last > written {
+                                        self.checkpoint(last).await?;
+                                    }
+                                    return Err(ProjectionError::Unreadable {
+                                        projection: self.name.clone(),
+                                        source: e,
+                                    });
                                 }
-                                return Err(ProjectionError::Unreadable {
-                                    projection: self.name.clone(),
-                                    source: e,
-                                });
-                            }
-                        },
-                    }
-                    last = sequence;
-                    let _ = self.applied.send(last);
-                    if last - written >= self.options.checkpoint_every {
-                        self.checkpoint(last).await?;
-                        written = last;
+                            },
+                        }
+                        last = sequence;
+                        let _ = self.applied.send(last);
+                        if last - written >= self.options.checkpoint_every {
+                            self.checkpoint(last).await?;
+                            written = last;
+                        }
                     }
                 }
             }
@@ -440,6 +496,18 @@ impl<P> ProjectionHandle<P> {
         StreamSequence(*self.applied.borrow())
     }
 
+    /// How many events of the projection's domain are stored after the last one the runner
+    /// has read, as the server last said (0 when it is caught up).
+    pub fn pending(&self) -> u64 {
+        self.progress.borrow().pending
+    }
+
+    /// Why the runner stopped, if it stopped with an error (the same error
+    /// [`ProjectionHandle::shutdown`] returns).
+    pub fn error(&self) -> Option<Arc<ProjectionError>> {
+        self.shared.stopped.lock().ok().and_then(|s| s.clone())
+    }
+
     /// The events skipped under [`OnUnreadable::SkipAndRecord`].
     pub fn skipped(&self) -> Vec<Skipped> {
         self.shared
@@ -454,8 +522,8 @@ impl<P> ProjectionHandle<P> {
     ///
     /// # Errors
     ///
-    /// [`ProjectionError::Timeout`] after `timeout`; [`ProjectionError::Aborted`] if the runner
-    /// ended.
+    /// [`ProjectionError::Timeout`] after `timeout`; [`ProjectionError::Stopped`] with the cause
+    /// if the runner stopped with an error; [`ProjectionError::Aborted`] if it ended otherwise.
     pub async fn wait_for(
         &self,
         sequence: StreamSequence,
@@ -471,7 +539,7 @@ impl<P> ProjectionHandle<P> {
         .await;
         match reached {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(ProjectionError::Aborted(P::NAME.to_owned())),
+            Ok(Err(_)) => Err(self.ended()),
             Err(_) => Err(ProjectionError::Timeout {
                 projection: P::NAME.to_owned(),
                 wanted: sequence.0,
@@ -480,20 +548,47 @@ impl<P> ProjectionHandle<P> {
         }
     }
 
+    /// The error of a runner that ended: its cause, or [`ProjectionError::Aborted`].
+    fn ended(&self) -> ProjectionError
+    where
+        P: Projection,
+    {
+        match self.error() {
+            Some(cause) => ProjectionError::Stopped {
+                projection: P::NAME.to_owned(),
+                cause,
+            },
+            None => ProjectionError::Aborted(P::NAME.to_owned()),
+        }
+    }
+
     /// Stops the runner after the event in hand, writes a last checkpoint, and returns how it
     /// ended.
     ///
     /// # Errors
     ///
-    /// The error the runner stopped with, if any.
+    /// The error the runner stopped with, if any (wrapped in [`ProjectionError::Stopped`] if a
+    /// [`ProjectionHandle::wait_for`] error or [`ProjectionHandle::error`] still holds it).
     pub async fn shutdown(self) -> Result<(), ProjectionError>
     where
         P: Projection,
     {
         let _ = self.stop.send(true);
-        self.task
-            .await
-            .unwrap_or_else(|_| Err(ProjectionError::Aborted(P::NAME.to_owned())))
+        if self.task.await.is_err() {
+            return Err(ProjectionError::Aborted(P::NAME.to_owned()));
+        }
+        let cause = self.shared.stopped.lock().ok().and_then(|mut s| s.take());
+        match cause {
+            None => Ok(()),
+            Some(cause) => {
+                Err(
+                    Arc::try_unwrap(cause).unwrap_or_else(|cause| ProjectionError::Stopped {
+                        projection: P::NAME.to_owned(),
+                        cause,
+                    }),
+                )
+            }
+        }
     }
 
     /// Kills the runner at once, without a last checkpoint, as a crash would, and returns once

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::envelope::{StoredEvent, StreamSequence};
 use crate::error::{SetupError, SetupErrorKind, StoreError, StoreErrorKind};
 use crate::headers as h;
-use crate::jetstream::api::{self, codes, DirectGet, Published};
+use crate::jetstream::api::{self, codes, Answer, DirectGet, MsgGet, Published};
 use crate::jetstream::codec::{decode_stored, event_headers, RawMessage};
 use crate::jetstream::config::{Storage, StoreConfig};
 use crate::jetstream::server::check_server_info;
@@ -81,6 +81,9 @@ struct Inner {
     timeout: Duration,
     max_payload: usize,
     positions: Mutex<HashMap<AggregateId, Position>>,
+    /// Subjects (literal ones, and aggregate scopes) known to hold a message the client cannot
+    /// parse: they are read through the JSON API, which never breaks the connection.
+    unparseable: Mutex<std::collections::HashSet<String>>,
     /// The server keeps at most 50 atomic batches per stream in flight; this store never
     /// sends more.
     batches: tokio::sync::Semaphore,
@@ -158,6 +161,7 @@ impl JetStreamEventStore {
                 timeout: Duration::from_secs(10),
                 max_payload: info.max_payload,
                 positions: Mutex::new(HashMap::new()),
+                unparseable: Mutex::new(std::collections::HashSet::new()),
                 batches: tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT),
             }),
         })
@@ -176,6 +180,11 @@ impl JetStreamEventStore {
     /// The NATS client the store uses.
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    /// How long the store waits for the server to answer one request.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.timeout
     }
 
     /// The JetStream context the store uses.
@@ -230,18 +239,45 @@ impl JetStreamEventStore {
 
     /// The last event of the aggregate with its id.
     async fn last(&self, scope: &str) -> Result<Option<Last>, StoreError> {
-        let request = DirectGet {
-            last_by_subj: Some(scope.to_owned()),
-            ..DirectGet::default()
+        let raw = if self.is_unparseable(scope) {
+            self.safe_get(&MsgGet {
+                last_by_subj: Some(scope),
+                ..MsgGet::default()
+            })
+            .await?
+        } else {
+            let request = DirectGet {
+                last_by_subj: Some(scope.to_owned()),
+                ..DirectGet::default()
+            };
+            match api::direct_get(
+                &self.inner.client,
+                &self.inner.direct_subject,
+                &request,
+                self.inner.timeout,
+            )
+            .await?
+            {
+                Answer::Got(raw) => raw,
+                // The client reconnected: perhaps because this very message is one it cannot
+                // parse. Read it through the JSON API, which cannot break the connection.
+                Answer::Reconnected => {
+                    let raw = self
+                        .safe_get(&MsgGet {
+                            last_by_subj: Some(scope),
+                            ..MsgGet::default()
+                        })
+                        .await?;
+                    if raw.as_ref().is_some_and(|r| r.defect.is_some()) {
+                        self.mark_unparseable(scope);
+                    }
+                    raw
+                }
+            }
         };
-        let raw = api::direct_get(
-            &self.inner.client,
-            &self.inner.direct_subject,
-            &request,
-            self.inner.timeout,
-        )
-        .await?;
         raw.map(|raw| {
+            // A message the client cannot parse may still say its version: an append needs
+            // only that (a load of the aggregate fails, naming the message).
             let version = version_of(&raw)?;
             let event_id = raw
                 .headers
@@ -265,13 +301,67 @@ impl JetStreamEventStore {
             seq: Some(sequence),
             ..DirectGet::default()
         };
-        api::direct_get(
+        match api::direct_get(
             &self.inner.client,
             &self.inner.direct_subject,
             &request,
             self.inner.timeout,
         )
+        .await?
+        {
+            Answer::Got(raw) => Ok(raw),
+            Answer::Reconnected => {
+                self.safe_get(&MsgGet {
+                    seq: Some(sequence),
+                    ..MsgGet::default()
+                })
+                .await
+            }
+        }
+    }
+
+    /// One message through the JSON API (see [`api::msg_get`]).
+    async fn safe_get(&self, request: &MsgGet<'_>) -> Result<Option<RawMessage>, StoreError> {
+        api::msg_get(
+            &self.inner.client,
+            &self.inner.config.stream_name,
+            request,
+            self.inner.timeout,
+        )
         .await
+    }
+
+    fn is_unparseable(&self, subject: &str) -> bool {
+        self.inner
+            .unparseable
+            .lock()
+            .is_ok_and(|s| !s.is_empty() && s.contains(subject))
+    }
+
+    /// Remembers that `subject` holds a message the client cannot parse, and so does the scope
+    /// of its aggregate.
+    fn mark_unparseable(&self, subject: &str) {
+        /// More than this many such subjects in one process: reads of the others take the fast
+        /// path again (and reconnect once each).
+        const MAX_REMEMBERED: usize = 100_000;
+        let domain = self.inner.config.domain();
+        let scope = subject
+            .rsplit_once('.')
+            .map(|(_, id)| format!("{domain}.*.*.{id}"));
+        tracing::warn!(
+            stream = %self.inner.config.stream_name,
+            subject,
+            "a message the NATS client cannot parse is stored on this subject: it is read through \
+             the JSON API from now on"
+        );
+        if let Ok(mut set) = self.inner.unparseable.lock() {
+            if set.len() < MAX_REMEMBERED {
+                set.insert(subject.to_owned());
+                if let Some(scope) = scope {
+                    set.insert(scope);
+                }
+            }
+        }
     }
 
     fn check_events(
@@ -428,7 +518,7 @@ impl JetStreamEventStore {
         scope: &str,
         last: u64,
         payload: Bytes,
-    ) -> Result<Published, StoreError> {
+    ) -> Result<Answer<Published>, StoreError> {
         headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
         headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, scope);
         api::publish(
@@ -449,7 +539,7 @@ impl JetStreamEventStore {
         events: &[NewEvent],
         scope: &str,
         last: u64,
-    ) -> Result<Published, StoreError> {
+    ) -> Result<Answer<Published>, StoreError> {
         let batch_id = uuid::Uuid::new_v4().simple().to_string();
         let count = events.len();
         let client = &self.inner.client;
@@ -600,6 +690,10 @@ impl JetStreamEventStore {
     ) -> Result<AppendResult, StoreError> {
         let (scope, subjects) = self.check_events(aggregate_id, &events)?;
         let mut retries = 0;
+        // An append whose outcome the client lost (it reconnected meanwhile) is sent again
+        // until this deadline: the same events with the same expectation, which the server
+        // stores once (a retry that meets its own first attempt is recognised below).
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
         loop {
             // A remembered position saves the lookup; the server's check makes it safe.
             let (position, last) = match self.cached(aggregate_id) {
@@ -652,6 +746,21 @@ impl JetStreamEventStore {
                     .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
                 self.publish_batch(&subjects, headers, &events, &scope, last)
                     .await?
+            };
+            let outcome = match outcome {
+                Answer::Got(outcome) => outcome,
+                Answer::Reconnected if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(aggregate = %aggregate_id, "the client reconnected during an append; sending it again");
+                    self.forget(aggregate_id);
+                    continue;
+                }
+                Answer::Reconnected => {
+                    return Err(StoreError::with_source(
+                        StoreErrorKind::Connection,
+                        "the client kept reconnecting while the append was sent; it may or may \
+                         not be stored: send it again",
+                    ))
+                }
             };
             match outcome {
                 Published::Stored {
@@ -858,8 +967,10 @@ impl JetStreamEventStore {
         after: StreamSequence,
     ) -> Result<Vec<RawMessage>, StoreError> {
         let mut out = Vec::new();
-        let mut round: Vec<(String, u64)> =
-            subjects.into_iter().map(|s| (s, after.0 + 1)).collect();
+        let (known, fast): (Vec<String>, Vec<String>) =
+            subjects.into_iter().partition(|s| self.is_unparseable(s));
+        let mut safe: Vec<(String, u64)> = known.into_iter().map(|s| (s, after.0 + 1)).collect();
+        let mut round: Vec<(String, u64)> = fast.into_iter().map(|s| (s, after.0 + 1)).collect();
         while !round.is_empty() {
             let requests: Vec<DirectGet> = round
                 .iter()
@@ -870,7 +981,7 @@ impl JetStreamEventStore {
                     ..DirectGet::default()
                 })
                 .collect();
-            let page = api::direct_batches(
+            let (page, answer) = api::direct_batches(
                 &self.inner.client,
                 &self.inner.direct_subject,
                 &requests,
@@ -878,12 +989,62 @@ impl JetStreamEventStore {
             )
             .await?;
             out.extend(page.messages);
-            round = page
-                .pending
-                .into_iter()
-                .filter(|(_, (_, pending))| *pending > 0)
-                .map(|(subject, (last, _))| (subject, last + 1))
-                .collect();
+            match answer {
+                Answer::Got(()) => {
+                    round = page
+                        .pending
+                        .into_iter()
+                        .filter(|(_, (_, pending))| *pending > 0)
+                        .map(|(subject, (last, _))| (subject, last + 1))
+                        .collect();
+                }
+                // The client reconnected, perhaps because of a message on one of these
+                // subjects that it cannot parse: each goes on through the JSON API from where
+                // it got to.
+                Answer::Reconnected => {
+                    safe.extend(round.drain(..).map(|(subject, from)| {
+                        let from = page
+                            .pending
+                            .get(&subject)
+                            .map_or(from, |(last, _)| last + 1);
+                        (subject, from)
+                    }));
+                }
+            }
+        }
+        let reads = safe
+            .iter()
+            .map(|(subject, from)| self.read_subject_safely(subject, *from));
+        for messages in futures::future::try_join_all(reads).await? {
+            out.extend(messages);
+        }
+        Ok(out)
+    }
+
+    /// Every message on `subject` from sequence `from` on, one JSON message get each, up to and
+    /// including the first one the client cannot parse (which is remembered, and which fails
+    /// the load that reads it).
+    async fn read_subject_safely(
+        &self,
+        subject: &str,
+        mut from: u64,
+    ) -> Result<Vec<RawMessage>, StoreError> {
+        let mut out = Vec::new();
+        while let Some(raw) = self
+            .safe_get(&MsgGet {
+                seq: Some(from),
+                next_by_subj: Some(subject),
+                ..MsgGet::default()
+            })
+            .await?
+        {
+            from = raw.sequence + 1;
+            let defective = raw.defect.is_some();
+            out.push(raw);
+            if defective {
+                self.mark_unparseable(subject);
+                break;
+            }
         }
         Ok(out)
     }

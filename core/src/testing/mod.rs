@@ -20,9 +20,11 @@
 //! ```
 
 mod binary;
+mod raw;
 mod server;
 mod wait;
 
 pub use binary::{find_nats_server, NatsServerBinary, LOCAL_DIR};
+pub use raw::publish_raw;
 pub use server::{NatsCluster, NatsServer, NatsServerBuilder, TestServerError};
 pub use wait::wait_until;

@@ -334,7 +334,8 @@ pub struct Verdict {
     pub doubled: u64,
     /// Appends that needed more than one attempt.
     pub retried: u64,
-    /// Retried appends the store answered as duplicates (the first attempt had been stored).
+    /// Appends the store answered as duplicates (an earlier attempt, the writer's or the
+    /// store's own after a reconnection, had been stored).
     pub resolved_as_duplicate: u64,
     /// Messages in the stream.
     pub stored: u64,
@@ -373,9 +374,9 @@ pub fn verify(plan: &Plan, acked: &[Acked], stored: &[Stored]) -> Verdict {
     for a in acked {
         if a.retries > 0 {
             v.retried += 1;
-            if a.result.duplicate {
-                v.resolved_as_duplicate += 1;
-            }
+        }
+        if a.result.duplicate {
+            v.resolved_as_duplicate += 1;
         }
         let id = event_id(a.aggregate, a.version).to_string();
         match by_id.get(id.as_str()).map(Vec::as_slice) {
@@ -472,3 +473,51 @@ impl Projection for Counter {
 
 /// The domain of [`ItemEvent`], for stores the counter reads.
 pub const DOMAIN: &str = "reliab";
+
+/// How many appends the store itself sent again because the client reconnected while they were
+/// in flight (counted from its debug log; [`count_store_resends`] installs the counter).
+pub static STORE_RESENDS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts the store's own resends into [`STORE_RESENDS`] (once per test binary).
+pub fn count_store_resends() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer as _;
+    struct Count;
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Message(bool);
+            impl tracing::field::Visit for Message {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message"
+                        && format!("{value:?}").contains("reconnected during an append")
+                    {
+                        self.0 = true;
+                    }
+                }
+            }
+            let mut m = Message(false);
+            event.record(&mut m);
+            if m.0 {
+                STORE_RESENDS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::registry().with(
+            Count.with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("cim_nats", tracing::Level::DEBUG),
+            ),
+        );
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}

@@ -16,3 +16,5 @@ pub async fn server() -> (NatsServer, async_nats::Client) {
 }
 
 pub use cim_nats::testing::wait_until;
+pub mod hostile;
+pub mod infra;

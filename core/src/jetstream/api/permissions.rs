@@ -180,73 +180,113 @@ pub(crate) async fn unless_denied<F>(
 where
     F: Future,
 {
-    let mut request = std::pin::pin!(request);
-    match guard(client, needs, None, request.as_mut()).await? {
-        Some(out) => Ok(out),
-        // Without a deadline the guard only ends with the request's outcome or a refusal.
-        None => Ok(request.await),
-    }
+    let request = std::pin::pin!(request);
+    guard(client, needs, request).await
 }
 
-/// [`unless_denied`] for a request without a timeout of its own: `Ok(None)` when it has no
-/// answer after `timeout`. One timer serves both the suspicion and the timeout, which matters
-/// on the hot path (every append and direct get).
+/// How a request that has a timeout of its own ended.
+#[derive(Debug)]
+pub(crate) enum Waited<T> {
+    /// It answered.
+    Done(T),
+    /// It had no answer after the timeout.
+    TimedOut,
+    /// The client reconnected while it waited: its reply (or the request itself) may have been
+    /// lost with the old connection, so it may never come.
+    Reconnected,
+}
+
+/// How often a waiting request looks whether the client reconnected meanwhile.
+pub(crate) const RECONNECT_POLL: Duration = Duration::from_millis(50);
+
+/// The client's connection generation: it grows by one with every (re)connection. A request
+/// that sees it change while waiting has lost its reply if the server sent it on the old
+/// connection.
+pub(crate) fn epoch(client: &Client) -> u64 {
+    client
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// [`unless_denied`] for a request without a timeout of its own: [`Waited::TimedOut`] when it
+/// has no answer after `timeout`, [`Waited::Reconnected`] as soon as the client has reconnected
+/// since `epoch` (the generation read before the request was sent). One timer serves the
+/// suspicion, the reconnection check and the timeout, and it is only armed: a request answered
+/// within [`RECONNECT_POLL`] never wakes it, which matters on the hot path (every append and
+/// direct get).
 pub(crate) async fn unless_denied_within<F>(
     client: &Client,
     needs: &[Need<'_>],
     timeout: Duration,
+    epoch_before: u64,
     request: std::pin::Pin<&mut F>,
-) -> Result<Option<F::Output>, Denied>
+) -> Result<Waited<F::Output>, Denied>
 where
     F: Future,
 {
-    guard(client, needs, Some(timeout), request).await
-}
-
-/// Waits for `request`; after [`SUSPECT_AFTER`] asks for the user's permissions meanwhile and
-/// ends with [`Denied`] if they refuse one of `needs`; `Ok(None)` once `timeout` (if any) has
-/// passed without an answer.
-async fn guard<F>(
-    client: &Client,
-    needs: &[Need<'_>],
-    timeout: Option<Duration>,
-    mut request: std::pin::Pin<&mut F>,
-) -> Result<Option<F::Output>, Denied>
-where
-    F: Future,
-{
+    let mut request = request;
     let now = tokio::time::Instant::now();
-    let deadline = timeout.map(|t| now + t);
+    let deadline = now + timeout;
     let suspect = now + SUSPECT_AFTER;
-    let timer = tokio::time::sleep_until(deadline.map_or(suspect, |d| suspect.min(d)));
+    let timer = tokio::time::sleep_until((now + RECONNECT_POLL).min(deadline));
     let mut timer = std::pin::pin!(timer);
-    tokio::select! {
-        biased;
-        out = &mut request => return Ok(Some(out)),
-        () = &mut timer => {}
-    }
-    if let Some(deadline) = deadline {
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(None);
-        }
-        timer.as_mut().reset(deadline);
-    }
-    // Boxed: the slow path's future is not carried by every request's.
-    let mut info = Box::pin(user_info(client));
+    // Boxed and made only when needed: the slow path's future is not carried by every
+    // request's.
+    let mut info: Option<std::pin::Pin<Box<dyn Future<Output = Option<UserInfo>> + Send + '_>>> =
+        None;
     let mut asked = false;
     loop {
         tokio::select! {
             biased;
-            out = &mut request => return Ok(Some(out)),
-            () = &mut timer, if deadline.is_some() => return Ok(None),
-            info = &mut info, if !asked => {
-                if let Some(denied) = info.and_then(|i| i.refusal(client, needs)) {
+            out = &mut request => return Ok(Waited::Done(out)),
+            got = async { info.as_mut().expect("guarded by the condition").await }, if info.is_some() => {
+                info = None;
+                if let Some(denied) = got.and_then(|i| i.refusal(client, needs)) {
                     return Err(denied);
                 }
-                asked = true;
+            }
+            () = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if epoch(client) != epoch_before {
+                    return Ok(Waited::Reconnected);
+                }
+                if now >= deadline {
+                    return Ok(Waited::TimedOut);
+                }
+                if now >= suspect && !asked {
+                    asked = true;
+                    info = Some(Box::pin(user_info(client)));
+                }
+                timer.as_mut().reset((now + RECONNECT_POLL).min(deadline));
             }
         }
     }
+}
+
+/// Waits for `request`; after [`SUSPECT_AFTER`] asks for the user's permissions meanwhile and
+/// ends with [`Denied`] if they refuse one of `needs`.
+async fn guard<F>(
+    client: &Client,
+    needs: &[Need<'_>],
+    mut request: std::pin::Pin<&mut F>,
+) -> Result<F::Output, Denied>
+where
+    F: Future,
+{
+    tokio::select! {
+        biased;
+        out = &mut request => return Ok(out),
+        () = tokio::time::sleep(SUSPECT_AFTER) => {}
+    }
+    if let Some(denied) = tokio::select! {
+        biased;
+        out = &mut request => return Ok(out),
+        info = user_info(client) => info.and_then(|i| i.refusal(client, needs)),
+    } {
+        return Err(denied);
+    }
+    Ok(request.await)
 }
 
 /// What a request that got no reply most likely ran into: for the message of a timeout.
