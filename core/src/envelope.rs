@@ -43,7 +43,7 @@ impl From<StreamSequence> for u64 {
 pub struct StoredEvent {
     /// The event's id (also its `Nats-Msg-Id`).
     pub event_id: EventId,
-    /// The event type (e.g. `ComputeRegistered`).
+    /// The event type (e.g. `ComputeResourceRegistered`).
     pub event_type: String,
     /// The schema version of the payload.
     pub schema_version: u32,

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::store::ExpectedVersion;
+use crate::subject::AggregateId;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -86,6 +87,8 @@ pub type StoreError = Error<StoreErrorKind>;
 pub enum StoreErrorKind {
     /// The aggregate was not at the version the caller expected: another writer got there first.
     WrongExpectedVersion {
+        /// The aggregate.
+        aggregate_id: AggregateId,
         /// What the caller expected.
         expected: ExpectedVersion,
         /// The aggregate's version when the append was refused (`None`: it has no events).
@@ -141,8 +144,15 @@ pub enum StoreErrorKind {
 impl fmt::Display for StoreErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::WrongExpectedVersion { expected, actual } => {
-                write!(f, "wrong expected version: expected {expected}, actual ")?;
+            Self::WrongExpectedVersion {
+                aggregate_id,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "wrong expected version of aggregate {aggregate_id}: expected {expected}, actual "
+                )?;
                 match actual {
                     Some(v) => write!(f, "{v}"),
                     None => write!(f, "no stream"),

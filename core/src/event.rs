@@ -30,52 +30,114 @@ impl EventId {
         &self.0
     }
 
-    /// The id of the event at position `index` among the events decided for the command whose
-    /// message id is `message_id`: the same command (same message id) always yields the same
-    /// event ids, so the store recognises the events of a retried command as the ones it already
-    /// has (`Nats-Msg-Id` dedupe), while another command's events at the same version conflict.
+    /// The placeholder a domain puts in an event's id field when it decides the event: the
+    /// store replaces it (see [`EventId::derive`]) when the event is appended. The nil UUID.
+    pub const fn unassigned() -> Self {
+        Self(uuid::Uuid::nil())
+    }
+
+    /// Is this the [`EventId::unassigned`] placeholder?
+    pub fn is_unassigned(&self) -> bool {
+        self.0.is_nil()
+    }
+
+    /// The id of one event, derived from what identifies it, so that the same decision on the
+    /// same state always gets the same id (a retry is recognised as the event already stored)
+    /// and anything else gets another one. Every typed append (the repository, the publisher,
+    /// [`EventStoreExt::append_events`](crate::EventStoreExt::append_events)) gives events this
+    /// id; one rule for every domain.
     ///
-    /// The id has the UUID version 7 layout: its 48-bit millisecond timestamp is the message
-    /// id's when that is itself a version 7 UUID (0 otherwise), so event ids still sort by the
-    /// time of their command; the other 74 bits are a deterministic mix (splitmix64) of the
-    /// whole message id and `index`, and the version and variant bits are set as RFC 9562 says.
+    /// It is made of:
+    ///
+    /// - `cause`: the message id of the command that decided the event (the identity passed with
+    ///   the append; for an event carrying an identity and appended without one, that identity's
+    ///   causation), or none;
+    /// - `aggregate`: the aggregate the event is appended to, so that one identity shared by
+    ///   commands on different aggregates never gives two events one id;
+    /// - `position`: the version the event gives its aggregate ([`Position::Version`]); an
+    ///   append with `ExpectedVersion::Any`, whose versions are not known before it is written,
+    ///   uses a new message id as cause and the event's index in the append
+    ///   ([`Position::Index`]);
+    /// - `event_type` and `content`: what was decided, the event's JSON with its own id (and
+    ///   the message id of the identity it carries) set to [`EventId::unassigned`], so that two
+    ///   writers sharing an identity and racing for one version with different decisions get
+    ///   different ids (the loser gets a version conflict, not a reused id).
+    ///
+    /// Two commands that share a message id, start from the same state of one aggregate and
+    /// decide exactly the same events are one command to the store: the second is answered as
+    /// a retry of the first (`duplicate: true`). Give each command its own message id
+    /// ([`MessageIdentity::caused`]) when identical commands may run at once.
+    ///
+    /// The id has the UUID version 7 layout, so ids sort by the time of their command: its
+    /// 48-bit millisecond timestamp is the cause's when that is a version 7 UUID (0 otherwise);
+    /// the other 74 bits are bytes 6 to 15 of the name-based UUID (version 5, SHA-1) of the
+    /// parts above in the namespace `619f8e1d-ee86-5dd7-9e89-59737768eb56` (the URL
+    /// `https://github.com/thecowboyai/cim-nats/event-id`), the name being: the cause's 16
+    /// bytes (zeros for none), the aggregate id, a 0 byte, `v` or `i` and the position as 8
+    /// big-endian bytes, the event type, a 0 byte, and the content.
     ///
     /// ```
-    /// use cim_nats::{EventId, MessageIdentity};
+    /// use cim_nats::event::Position;
+    /// use cim_nats::{AggregateId, EventId, MessageIdentity};
     ///
     /// let command = MessageIdentity::new_from_user("alice");
-    /// let first = EventId::for_command(&command.message_id, 0);
-    /// assert_eq!(first, EventId::for_command(&command.message_id, 0));
-    /// assert_ne!(first, EventId::for_command(&command.message_id, 1));
-    /// assert_eq!(first.as_uuid().get_version_num(), 7);
-    /// assert_eq!(first.as_uuid().as_bytes()[..6], command.message_id.as_uuid().as_bytes()[..6]);
+    /// let a = AggregateId::new("a").unwrap();
+    /// let b = AggregateId::new("b").unwrap();
+    /// let id = |aggregate: &AggregateId, content: &[u8]| {
+    ///     EventId::derive(Some(&command.message_id), aggregate, Position::Version(1), "Opened", content)
+    /// };
+    /// assert_eq!(id(&a, b"{}"), id(&a, b"{}")); // a retry
+    /// assert_ne!(id(&a, b"{}"), id(&b, b"{}")); // another aggregate
+    /// assert_ne!(id(&a, b"{}"), id(&a, br#"{"x":1}"#)); // another decision
+    /// assert_eq!(id(&a, b"{}").as_uuid().get_version_num(), 7);
     /// ```
-    pub fn for_command(message_id: &MessageId, index: u32) -> EventId {
-        let source = message_id.as_uuid();
-        let millis =
-            if source.get_version_num() == 7 && source.get_variant() == uuid::Variant::RFC4122 {
-                let b = source.as_bytes();
+    pub fn derive(
+        cause: Option<&MessageId>,
+        aggregate: &AggregateId,
+        position: Position,
+        event_type: &str,
+        content: &[u8],
+    ) -> EventId {
+        /// The namespace of derived event ids: the name-based UUID (version 5) of
+        /// `https://github.com/thecowboyai/cim-nats/event-id` in the URL namespace.
+        const NAMESPACE: uuid::Uuid = uuid::uuid!("619f8e1d-ee86-5dd7-9e89-59737768eb56");
+        let source = cause.map(MessageId::as_uuid);
+        let millis = match source {
+            Some(u) if u.get_version_num() == 7 && u.get_variant() == uuid::Variant::RFC4122 => {
+                let b = u.as_bytes();
                 u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
-            } else {
-                0
-            };
-        let bits = source.as_u128();
-        let (high, low) = ((bits >> 64) as u64, bits as u64);
-        let first = splitmix64(high ^ splitmix64(low ^ splitmix64(u64::from(index))));
-        let second = splitmix64(first ^ low.rotate_left(29) ^ u64::from(index).rotate_left(47));
+            }
+            _ => 0,
+        };
+        let (tag, n) = match position {
+            Position::Version(v) => (b'v', v),
+            Position::Index(i) => (b'i', i),
+        };
+        let mut name = Vec::with_capacity(64 + aggregate.as_str().len() + content.len());
+        name.extend_from_slice(source.map_or(&[0u8; 16], |u| u.as_bytes()));
+        name.extend_from_slice(aggregate.as_str().as_bytes());
+        name.push(0);
+        name.push(tag);
+        name.extend_from_slice(&n.to_be_bytes());
+        name.extend_from_slice(event_type.as_bytes());
+        name.push(0);
+        name.extend_from_slice(content);
+        let hash = uuid::Uuid::new_v5(&NAMESPACE, &name);
         let mut random = [0u8; 10];
-        random[..8].copy_from_slice(&first.to_be_bytes());
-        random[8..].copy_from_slice(&second.to_be_bytes()[..2]);
+        random.copy_from_slice(&hash.as_bytes()[6..]);
         EventId(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
     }
 }
 
-/// One step of the splitmix64 generator: a bijective, well-mixing map of 64-bit values.
-const fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// Where an event goes in its aggregate, for [`EventId::derive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Position {
+    /// The version the event gives its aggregate (1 for its first event): known when the
+    /// append expects a version.
+    Version(u64),
+    /// The event's index among the events of one append (0 for the first): for an append with
+    /// `ExpectedVersion::Any`, whose versions the store finds only when it writes.
+    Index(u64),
 }
 
 impl Default for EventId {
@@ -115,10 +177,68 @@ impl fmt::Debug for EventId {
     }
 }
 
+/// Not public API: how `#[derive(NatsEvent)]` reads and sets a field marked
+/// `#[nats_event(event_id)]`: an [`EventId`] or a `Uuid`.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a field marked `#[nats_event(event_id)]` must be an `EventId` (or a `Uuid`), not `{Self}`",
+    label = "not an `EventId`"
+)]
+pub trait EventIdField {
+    /// The field as an event id.
+    fn get_event_id(&self) -> EventId;
+    /// Sets the field to `id`.
+    fn set_event_id(&mut self, id: EventId);
+}
+
+impl EventIdField for EventId {
+    fn get_event_id(&self) -> EventId {
+        *self
+    }
+
+    fn set_event_id(&mut self, id: EventId) {
+        *self = id;
+    }
+}
+
+impl EventIdField for uuid::Uuid {
+    fn get_event_id(&self) -> EventId {
+        EventId(*self)
+    }
+
+    fn set_event_id(&mut self, id: EventId) {
+        *self = id.0;
+    }
+}
+
+/// Not public API: how `#[derive(NatsEvent)]` reads and sets a field marked
+/// `#[nats_event(identity)]`.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a field marked `#[nats_event(identity)]` must be a `MessageIdentity`, not `{Self}`",
+    label = "not a `MessageIdentity`"
+)]
+pub trait IdentityField {
+    /// The identity.
+    fn identity(&self) -> &MessageIdentity;
+    /// The identity, to change it.
+    fn identity_mut(&mut self) -> &mut MessageIdentity;
+}
+
+impl IdentityField for MessageIdentity {
+    fn identity(&self) -> &MessageIdentity {
+        self
+    }
+
+    fn identity_mut(&mut self) -> &mut MessageIdentity {
+        self
+    }
+}
+
 /// Static description of one event type (one variant of a domain event enum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventDescriptor {
-    /// The event type, as written in the `Cim-Event-Type` header (e.g. `ComputeRegistered`).
+    /// The event type, as written in the `Cim-Event-Type` header (e.g. `ComputeResourceRegistered`).
     pub event_type: &'static str,
     /// The second subject token: the entity kind inside the domain (e.g. `compute`).
     pub aggregate: &'static str,
@@ -288,6 +408,15 @@ pub trait NatsEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
         json: serde_json::Value,
     ) -> Result<serde_json::Value, DecodeError>;
 
+    /// Sets the event's own id (the field marked `#[nats_event(event_id)]`) and the message id
+    /// of the identity it carries (the field marked `#[nats_event(identity)]`: an event's
+    /// identity is its own, its message id is the event id). The store calls it with the id
+    /// it derives ([`EventId::derive`]) when the event is appended. The derive implements it;
+    /// the default does nothing (an enum without such fields: the id lives in the headers).
+    fn set_event_id(&mut self, id: EventId) {
+        let _ = id;
+    }
+
     /// The identity carried by the event, if the enum marks a field for it
     /// (`#[nats_event(identity)]`): its correlation (the conversation), its causation (the
     /// command that caused it) and its actor (who acted). The store writes them in the event's
@@ -296,7 +425,7 @@ pub trait NatsEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
         None
     }
 
-    /// The event type name (e.g. `ComputeRegistered`).
+    /// The event type name (e.g. `ComputeResourceRegistered`).
     fn event_type(&self) -> &'static str {
         self.descriptor().event_type
     }
@@ -394,69 +523,92 @@ pub trait NatsEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
 mod tests {
     use super::*;
 
-    #[test]
-    fn for_command_is_deterministic() {
-        let message = MessageId::from_uuid(uuid::Uuid::now_v7());
-        for index in [0, 1, 7, u32::MAX] {
-            assert_eq!(
-                EventId::for_command(&message, index),
-                EventId::for_command(&message, index)
-            );
-        }
+    fn id(
+        cause: Option<&MessageId>,
+        aggregate: &str,
+        position: Position,
+        content: &[u8],
+    ) -> EventId {
+        let aggregate = AggregateId::new(aggregate).unwrap();
+        EventId::derive(cause, &aggregate, position, "Opened", content)
     }
 
     #[test]
-    fn for_command_differs_by_index_and_by_command() {
+    fn derived_ids_change_with_every_part() {
         let message = MessageId::from_uuid(uuid::Uuid::now_v7());
-        let ids: std::collections::HashSet<_> = (0..10_000)
-            .map(|i| EventId::for_command(&message, i))
-            .collect();
-        assert_eq!(ids.len(), 10_000);
         let other = MessageId::from_uuid(uuid::Uuid::now_v7());
+        let base = id(Some(&message), "a", Position::Version(1), b"{}");
+        assert_eq!(base, id(Some(&message), "a", Position::Version(1), b"{}"));
+        for different in [
+            id(Some(&other), "a", Position::Version(1), b"{}"),
+            id(None, "a", Position::Version(1), b"{}"),
+            id(Some(&message), "b", Position::Version(1), b"{}"),
+            id(Some(&message), "a", Position::Version(2), b"{}"),
+            id(Some(&message), "a", Position::Index(1), b"{}"),
+            id(Some(&message), "a", Position::Version(1), b"{ }"),
+        ] {
+            assert_ne!(base, different);
+        }
+        let aggregate = AggregateId::new("a").unwrap();
         assert_ne!(
-            EventId::for_command(&message, 0),
-            EventId::for_command(&other, 0)
+            base,
+            EventId::derive(
+                Some(&message),
+                &aggregate,
+                Position::Version(1),
+                "Closed",
+                b"{}"
+            )
         );
     }
 
     #[test]
-    fn for_command_has_the_v7_layout_and_the_command_time() {
+    fn derived_ids_have_the_v7_layout_and_the_command_time() {
         let source = uuid::Uuid::now_v7();
         let message = MessageId::from_uuid(source);
-        for index in 0..100 {
-            let id = *EventId::for_command(&message, index).as_uuid();
+        for n in 0..100 {
+            let id = *id(Some(&message), "a", Position::Version(n), b"{}").as_uuid();
             assert_eq!(id.get_version_num(), 7);
-            assert_eq!(id.get_version(), Some(uuid::Version::SortRand));
             assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
             assert_eq!(id.as_bytes()[..6], source.as_bytes()[..6]);
         }
+        let id = *id(None, "a", Position::Index(0), b"{}").as_uuid();
+        assert_eq!(id.as_bytes()[..6], [0; 6]);
     }
 
     /// The derivation is part of the wire format: a retry after an upgrade must still yield the
     /// ids of the first attempt.
     #[test]
-    fn for_command_is_stable() {
+    fn derived_ids_are_stable() {
         let message = MessageId::from_uuid(uuid::uuid!("01890a5d-ac96-774b-bcce-b302099a8057"));
         assert_eq!(
-            EventId::for_command(&message, 0).to_string(),
-            "01890a5d-ac96-79ef-bbae-170be8efcc62"
+            id(
+                Some(&message),
+                "acc-1",
+                Position::Version(1),
+                br#"{"Opened":{}}"#
+            )
+            .to_string(),
+            STABLE_V1
         );
         assert_eq!(
-            EventId::for_command(&message, 1).to_string(),
-            "01890a5d-ac96-73ba-a896-3054e1e961e4"
+            id(
+                Some(&message),
+                "acc-1",
+                Position::Index(0),
+                br#"{"Opened":{}}"#
+            )
+            .to_string(),
+            STABLE_I0
         );
     }
 
+    const STABLE_V1: &str = "01890a5d-ac96-737c-b314-9a585142a5cd";
+    const STABLE_I0: &str = "01890a5d-ac96-749d-ba34-ba00fa885f2c";
+
     #[test]
-    fn for_command_of_a_non_v7_message_has_time_zero() {
-        let message = MessageId::from_uuid(uuid::Uuid::new_v4());
-        let id = *EventId::for_command(&message, 3).as_uuid();
-        assert_eq!(id.get_version_num(), 7);
-        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
-        assert_eq!(id.as_bytes()[..6], [0; 6]);
-        assert_eq!(
-            EventId::for_command(&message, 3),
-            EventId::for_command(&message, 3)
-        );
+    fn unassigned_is_the_nil_uuid() {
+        assert!(EventId::unassigned().is_unassigned());
+        assert!(!EventId::new().is_unassigned());
     }
 }

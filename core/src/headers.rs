@@ -6,7 +6,7 @@
 
 /// JetStream's dedupe header; the event id.
 pub const MSG_ID: &str = "Nats-Msg-Id";
-/// The event type (e.g. `ComputeRegistered`).
+/// The event type (e.g. `ComputeResourceRegistered`).
 pub const EVENT_TYPE: &str = "Cim-Event-Type";
 /// The schema version of the payload.
 pub const EVENT_VERSION: &str = "Cim-Event-Version";

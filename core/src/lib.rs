@@ -25,6 +25,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod aggregate;
+pub mod encode;
 pub mod envelope;
 pub mod error;
 pub mod event;
@@ -48,6 +49,7 @@ pub mod jetstream;
 pub mod testing;
 
 pub use aggregate::Aggregate;
+pub use encode::encode_events;
 pub use envelope::{Envelope, StoredEvent, StreamSequence};
 pub use error::{Error, SetupError, SetupErrorKind, StoreError, StoreErrorKind};
 pub use error::{SubscriberError, SubscriberErrorKind};
@@ -79,9 +81,11 @@ pub use cim_nats_macros::EntityId;
 /// Not public API: paths used by the code `#[derive(NatsEvent)]` generates.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError};
+    pub use crate::event::{
+        DecodeError, EventDescriptor, EventId, EventIdField, IdentityField, NatsEvent, UpcastError,
+    };
     pub use crate::id::IdParseError;
-    pub use crate::identity::MessageIdentity;
+    pub use crate::identity::{MessageId, MessageIdentity};
     pub use crate::subject::{AggregateId, InvalidSubject};
     pub use serde;
     pub use serde_json;

@@ -166,6 +166,7 @@ impl EventStore for InMemoryEventStore {
         }
         if !expected.accepts(actual) {
             return Err(StoreError::new(StoreErrorKind::WrongExpectedVersion {
+                aggregate_id: aggregate_id.clone(),
                 expected,
                 actual,
             }));

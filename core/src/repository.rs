@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::aggregate::Aggregate;
+use crate::encode::encode_events;
 use crate::envelope::StreamSequence;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::event::NatsEvent;
 use crate::identity::MessageIdentity;
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::store::{AppendResult, EventStore, ExpectedVersion, NewEvent};
+use crate::store::{AppendResult, EventStore, ExpectedVersion};
 use crate::subject::AggregateId;
 
 /// An aggregate as loaded: its state, its version and the stream sequence of its last event.
@@ -311,7 +312,9 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Appends `events` to a loaded aggregate with its version as the expected version, and
-    /// applies them to it.
+    /// applies them to it. The events get their ids on the way ([`crate::encode_events`]:
+    /// derived from the command's message id, the aggregate, their versions and what they
+    /// say), so after the call they are exactly the stored events.
     ///
     /// # Errors
     ///
@@ -320,44 +323,16 @@ impl<A: Aggregate> Repository<A> {
     pub async fn save(
         &self,
         loaded: &mut Loaded<A>,
-        events: &[A::Event],
+        events: &mut [A::Event],
         identity: Option<&MessageIdentity>,
     ) -> Result<Option<AppendResult>, StoreError> {
         if events.is_empty() {
             return Ok(None);
         }
-        let mut new = Vec::with_capacity(events.len());
-        for e in events {
-            // An event that names its aggregate must name this one.
-            match e.aggregate_id() {
-                Ok(Some(carried)) if carried != loaded.id => {
-                    return Err(StoreError::new(StoreErrorKind::InvalidAppend(format!(
-                        "a {} event carries aggregate id {carried} but is appended to {}",
-                        e.event_type(),
-                        loaded.id
-                    ))));
-                }
-                Ok(_) => {}
-                Err(invalid) => {
-                    return Err(StoreError::with_source(
-                        StoreErrorKind::InvalidSubject,
-                        invalid,
-                    ))
-                }
-            }
-            let event = NewEvent::from_event(e)?;
-            // An event that carries its own identity keeps it (its cause may be another
-            // domain's event); the others take the command's.
-            new.push(match identity {
-                Some(identity) if e.message_identity().is_none() => event.with_identity(identity),
-                _ => event,
-            });
-        }
-        let result = self
-            .store
-            .append(&loaded.id, loaded.expected_version(), new)
-            .await?;
-        for e in events {
+        let expected = loaded.expected_version();
+        let new = encode_events(&loaded.id, expected, events, identity)?;
+        let result = self.store.append(&loaded.id, expected, new).await?;
+        for e in events.iter() {
             loaded.state.apply(e);
         }
         loaded.version = result.version;
@@ -415,14 +390,14 @@ impl<A: Aggregate> Repository<A> {
             Some(l) => l,
             None => self.load(id).await?,
         };
-        let events = match loaded.state.handle(command) {
+        let mut events = match loaded.state.handle(command) {
             Ok(events) => events,
             Err(e) => {
                 self.put_cached(loaded);
                 return Err(CommandError::Rejected(e));
             }
         };
-        match self.save(&mut loaded, &events, identity).await {
+        match self.save(&mut loaded, &mut events, identity).await {
             Ok(append) => {
                 let version = loaded.version;
                 self.put_cached(loaded);

@@ -87,10 +87,14 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// Encodes a domain event. Its id is the event's own (the field marked
-    /// `#[nats_event(event_id)]`) or, if the enum has none, a new UUID v7. Its correlation,
-    /// causation and actor are those of the identity the event carries (the field marked
+    /// Encodes one domain event as it is, for hand-made appends and tests: its id is the
+    /// event's own (the field marked `#[nats_event(event_id)]`) or, if it has none or it is
+    /// [unassigned](EventId::unassigned), a new UUID v7. Its correlation, causation and actor
+    /// are those of the identity the event carries (the field marked
     /// `#[nats_event(identity)]`, see [`NatsEvent::message_identity`]), if any.
+    ///
+    /// The typed appends (the repository, the publisher, [`EventStoreExt::append_events`]) use
+    /// [`crate::encode_events`] instead, which derives the ids from the command.
     ///
     /// # Errors
     ///
@@ -102,7 +106,10 @@ impl NewEvent {
         let d = event.descriptor();
         let identity = event.message_identity();
         Ok(Self {
-            event_id: event.event_id().unwrap_or_default(),
+            event_id: event
+                .event_id()
+                .filter(|id| !id.is_unassigned())
+                .unwrap_or_default(),
             event_type: Cow::Borrowed(d.event_type),
             schema_version: d.version,
             aggregate_type: Cow::Borrowed(d.aggregate),
@@ -306,28 +313,23 @@ pub fn decode_envelope<E: NatsEvent>(event: StoredEvent) -> Result<Envelope<E>, 
 /// Typed operations on any [`EventStore`], for a domain event enum `E`.
 #[async_trait]
 pub trait EventStoreExt: EventStore {
-    /// Encodes and appends the events of one command, with the command's identity as
-    /// correlation, causation and actor (for events that do not carry their own).
+    /// Encodes and appends the events of one command ([`crate::encode_events`]: ids derived
+    /// from the command, the aggregate and what was decided; the command's identity as
+    /// correlation, causation and actor for events that do not carry their own).
     ///
     /// # Errors
     ///
-    /// As [`EventStore::append`], and [`StoreErrorKind::Encode`].
-    async fn append_events<E: NatsEvent>(
+    /// As [`EventStore::append`]; [`StoreErrorKind::InvalidAppend`] for an event that names
+    /// another aggregate; [`StoreErrorKind::Encode`].
+    async fn append_events<E: NatsEvent + Clone>(
         &self,
         aggregate_id: &AggregateId,
         expected: ExpectedVersion,
         events: &[E],
         identity: Option<&MessageIdentity>,
     ) -> Result<AppendResult, StoreError> {
-        let mut new = Vec::with_capacity(events.len());
-        for e in events {
-            let event = NewEvent::from_event(e)?;
-            // An event that carries its own identity keeps it.
-            new.push(match identity {
-                Some(identity) if e.message_identity().is_none() => event.with_identity(identity),
-                _ => event,
-            });
-        }
+        let mut events = events.to_vec();
+        let new = crate::encode::encode_events(aggregate_id, expected, &mut events, identity)?;
         self.append(aggregate_id, expected, new).await
     }
 

@@ -47,6 +47,7 @@ fn impl_nats_event(model: &Model<'_>) -> TokenStream {
     let event_id_fn = event_id_fn(model);
     let aggregate_id_fn = aggregate_id_fn(model);
     let message_identity_fn = message_identity_fn(model);
+    let set_event_id_fn = set_event_id_fn(model);
     let upcast_fn = upcast_fn(model);
 
     quote! {
@@ -64,6 +65,7 @@ fn impl_nats_event(model: &Model<'_>) -> TokenStream {
             #event_id_fn
             #aggregate_id_fn
             #message_identity_fn
+            #set_event_id_fn
             #upcast_fn
         }
     }
@@ -118,9 +120,11 @@ fn event_id_fn(model: &Model<'_>) -> TokenStream {
         .filter_map(|event| {
             let variant = event.ident;
             let Marked { member, ty } = event.event_id?;
-            // A type without `Into<EventId>` is reported at the field's type.
+            // A type that does not convert to and from `EventId` is reported at the field's
+            // type, once for the getter and the setter (the same obligation at the same span).
+            let value = Ident::new("field", Span::mixed_site().located_at(ty.span()));
             let id = quote_spanned! {located_at(ty)=>
-                ::core::convert::Into::into(::core::clone::Clone::clone(#field))
+                ::cim_nats::__private::EventIdField::get_event_id(#value)
             };
             Some(quote! {
                 Self::#variant { #member: #field, .. } => ::core::option::Option::Some(#id)
@@ -147,13 +151,11 @@ fn message_identity_fn(model: &Model<'_>) -> Option<TokenStream> {
         .filter_map(|event| {
             let variant = event.ident;
             let Marked { member, ty } = event.identity?;
-            // A field of another type is reported at the field's type.
+            // A field of another type is reported at the field's type (once for the getter
+            // and the setter).
             let value = Ident::new("field", Span::mixed_site().located_at(ty.span()));
-            let id = quote! {
-                {
-                    let #field: &#identity = #value;
-                    #field
-                }
+            let id = quote_spanned! {located_at(ty)=>
+                ::cim_nats::__private::IdentityField::identity(#value)
             };
             Some(quote! {
                 Self::#variant { #member: #field, .. } => ::core::option::Option::Some(#id)
@@ -166,6 +168,61 @@ fn message_identity_fn(model: &Model<'_>) -> Option<TokenStream> {
     let body = match_marked(model, &arms, quote!(::core::option::Option::None));
     Some(quote! {
         fn message_identity(&self) -> ::core::option::Option<&#identity> {
+            #body
+        }
+    })
+}
+
+/// Overrides the trait's `set_event_id` (which does nothing) when a variant marks its own id
+/// (`#[nats_event(event_id)]`, set from the id: its type must be `From<EventId>`) or the
+/// identity it carries (`#[nats_event(identity)]`, whose message id becomes the id).
+fn set_event_id_fn(model: &Model<'_>) -> Option<TokenStream> {
+    let id = Ident::new("id", Span::mixed_site());
+    let p = quote!(::cim_nats::__private);
+    let arms: Vec<_> = model
+        .events
+        .iter()
+        .filter_map(|event| {
+            if event.event_id.is_none() && event.identity.is_none() {
+                return None;
+            }
+            let variant = event.ident;
+            let mut bindings = Vec::new();
+            let mut sets = Vec::new();
+            if let Some(Marked { member, ty }) = &event.event_id {
+                let field = Ident::new("event_id_field", Span::mixed_site());
+                let value = Ident::new("event_id_field", Span::mixed_site().located_at(ty.span()));
+                bindings.push(quote!(#member: #field));
+                sets.push(quote_spanned! {located_at(ty)=>
+                    ::cim_nats::__private::EventIdField::set_event_id(#value, #id);
+                });
+            }
+            if let Some(Marked { member, ty }) = &event.identity {
+                let field = Ident::new("identity_field", Span::mixed_site());
+                let value = Ident::new("identity_field", Span::mixed_site().located_at(ty.span()));
+                bindings.push(quote!(#member: #field));
+                let identity = quote_spanned! {located_at(ty)=>
+                    ::cim_nats::__private::IdentityField::identity_mut(#value)
+                };
+                sets.push(quote! {
+                    #identity.message_id = #p::MessageId::from_uuid(*#p::EventId::as_uuid(&#id));
+                });
+            }
+            Some(quote! {
+                Self::#variant { #(#bindings,)* .. } => { #(#sets)* }
+            })
+        })
+        .collect();
+    if arms.is_empty() {
+        return None;
+    }
+    let body = if arms.len() == model.events.len() {
+        quote!(match self { #(#arms)* })
+    } else {
+        quote!(match self { #(#arms)* _ => {} })
+    };
+    Some(quote! {
+        fn set_event_id(&mut self, #id: #p::EventId) {
             #body
         }
     })

@@ -19,8 +19,10 @@ mod valid;
 ///   run without gaps up to `version - 1`): the function gets the whole stored JSON
 ///   (`{"Variant": {...}}`); with `fields = path` instead of `with`, it gets and returns only the
 ///   variant's content (`{...}`).
-/// - On a field: `event_id` (into `EventId`), `aggregate_id` (`Display`, e.g. a `Uuid`),
-///   `identity` (a `MessageIdentity`: correlation, causation and actor).
+/// - On a field: `event_id` (an `EventId` or a `Uuid`: the store sets it when it appends the
+///   event, see `EventId::derive`), `aggregate_id` (`Display`, e.g. a `Uuid`), `identity` (a
+///   `MessageIdentity`: correlation, causation and actor; its message id is set to the event
+///   id).
 ///
 /// ```
 /// use cim_nats::{EventId, NatsEvent, UpcastError};

@@ -125,7 +125,8 @@ impl Aggregate for Organization {
     ) -> Result<Vec<OrganizationEvent>, OrganizationError> {
         use OrganizationCommand as C;
         use OrganizationEvent as E;
-        let event_id = EventId::new();
+        // Ids are assigned by the store when it appends the events (`EventId::derive`).
+        let event_id = EventId::unassigned();
         let event = match command {
             C::Found {
                 organization_id,
@@ -208,7 +209,7 @@ impl Aggregate for Organization {
                     });
                 }
                 E::ResourceAssigned {
-                    event_id: EventId::from_uuid(*identity.message_id.as_uuid()),
+                    event_id,
                     department,
                     resource,
                     identity,

@@ -180,8 +180,9 @@ fn an_assignment_carries_its_cause_and_is_idempotent() {
         resource: item.clone(),
         identity: identity.clone(),
     };
+    // The id is left to the store, which assigns it when it appends the event.
     let expected = OrganizationEvent::ResourceAssigned {
-        event_id: EventId::from_uuid(*identity.message_id.as_uuid()),
+        event_id: EventId::unassigned(),
         department: platform.clone(),
         resource: item.clone(),
         identity: identity.clone(),

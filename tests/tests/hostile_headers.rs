@@ -274,6 +274,11 @@ async fn loads_name_the_unreadable_message_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projection_runners_stop_or_skip_at_each_unreadable_message() {
     use cim_nats::jetstream::{ProjectionOptions, ProjectionRunner};
+    if std::env::var("HOSTILE_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("cim_nats=debug")
+            .try_init();
+    }
     let (server, client) = support::server().await;
     let store = store(&client).await;
     let written = write_all(&store, &server.url(), "p").await;

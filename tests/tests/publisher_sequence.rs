@@ -43,6 +43,7 @@ async fn sequence_semantics(publisher: &EventPublisher) {
     assert_eq!(
         *err.kind(),
         StoreErrorKind::WrongExpectedVersion {
+            aggregate_id: cart.clone(),
             expected: ExpectedVersion::NoStream,
             actual: Some(1)
         }
@@ -55,6 +56,7 @@ async fn sequence_semantics(publisher: &EventPublisher) {
     assert_eq!(
         *err.kind(),
         StoreErrorKind::WrongExpectedVersion {
+            aggregate_id: cart.clone(),
             expected: ExpectedVersion::Exact(2),
             actual: Some(1)
         }

@@ -97,6 +97,7 @@ async fn a_retry_after_the_dedupe_window_is_recognised_deep_in_a_busy_stream() {
     assert_eq!(
         *err.kind(),
         StoreErrorKind::WrongExpectedVersion {
+            aggregate_id: id.clone(),
             expected: ExpectedVersion::Exact(89),
             actual: Some(100)
         }

@@ -279,7 +279,7 @@ async fn events_naming_another_aggregate_are_refused() {
     let err = repo.execute(&id, "t2".to_owned(), None).await.unwrap_err();
     match err {
         cim_nats::CommandError::Store(e) => {
-            assert!(e.to_string().contains("carries aggregate id t2"), "{e}");
+            assert!(e.to_string().contains("names aggregate t2"), "{e}");
         }
         other => panic!("{other}"),
     }

@@ -61,7 +61,10 @@ async fn append_read_and_subscribe(client: async_nats::Client) {
     assert_eq!(result.version, 1);
     let loaded = store.load_events::<AccountEvent>(&id, 0).await.unwrap();
     assert_eq!(loaded.len(), 1);
-    assert_eq!(loaded[0].event, opened);
+    // The event as appended, with the id the store gave it.
+    let mut expected = opened.clone();
+    cim_nats::NatsEvent::set_event_id(&mut expected, loaded[0].stored.event_id);
+    assert_eq!(loaded[0].event, expected);
     let received = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("the subscriber receives the event")

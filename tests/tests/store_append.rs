@@ -67,7 +67,9 @@ async fn concurrent_writers_on_one_aggregate_get_distinct_gap_free_versions() {
                         stored.push((r.version, event_id));
                     }
                     Err(err) => match err.kind() {
-                        StoreErrorKind::WrongExpectedVersion { expected, actual } => {
+                        StoreErrorKind::WrongExpectedVersion {
+                            expected, actual, ..
+                        } => {
                             assert_eq!(*expected, ExpectedVersion::Exact(version));
                             assert!(actual.unwrap() > version, "{err}");
                             conflicts += 1;
@@ -179,6 +181,7 @@ async fn a_batch_with_a_wrong_expected_version_writes_nothing() {
         assert_eq!(
             *err.kind(),
             StoreErrorKind::WrongExpectedVersion {
+                aggregate_id: id.clone(),
                 expected,
                 actual: Some(1)
             }

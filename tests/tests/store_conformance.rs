@@ -36,7 +36,9 @@ fn id(s: &str) -> AggregateId {
 
 fn conflict(err: &cim_nats::StoreError) -> (ExpectedVersion, Option<u64>) {
     match err.kind() {
-        StoreErrorKind::WrongExpectedVersion { expected, actual } => (*expected, *actual),
+        StoreErrorKind::WrongExpectedVersion {
+            expected, actual, ..
+        } => (*expected, *actual),
         other => panic!("expected a conflict, got {other:?}"),
     }
 }

@@ -158,10 +158,13 @@ async fn second_event_needs_the_right_expected_version() {
     assert_eq!(
         *err.kind(),
         StoreErrorKind::WrongExpectedVersion {
+            aggregate_id: machine.clone(),
             expected: ExpectedVersion::NoStream,
             actual: Some(1)
         }
     );
+    // The message names the aggregate.
+    assert!(err.to_string().contains(machine.as_str()), "{err}");
     let ok = store
         .append(
             &machine,
@@ -208,9 +211,19 @@ async fn typed_reads_name_the_sequence_of_what_they_cannot_decode() {
         .await
         .unwrap();
     let loaded = store.load_events::<SliceEvent>(&machine, 0).await.unwrap();
+    // The events as appended, with the ids the store gave them (each its stored id).
+    let expected: Vec<SliceEvent> = events
+        .iter()
+        .zip(&loaded)
+        .map(|(e, l)| {
+            let mut e = e.clone();
+            cim_nats::NatsEvent::set_event_id(&mut e, l.stored.event_id);
+            e
+        })
+        .collect();
     assert_eq!(
         loaded.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
-        events
+        expected
     );
     assert_eq!(loaded[1].version(), 2);
 

@@ -75,3 +75,30 @@ async fn a_stream_that_takes_nothing_is_unavailable_and_a_deleted_one_not_found(
     let err = store.last_sequence().await.unwrap_err();
     assert_eq!(*err.kind(), StoreErrorKind::StreamNotFound, "{err}");
 }
+
+/// The server is gone under an open store: loads and appends fail after the store's timeout
+/// saying the client is not connected (a transient error), not blaming permissions.
+#[tokio::test]
+async fn with_the_server_down_errors_say_the_client_is_not_connected() {
+    let (mut server, client) = support::server().await;
+    let store = JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("bank"))
+        .await
+        .unwrap();
+    let id = AggregateId::new("a-1").unwrap();
+    store
+        .append(&id, ExpectedVersion::NoStream, vec![opened()])
+        .await
+        .unwrap();
+    server.kill();
+    let (load, append) = tokio::join!(
+        store.read_aggregate(&id, 0),
+        store.append(&id, ExpectedVersion::Exact(1), vec![opened()])
+    );
+    for err in [load.unwrap_err(), append.unwrap_err()] {
+        assert!(matches!(err.kind(), StoreErrorKind::Connection), "{err}");
+        assert!(err.is_transient());
+        let text = err.to_string();
+        assert!(text.contains("not connected"), "{text}");
+        assert!(!text.contains("permitted"), "{text}");
+    }
+}

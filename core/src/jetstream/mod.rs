@@ -4,6 +4,7 @@ mod api;
 mod codec;
 mod config;
 mod kv;
+mod order;
 mod projection;
 mod read;
 mod reader;

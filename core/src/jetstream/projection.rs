@@ -18,8 +18,10 @@ use tokio::task::JoinHandle;
 use crate::envelope::StreamSequence;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::event::NatsEvent;
-use crate::jetstream::codec::decode_stored;
+use crate::jetstream::api::{self, codes, Answer, Published};
 use crate::jetstream::kv::{kv_key, open_bucket};
+use crate::jetstream::order::VersionOrder;
+use crate::jetstream::read::decode_in_order;
 use crate::jetstream::reader::{OrderedReader, Progress, ReadSpec, Start};
 use crate::jetstream::store::JetStreamEventStore;
 use crate::projection::{OnUnreadable, Projection, ProjectionError};
@@ -63,6 +65,8 @@ const MAX_SKIPPED: usize = 1000;
 /// How long a checkpoint write is retried when the server does not take it (a restart, or the
 /// KV stream's leader election in a cluster) before the runner stops.
 const CHECKPOINT_RETRY_FOR: Duration = Duration::from_secs(30);
+/// How long one checkpoint write waits for its answer.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between two attempts at a checkpoint write.
 const CHECKPOINT_MAX_PAUSE: Duration = Duration::from_secs(2);
 
@@ -209,6 +213,8 @@ impl ProjectionRunner {
         let (stop, stop_rx) = watch::channel(false);
         let run = Run {
             shared: Arc::clone(&shared),
+            subject: format!("$KV.{}.{key}", options.bucket),
+            client: store.client().clone(),
             bucket,
             key,
             revision,
@@ -268,6 +274,9 @@ fn is_permanent(error: &str) -> bool {
 struct Run<P> {
     shared: Arc<Shared<P>>,
     bucket: kv::Store,
+    client: async_nats::Client,
+    /// The checkpoint key's subject, `$KV.<bucket>.<key>`.
+    subject: String,
     key: String,
     revision: u64,
     options: ProjectionOptions,
@@ -323,7 +332,6 @@ where
         }
         let deadline = tokio::time::Instant::now() + CHECKPOINT_RETRY_FOR;
         let mut pause = Duration::from_millis(100);
-        let mut retried = false;
         loop {
             match self.write(value.clone()).await {
                 Ok(revision) => {
@@ -331,13 +339,11 @@ where
                     return Ok(());
                 }
                 Err(Refused::Moved) => {
-                    // A retried write may have been stored though its answer was lost: the
-                    // checkpoint then holds exactly this value.
-                    if retried {
-                        if let Some(revision) = self.stored_as(&value).await {
-                            self.revision = revision;
-                            return Ok(());
-                        }
+                    // A write may have been stored though its answer was lost (a reconnection,
+                    // a timeout): the checkpoint then holds exactly this value.
+                    if let Some(revision) = self.stored_as(&value).await {
+                        self.revision = revision;
+                        return Ok(());
                     }
                     return Err(ProjectionError::Contended(self.name.clone()));
                 }
@@ -366,33 +372,46 @@ where
                         "checkpoint not written; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(CHECKPOINT_MAX_PAUSE);
-                    retried = true;
                 }
             }
         }
     }
 
-    /// One compare-and-set write of the checkpoint: if another process moved it, two runners
-    /// are applying the same events, and this one stops.
+    /// One compare-and-set write of the checkpoint (a KV put expecting the revision this
+    /// runner wrote last, 0 for none): if another process moved it, two runners are applying
+    /// the same events, and this one stops.
     async fn write(&self, value: Bytes) -> Result<u64, Refused> {
-        if self.revision == 0 {
-            self.bucket
-                .create(&self.key, value)
-                .await
-                .map_err(|e| match e.kind() {
-                    kv::CreateErrorKind::AlreadyExists => Refused::Moved,
-                    _ if is_permanent(&format!("{e:?} {e}")) => Refused::Permanent(e.to_string()),
-                    _ => Refused::Failed(e.to_string()),
-                })
-        } else {
-            self.bucket
-                .update(&self.key, value, self.revision)
-                .await
-                .map_err(|e| match e.kind() {
-                    kv::UpdateErrorKind::WrongLastRevision => Refused::Moved,
-                    _ if is_permanent(&format!("{e:?} {e}")) => Refused::Permanent(e.to_string()),
-                    _ => Refused::Failed(e.to_string()),
-                })
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            crate::headers::EXPECTED_LAST_SUBJECT_SEQUENCE,
+            self.revision.to_string().as_str(),
+        );
+        let sent = api::publish(
+            &self.client,
+            self.subject.clone(),
+            headers,
+            value,
+            CHECKPOINT_TIMEOUT,
+        )
+        .await;
+        match sent {
+            Ok(Answer::Got(Published::Stored { seq, .. })) => Ok(seq),
+            Ok(Answer::Got(Published::Refused(e))) if e.err_code == codes::WRONG_LAST_SEQUENCE => {
+                Err(Refused::Moved)
+            }
+            Ok(Answer::Got(Published::Refused(e))) if e.err_code == codes::MESSAGE_TOO_LARGE => {
+                Err(Refused::Permanent(e.description))
+            }
+            Ok(Answer::Got(Published::Refused(e))) => Err(Refused::Failed(format!(
+                "error {}: {}",
+                e.err_code, e.description
+            ))),
+            // Lost with a reconnection: sent again by the caller, recognised if it was stored.
+            Ok(Answer::Reconnected) => Err(Refused::Failed(
+                "the client reconnected before the answer came".to_owned(),
+            )),
+            Err(e) if is_permanent(&e.to_string()) => Err(Refused::Permanent(e.to_string())),
+            Err(e) => Err(Refused::Failed(e.to_string())),
         }
     }
 
@@ -416,6 +435,7 @@ where
         }
         let mut last = start;
         let mut written = start;
+        let mut order = VersionOrder::default();
         let mut tick = tokio::time::interval(self.options.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -446,7 +466,7 @@ where
                         if sequence <= last {
                             continue;
                         }
-                        match decode_stored(raw).and_then(decode_envelope::<P::Event>) {
+                        match decode_in_order(raw, &mut order).and_then(decode_envelope::<P::Event>) {
                             Ok(envelope) => {
                                 let mut state = self.shared.state.write().await;
                                 state.apply(&envelope).await?;

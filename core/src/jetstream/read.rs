@@ -10,6 +10,7 @@ use futures::stream::{self, Stream};
 use crate::envelope::StoredEvent;
 use crate::error::StoreError;
 use crate::jetstream::codec::{decode_stored, RawMessage};
+use crate::jetstream::order::VersionOrder;
 use crate::jetstream::reader::{OrderedReader, ReadSpec, Start};
 use crate::jetstream::store::JetStreamEventStore;
 use crate::store::ReadFrom;
@@ -41,17 +42,44 @@ pub(crate) fn stream_all(
             timeout: store.request_timeout(),
         },
     );
-    let state = (reader, std::collections::VecDeque::<RawMessage>::new());
-    stream::unfold(state, |(mut reader, mut buffered)| async move {
+    let state = (
+        reader,
+        std::collections::VecDeque::<RawMessage>::new(),
+        VersionOrder::default(),
+    );
+    stream::unfold(state, |(mut reader, mut buffered, mut order)| async move {
         loop {
             if let Some(raw) = buffered.pop_front() {
-                return Some((decode_stored(raw), (reader, buffered)));
+                let item = decode_in_order(raw, &mut order);
+                return Some((item, (reader, buffered, order)));
             }
             match reader.next().await? {
                 Ok(chunk) => buffered.extend(chunk),
                 // The read cannot go on: this error is its last item.
-                Err(e) => return Some((Err(e), (reader, buffered))),
+                Err(e) => return Some((Err(e), (reader, buffered, order))),
             }
         }
     })
+}
+
+/// Decodes a message read in stream order; an event whose version is not above the previous one
+/// of its aggregate (see `order.rs`) is an unreadable event at its sequence.
+pub(crate) fn decode_in_order(
+    raw: RawMessage,
+    order: &mut VersionOrder,
+) -> Result<StoredEvent, StoreError> {
+    let event = decode_stored(raw)?;
+    order
+        .check(
+            &event.aggregate_id,
+            event.stream_sequence.0,
+            event.aggregate_version,
+        )
+        .map_err(|reason| {
+            StoreError::new(crate::error::StoreErrorKind::Decode {
+                sequence: event.stream_sequence.0,
+                reason,
+            })
+        })?;
+    Ok(event)
 }

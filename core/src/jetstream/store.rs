@@ -712,6 +712,7 @@ impl JetStreamEventStore {
                     return Ok(result);
                 }
                 return Err(StoreError::new(StoreErrorKind::WrongExpectedVersion {
+                    aggregate_id: aggregate_id.clone(),
                     expected,
                     actual,
                 }));
@@ -835,6 +836,7 @@ impl JetStreamEventStore {
                         continue;
                     }
                     return Err(StoreError::new(StoreErrorKind::WrongExpectedVersion {
+                        aggregate_id: aggregate_id.clone(),
                         expected,
                         actual,
                     }));

@@ -15,10 +15,10 @@ use crate::software::SoftwareConfiguration;
 ///
 /// Every command names the infrastructure it is for (so that the first command of a new
 /// infrastructure, decided on a `Default` aggregate, knows its id) and carries its own
-/// [`MessageIdentity`]. Deciding is deterministic: the events' ids come from the identity's
-/// message id ([`cim_nats::EventId::for_command`]) and their time from that id's UUID v7
-/// timestamp, so the same command decided on the same state yields the very same events, and the
-/// store recognises a retry.
+/// [`MessageIdentity`]. Deciding is deterministic: the same command decided on the same state
+/// yields the very same events. Their ids are assigned by the store when it appends them
+/// ([`cim_nats::EventId::derive`]: from the identity's message id, the infrastructure, the
+/// version and the content, with the command's time), so the store recognises a retry.
 ///
 /// ```
 /// use cim_domain_infrastructure::{

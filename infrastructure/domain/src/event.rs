@@ -36,10 +36,11 @@ use crate::software::SoftwareConfiguration;
 ///
 /// Every variant carries the same three fields:
 ///
-/// - `event_id`: the event's own id, sent as `Nats-Msg-Id`. The aggregate derives it from the
-///   command's message id ([`EventId::for_command`]), so a retried command yields the same ids
-///   and the store recognises the same events, while another command's events at the same
-///   version are a conflict.
+/// - `event_id`: the event's own id, sent as `Nats-Msg-Id`. The aggregate leaves it
+///   [unassigned](EventId::unassigned); the store derives it when it appends the event
+///   ([`EventId::derive`]: from the command's message id, the infrastructure, the version and
+///   the content), so a retried command yields the same ids and the store recognises the same
+///   events, while another decision at the same version is a conflict.
 /// - `infrastructure_id`: the aggregate instance, the last subject token.
 /// - `identity`: the event's own [`MessageIdentity`]: its message id is the event id, its
 ///   correlation is the command's and its causation is the command's message id; the actor is

@@ -10,7 +10,7 @@ use cim_domain_infrastructure::{
     ResourceStatus, SpecError, SystemArchitecture,
 };
 use cim_nats::harness::AggregateTest;
-use cim_nats::{AggregateId, EventId, NewEvent};
+use cim_nats::AggregateId;
 
 use support::{host, link, net, ops, package, rule, Commands, History};
 
@@ -682,24 +682,34 @@ fn the_seed_program_registers_a_resource() -> Result<(), Box<dyn std::error::Err
 
     let events = aggregate.handle_register_compute_resource(spec, &identity)?;
 
-    // What the publisher receives: the event, `infra_id.into()`, and versions from 1.
+    // What the publisher receives: the event, `infra_id.into()`, and versions from 1; it
+    // encodes each as the version it is given.
     let mut published = Vec::new();
     for (seq, event) in events.iter().enumerate() {
         let aggregate_id: AggregateId = infra_id.into();
+        let mut stored = [event.clone()];
+        let new = cim_nats::encode_events(
+            &aggregate_id,
+            cim_nats::ExpectedVersion::from_loaded(seq as u64),
+            &mut stored,
+            None,
+        )?;
         published.push((
             event.subject(&aggregate_id).to_string(),
             (seq + 1) as u64,
-            NewEvent::from_event(event)?,
+            new.into_iter().next().unwrap(),
+            stored[0].id(),
         ));
     }
     assert_eq!(published.len(), 1);
-    let (subject, version, new) = &published[0];
+    let (subject, version, new, stored_id) = &published[0];
     assert_eq!(
         *subject,
         format!("infrastructure.compute.registered.{infra_id}")
     );
     assert_eq!(*version, 1);
-    assert_eq!(new.event_id, events[0].id());
+    assert_eq!(new.event_id, *stored_id);
+    assert!(!stored_id.is_unassigned());
     assert_eq!(new.correlation_id, Some(identity.correlation_id));
     assert_eq!(new.causation_id, Some(identity.message_id.into()));
     assert_eq!(new.actor.as_deref(), Some("my-service"));
@@ -795,40 +805,85 @@ fn a_retried_command_yields_the_same_events() {
     let rebuilt = InfrastructureAggregate::from_events(&h.events);
     assert_eq!(rebuilt.handle(command.clone()).unwrap(), first);
 
-    // The ids are the command's, at the aggregate's positions: position by position.
+    // The aggregate leaves the ids to the store, which derives them when it encodes the
+    // events: the same command on the same state gets the same ids.
+    assert!(first.iter().all(|e| e.id().is_unassigned()));
     let base = h.state.events_applied();
     assert_eq!(base, h.events.len() as u64);
-    for (index, event) in first.iter().enumerate() {
-        let expected =
-            EventId::for_command(&command.identity().message_id, (base + index as u64) as u32);
-        assert_eq!(event.id(), expected);
-        assert_eq!(event.event_id(), Some(expected));
+    let encode =
+        |events: &[InfrastructureEvent], id: InfrastructureId, command: &MessageIdentity| {
+            let mut events = events.to_vec();
+            let new = cim_nats::encode_events(
+                &id.into(),
+                cim_nats::ExpectedVersion::Exact(base),
+                &mut events,
+                Some(command),
+            )
+            .unwrap();
+            (events, new)
+        };
+    let (stored, new) = encode(&first, h.id, command.identity());
+    let (again, _) = encode(&retried, h.id, command.identity());
+    assert_eq!(stored, again, "a retry gets the very same ids");
+    for (event, new) in stored.iter().zip(&new) {
+        assert_eq!(event.id(), new.event_id);
+        assert_eq!(event.event_id(), Some(new.event_id));
         assert_eq!(event.id().as_uuid().get_version_num(), 7);
+        // The event's identity is its own: its message id is the event id.
+        assert_eq!(
+            *event.identity().message_id.as_uuid(),
+            *event.id().as_uuid()
+        );
     }
-    let distinct: std::collections::HashSet<_> = first.iter().map(|e| e.id()).collect();
-    assert_eq!(distinct.len(), first.len());
+    let distinct: std::collections::HashSet<_> = stored.iter().map(|e| e.id()).collect();
+    assert_eq!(distinct.len(), stored.len());
 
-    // The same identity reused for a command on a later state yields other ids: two commands
-    // sent with one identity are never mistaken for a retry.
+    // The same identity on another infrastructure, at the same version: other ids.
+    let elsewhere = InfrastructureId::new();
+    let moved: Vec<InfrastructureEvent> = first
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            // The same decision, for the other infrastructure.
+            let json = serde_json::to_string(&e)
+                .unwrap()
+                .replace(&h.id.to_string(), &elsewhere.to_string());
+            e = serde_json::from_str(&json).unwrap();
+            e
+        })
+        .collect();
+    let (there, _) = encode(&moved, elsewhere, command.identity());
+    assert!(there.iter().all(|e| !distinct.contains(&e.id())));
+
+    // The same identity reused for another decision on a later state: other ids, never
+    // mistaken for a retry.
     let reused = InfrastructureCommand::RegisterComputeResource {
         infrastructure_id: h.id,
         spec: host("late"),
         identity: command.identity().clone(),
     };
     let mut later = h.state.clone();
-    for e in &first {
+    for e in &stored {
         cim_nats::Aggregate::apply(&mut later, e);
     }
     let late_events = later.handle(reused).unwrap();
-    assert!(late_events.iter().all(|e| !distinct.contains(&e.id())));
+    let mut late = late_events.clone();
+    let new = cim_nats::encode_events(
+        &h.id.into(),
+        cim_nats::ExpectedVersion::Exact(base + stored.len() as u64),
+        &mut late,
+        Some(command.identity()),
+    )
+    .unwrap();
+    assert!(new.iter().all(|e| !distinct.contains(&e.event_id)));
 
     // Another command (another message id) with the same content yields other ids.
     let other = h.cmd().decommission(a.id);
-    let other_events = h.state.handle(other).unwrap();
-    assert_eq!(other_events.len(), first.len());
-    for (x, y) in first.iter().zip(&other_events) {
+    let other_events = h.state.handle(other.clone()).unwrap();
+    let (other_stored, _) = encode(&other_events, h.id, other.identity());
+    assert_eq!(other_stored.len(), stored.len());
+    for (x, y) in stored.iter().zip(&other_stored) {
         assert_ne!(x.id(), y.id());
-        assert_ne!(x, y);
     }
 }
 
@@ -842,7 +897,15 @@ fn events_carry_an_identity_caused_by_the_command() {
         spec: host("web"),
         identity: command_identity.clone(),
     };
-    let events = h.state.handle(command).unwrap();
+    let mut events = h.state.handle(command).unwrap();
+    // The store assigns the id when it encodes the event.
+    let new = cim_nats::encode_events(
+        &h.id.into(),
+        cim_nats::ExpectedVersion::NoStream,
+        &mut events,
+        None,
+    )
+    .unwrap();
     let event = &events[0];
     let identity = event.identity();
     assert_eq!(*identity.message_id.as_uuid(), *event.id().as_uuid());
@@ -867,7 +930,7 @@ fn events_carry_an_identity_caused_by_the_command() {
     assert_eq!(event_ms, command_ms);
 
     // The store's encoding carries them as headers.
-    let new = NewEvent::from_event(event).unwrap();
+    let new = &new[0];
     assert_eq!(new.event_id, event.id());
     assert_eq!(new.correlation_id, Some(root.correlation_id));
     assert_eq!(new.causation_id, Some(command_identity.message_id.into()));

@@ -64,7 +64,7 @@ impl Aggregate for Account {
                     return Err(AccountError::AlreadyOpen);
                 }
                 Ok(vec![AccountEvent::Opened {
-                    id: EventId::new(),
+                    id: EventId::unassigned(),
                     owner,
                 }])
             }
@@ -73,7 +73,7 @@ impl Aggregate for Account {
                     return Err(AccountError::NotOpen);
                 }
                 Ok(vec![AccountEvent::Deposited {
-                    id: EventId::new(),
+                    id: EventId::unassigned(),
                     amount,
                 }])
             }
@@ -88,7 +88,7 @@ impl Aggregate for Account {
                     });
                 }
                 Ok(vec![AccountEvent::Withdrawn {
-                    id: EventId::new(),
+                    id: EventId::unassigned(),
                     amount,
                 }])
             }

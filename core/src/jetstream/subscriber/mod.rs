@@ -183,6 +183,7 @@ impl EventSubscriber {
                 options: Arc::clone(&self.options),
                 dead_letter,
                 held: Held::default(),
+                order: std::sync::Mutex::default(),
             });
             runs.push(Box::pin(run::run(
                 ctx,

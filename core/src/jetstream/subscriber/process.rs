@@ -15,10 +15,11 @@ use tracing::Instrument;
 use crate::event::DecodeError;
 use crate::jetstream::api;
 use crate::jetstream::codec::decode_delivery;
+use crate::jetstream::order::VersionOrder;
 use crate::jetstream::subscriber::builder::Options;
 use crate::jetstream::subscriber::dead_letter::{
-    fit_letter, letter_headers, Letter, REASON_DELIVERIES_EXHAUSTED, REASON_PERMANENT_ERROR,
-    REASON_UNDECODABLE,
+    fit_letter, letter_headers, Letter, REASON_DELIVERIES_EXHAUSTED, REASON_OUT_OF_ORDER,
+    REASON_PERMANENT_ERROR, REASON_UNDECODABLE,
 };
 use crate::subscriber::{Delivery, EventHandler, HandlerError};
 
@@ -124,6 +125,9 @@ pub(crate) struct ConsumerContext {
     pub(crate) options: Arc<Options>,
     pub(crate) dead_letter: Option<DeadLetterTarget>,
     pub(crate) held: Held,
+    /// The last version seen of each recent aggregate (events of one aggregate are handled one
+    /// at a time, in stream order, so they are checked in order).
+    pub(crate) order: Mutex<VersionOrder>,
 }
 
 /// How the handling of one message ended.
@@ -220,6 +224,21 @@ impl ConsumerContext {
                 .await
             }
         };
+        let in_order = self.order.lock().unwrap_or_else(|p| p.into_inner()).check(
+            &event.aggregate_id,
+            sequence,
+            event.aggregate_version,
+        );
+        if let Err(reason) = in_order {
+            return Box::pin(self.settle(
+                sequence,
+                delivered,
+                message,
+                REASON_OUT_OF_ORDER,
+                &reason,
+            ))
+            .await;
+        }
         tracing::Span::current().record("event_type", event.event_type.as_str());
         let delivery = Delivery {
             event,

@@ -16,12 +16,11 @@ use crate::software::SoftwareConfiguration;
 
 type Decided = Result<Vec<InfrastructureEvent>, InfrastructureError>;
 
-/// The events of one command, built in order with ids derived from the command's message id.
+/// The events of one command, built in order. Their ids are left to the store, which derives
+/// them when it appends the events ([`EventId::derive`]).
 struct Events<'a> {
     infrastructure_id: InfrastructureId,
     command: &'a MessageIdentity,
-    /// Events the aggregate had before this command.
-    base: u64,
     events: Vec<InfrastructureEvent>,
 }
 
@@ -33,23 +32,20 @@ struct Meta {
 }
 
 impl<'a> Events<'a> {
-    fn new(infrastructure_id: InfrastructureId, command: &'a MessageIdentity, base: u64) -> Self {
+    fn new(infrastructure_id: InfrastructureId, command: &'a MessageIdentity) -> Self {
         Self {
             infrastructure_id,
             command,
-            base,
             events: Vec::new(),
         }
     }
 
-    /// Adds the event `make` builds from the next event's common fields: the id of the event at
-    /// this position of the aggregate for this command (the same command decided on the same
-    /// state yields the same ids; a command sent with a reused identity on a later state does
-    /// not), and an identity caused by the command.
+    /// Adds the event `make` builds from the next event's common fields: an unassigned id (the
+    /// store assigns it: the same command decided on the same state gets the same ids, as the
+    /// store derives them from the command, the infrastructure, the version and the content),
+    /// and an identity caused by the command.
     fn push(&mut self, make: impl FnOnce(Meta) -> InfrastructureEvent) {
-        // The position wraps at 2^32: ids are also keyed by the command's message id.
-        let index = (self.base + self.events.len() as u64) as u32;
-        let event_id = EventId::for_command(&self.command.message_id, index);
+        let event_id = EventId::unassigned();
         let identity = MessageIdentity {
             message_id: MessageId::from_uuid(*event_id.as_uuid()),
             correlation_id: self.command.correlation_id,
@@ -79,7 +75,7 @@ pub(super) fn decide(state: &InfrastructureAggregate, command: InfrastructureCom
         });
     }
     let identity = command.identity().clone();
-    let out = Events::new(infrastructure_id, &identity, state.applied);
+    let out = Events::new(infrastructure_id, &identity);
     match command {
         C::RegisterComputeResource { spec, .. } => register(state, out, spec),
         C::DecommissionComputeResource { resource, .. } => decommission(state, out, resource),

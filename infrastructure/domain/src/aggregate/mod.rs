@@ -117,8 +117,7 @@ pub struct InfrastructureAggregate {
     connections: BTreeMap<ConnectionId, ConnectionSpec>,
     software: BTreeMap<SoftwareId, SoftwareConfiguration>,
     policies: BTreeMap<PolicyId, PolicyRule>,
-    /// Events applied so far: the position of the next event, which goes into its id so that
-    /// two commands sent with one identity never produce the same event ids.
+    /// Events applied so far (the aggregate's version).
     #[serde(default)]
     applied: u64,
 }
