@@ -8,10 +8,10 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use chrono::Utc;
 
-use crate::error::{StoreError, StoreErrorKind};
 use crate::event::{EventId, NatsEvent, Position};
 use crate::identity::{CausationId, MessageIdentity};
 use crate::store::{ExpectedVersion, NewEvent};
+use crate::store::{StoreError, StoreErrorKind};
 use crate::subject::AggregateId;
 
 /// Encodes the events one command decided for one aggregate, in place: each event gets its id,

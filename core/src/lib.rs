@@ -41,6 +41,7 @@ pub mod snapshot;
 pub mod store;
 pub mod subject;
 pub mod subscriber;
+pub mod typed;
 
 #[cfg(feature = "jetstream")]
 pub mod jetstream;
@@ -51,24 +52,26 @@ pub mod testing;
 pub use aggregate::Aggregate;
 pub use encode::encode_events;
 pub use envelope::{Envelope, StoredEvent, StreamSequence};
-pub use error::{Error, SetupError, SetupErrorKind, StoreError, StoreErrorKind};
-pub use error::{SubscriberError, SubscriberErrorKind};
+pub use error::Error;
 pub use event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError, Upcaster};
 pub use id::IdParseError;
 pub use identity::{CausationId, CorrelationId, MessageId, MessageIdentity};
+#[cfg(feature = "jetstream")]
+pub use jetstream::{SetupError, SetupErrorKind, SubscriberError, SubscriberErrorKind};
 pub use projection::{replay, OnUnreadable, Projection, ProjectionError};
 pub use publisher::EventPublisher;
 pub use repository::{CommandError, CommandOutcome, Loaded, Repository};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotStore};
 pub use store::{
-    decode_envelope, AppendResult, EventStore, EventStoreExt, EventStream, ExpectedVersion,
-    NewEvent, ReadFrom,
+    AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom, StoreError,
+    StoreErrorKind, MAX_EVENTS_PER_APPEND,
 };
 pub use subject::{AggregateId, InvalidSubject, Subject};
 pub use subscriber::{
     AsyncFnHandler, Delivery, EventHandler, FnEventHandler, HandlerError, HandlerResultExt,
     TypedHandler,
 };
+pub use typed::{decode_envelope, EventStoreExt};
 
 /// `#[derive(NatsEvent)]`: implements [`NatsEvent`] for a domain event enum.
 #[cfg(feature = "derive")]

@@ -8,13 +8,12 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 
 use crate::envelope::{StoredEvent, StreamSequence};
-use crate::error::{StoreError, StoreErrorKind};
 use crate::event::EventId;
-use crate::store::{AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom};
-use crate::subject::{validate_subject, AggregateId, Subject};
-
-/// Most events one append may carry, as on JetStream.
-const MAX_EVENTS_PER_APPEND: usize = 1000;
+use crate::store::{
+    check_append, AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom,
+};
+use crate::store::{StoreError, StoreErrorKind};
+use crate::subject::AggregateId;
 
 /// An event store in memory with the semantics of the JetStream store: optimistic concurrency
 /// with the same errors, idempotent appends by event id, atomic multi-event appends, one global
@@ -112,41 +111,8 @@ impl EventStore for InMemoryEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         let invalid = |why: String| Err(StoreError::new(StoreErrorKind::InvalidAppend(why)));
-        if events.is_empty() {
-            return invalid("no events to append".to_owned());
-        }
-        if events.len() > MAX_EVENTS_PER_APPEND {
-            return invalid(format!(
-                "{} events in one append; at most {MAX_EVENTS_PER_APPEND}",
-                events.len()
-            ));
-        }
-        let mut subjects = Vec::with_capacity(events.len());
-        for e in &events {
-            validate_subject(&e.routing_subject, false)
-                .map_err(|err| StoreError::with_source(StoreErrorKind::InvalidSubject, err))?;
-            subjects.push(Subject::for_event(&e.routing_subject, aggregate_id));
-        }
-        let domain = events[0]
-            .routing_subject
-            .split('.')
-            .next()
-            .unwrap_or_default();
         let mut state = self.lock();
-        if let Some(other) = events
-            .iter()
-            .find(|e| e.routing_subject.split('.').next() != Some(domain))
-        {
-            return invalid(format!(
-                "events of one append must share the domain: {:?} and {:?}",
-                events[0].routing_subject, other.routing_subject
-            ));
-        }
-        if let Some(d) = &state.domain {
-            if d != domain {
-                return invalid(format!("this store holds domain {d:?}, not {domain:?}"));
-            }
-        }
+        let checked = check_append(aggregate_id, &events, state.domain.as_deref())?;
         let actual = state.version(aggregate_id);
         // A retry of events already stored succeeds with the original result.
         if let Some(&i) = state.ids.get(&events[0].event_id) {
@@ -177,8 +143,8 @@ impl EventStore for InMemoryEventStore {
         let now = Utc::now();
         let base = actual.unwrap_or(0);
         let mut sequences = Vec::with_capacity(events.len());
-        state.domain.get_or_insert_with(|| domain.to_owned());
-        for (i, (event, subject)) in events.into_iter().zip(subjects).enumerate() {
+        state.domain.get_or_insert(checked.domain);
+        for (i, (event, subject)) in events.into_iter().zip(checked.subjects).enumerate() {
             let index = state.events.len();
             let sequence = StreamSequence(index as u64 + 1);
             sequences.push(sequence);

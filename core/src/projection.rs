@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use crate::envelope::{Envelope, StreamSequence};
-use crate::error::{StoreError, StoreErrorKind};
 use crate::event::NatsEvent;
-use crate::store::{EventStore, EventStoreExt, ReadFrom};
+use crate::store::{EventStore, ReadFrom};
+use crate::store::{StoreError, StoreErrorKind};
+use crate::typed::EventStoreExt;
 
 /// Why a projection could not apply an event, or a runner stopped.
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +130,8 @@ pub async fn replay<P: Projection>(
                 last = envelope.sequence();
             }
             Err(e) => match (on_unreadable, e.kind()) {
-                (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { sequence, reason }) => {
-                    tracing::warn!(projection = P::NAME, sequence, %reason, "skipping an unreadable event");
+                (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { sequence, .. }) => {
+                    tracing::warn!(projection = P::NAME, sequence, error = %e, "skipping an unreadable event");
                     last = StreamSequence(*sequence);
                 }
                 _ => {

@@ -8,10 +8,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::encode::encode_events;
-use crate::error::{StoreError, StoreErrorKind};
 use crate::event::NatsEvent;
 use crate::identity::MessageIdentity;
 use crate::store::{AppendResult, EventStore, ExpectedVersion};
+use crate::store::{StoreError, StoreErrorKind};
 use crate::subject::AggregateId;
 
 /// Publishes typed domain events to an [`EventStore`] with optimistic concurrency.

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use crate::aggregate::Aggregate;
 use crate::encode::encode_events;
 use crate::envelope::StreamSequence;
-use crate::error::{StoreError, StoreErrorKind};
 use crate::event::NatsEvent;
 use crate::identity::MessageIdentity;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{AppendResult, EventStore, ExpectedVersion};
+use crate::store::{StoreError, StoreErrorKind};
 use crate::subject::AggregateId;
 
 /// An aggregate as loaded: its state, its version and the stream sequence of its last event.
@@ -257,12 +257,9 @@ impl<A: Aggregate> Repository<A> {
             )
             .await?;
         for stored in events {
-            let event = stored.decode::<A::Event>().map_err(|e| {
-                StoreError::new(StoreErrorKind::Decode {
-                    sequence: stored.stream_sequence.0,
-                    reason: e.to_string(),
-                })
-            })?;
+            let event = stored
+                .decode::<A::Event>()
+                .map_err(|e| crate::typed::undecodable::<A::Event>(&stored, e))?;
             loaded.state.apply(&event);
             loaded.version = stored.aggregate_version;
             loaded.sequence = stored.stream_sequence;

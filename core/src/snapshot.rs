@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::StreamSequence;
-use crate::error::StoreError;
+use crate::store::StoreError;
 use crate::subject::AggregateId;
 
 /// An aggregate's state at a version, stamped with the stream sequence of its last event and the

@@ -8,11 +8,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
-use crate::envelope::{Envelope, StoredEvent, StreamSequence};
-use crate::error::{StoreError, StoreErrorKind};
+use crate::envelope::{StoredEvent, StreamSequence};
+use crate::error::Error;
 use crate::event::{EventId, NatsEvent};
 use crate::identity::{CausationId, CorrelationId, MessageIdentity};
-use crate::subject::AggregateId;
+use crate::subject::{validate_subject, AggregateId, Subject};
 
 /// The version an append expects the aggregate to be at.
 ///
@@ -93,7 +93,7 @@ impl NewEvent {
     /// are those of the identity the event carries (the field marked
     /// `#[nats_event(identity)]`, see [`NatsEvent::message_identity`]), if any.
     ///
-    /// The typed appends (the repository, the publisher, [`EventStoreExt::append_events`]) use
+    /// The typed appends (the repository, the publisher, [`crate::EventStoreExt::append_events`]) use
     /// [`crate::encode_events`] instead, which derives the ids from the command.
     ///
     /// # Errors
@@ -145,6 +145,81 @@ impl NewEvent {
         self.timestamp = timestamp;
         self
     }
+}
+
+/// Most events one append may carry: the server's limit for an atomic batch.
+pub const MAX_EVENTS_PER_APPEND: usize = 1000;
+
+/// An append that passed [`check_append`]: its domain, the scope of its aggregate's events
+/// and the subject of each event.
+#[derive(Debug)]
+pub(crate) struct CheckedAppend {
+    /// The domain (the first subject token) of every event.
+    pub(crate) domain: String,
+    /// `{domain}.*.*.{aggregate_id}` ([`Subject::aggregate_scope`]), the scope of the
+    /// JetStream store's expectation.
+    #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
+    pub(crate) scope: String,
+    /// Each event's stored subject.
+    pub(crate) subjects: Vec<Subject>,
+}
+
+/// The checks every store makes of an append before writing anything, the same for all: at
+/// least one event and at most [`MAX_EVENTS_PER_APPEND`]; every routing subject a valid
+/// `{domain}.{aggregate}.{operation}` (three tokens, no wildcard); one domain for all of them,
+/// and `domain` when the store holds one already.
+///
+/// # Errors
+///
+/// [`StoreErrorKind::InvalidAppend`] or [`StoreErrorKind::InvalidSubject`], saying why.
+pub(crate) fn check_append(
+    aggregate_id: &AggregateId,
+    events: &[NewEvent],
+    domain: Option<&str>,
+) -> Result<CheckedAppend, StoreError> {
+    let invalid = |why: String| Err(StoreError::new(StoreErrorKind::InvalidAppend(why)));
+    let Some(first) = events.first() else {
+        return invalid("no events to append".to_owned());
+    };
+    if events.len() > MAX_EVENTS_PER_APPEND {
+        return invalid(format!(
+            "{} events in one append; at most {MAX_EVENTS_PER_APPEND}",
+            events.len()
+        ));
+    }
+    let own = first.routing_subject.split('.').next().unwrap_or_default();
+    if let Some(domain) = domain {
+        if domain != own {
+            return invalid(format!(
+                "this store holds domain {domain:?}, not {own:?} ({:?})",
+                first.routing_subject
+            ));
+        }
+    }
+    let mut subjects = Vec::with_capacity(events.len());
+    for event in events {
+        validate_subject(&event.routing_subject, false)
+            .map_err(|e| StoreError::with_source(StoreErrorKind::InvalidSubject, e))?;
+        let mut tokens = event.routing_subject.split('.');
+        if tokens.next() != Some(own) {
+            return invalid(format!(
+                "events of one append must share the domain: {:?} and {:?}",
+                first.routing_subject, event.routing_subject
+            ));
+        }
+        if tokens.count() != 2 {
+            return invalid(format!(
+                "routing subject {:?} is not {{domain}}.{{aggregate}}.{{operation}}",
+                event.routing_subject
+            ));
+        }
+        subjects.push(Subject::for_event(&event.routing_subject, aggregate_id));
+    }
+    Ok(CheckedAppend {
+        domain: own.to_owned(),
+        scope: Subject::aggregate_scope(own, aggregate_id),
+        subjects,
+    })
 }
 
 /// What an append stored.
@@ -287,81 +362,143 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     }
 }
 
-fn decode_error(event: &StoredEvent, e: &crate::event::DecodeError) -> StoreError {
-    StoreError::new(StoreErrorKind::Decode {
-        sequence: event.stream_sequence.0,
-        reason: e.to_string(),
-    })
-}
+/// Errors of event-store operations: appends and reads.
+pub type StoreError = Error<StoreErrorKind>;
 
-/// Decodes a stored event into an envelope of `E`; a failure is a [`StoreErrorKind::Decode`]
-/// naming the event's stream sequence.
-///
-/// # Errors
-///
-/// [`StoreErrorKind::Decode`].
-pub fn decode_envelope<E: NatsEvent>(event: StoredEvent) -> Result<Envelope<E>, StoreError> {
-    match event.decode::<E>() {
-        Ok(decoded) => Ok(Envelope {
-            event: decoded,
-            stored: event,
-        }),
-        Err(e) => Err(decode_error(&event, &e)),
-    }
-}
-
-/// Typed operations on any [`EventStore`], for a domain event enum `E`.
-#[async_trait]
-pub trait EventStoreExt: EventStore {
-    /// Encodes and appends the events of one command ([`crate::encode_events`]: ids derived
-    /// from the command, the aggregate and what was decided; the command's identity as
-    /// correlation, causation and actor for events that do not carry their own).
-    ///
-    /// # Errors
-    ///
-    /// As [`EventStore::append`]; [`StoreErrorKind::InvalidAppend`] for an event that names
-    /// another aggregate; [`StoreErrorKind::Encode`].
-    async fn append_events<E: NatsEvent + Clone>(
-        &self,
-        aggregate_id: &AggregateId,
+/// What went wrong in an event-store operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The aggregate was not at the version the caller expected: another writer got there first.
+    WrongExpectedVersion {
+        /// The aggregate.
+        aggregate_id: AggregateId,
+        /// What the caller expected.
         expected: ExpectedVersion,
-        events: &[E],
-        identity: Option<&MessageIdentity>,
-    ) -> Result<AppendResult, StoreError> {
-        let mut events = events.to_vec();
-        let new = crate::encode::encode_events(aggregate_id, expected, &mut events, identity)?;
-        self.append(aggregate_id, expected, new).await
-    }
+        /// The aggregate's version when the append was refused (`None`: it has no events).
+        actual: Option<u64>,
+    },
+    /// A subject or token built from the caller's data is not a valid NATS subject token.
+    InvalidSubject,
+    /// The append was empty, mixed aggregates, or was otherwise malformed.
+    InvalidAppend(String),
+    /// An event could not be encoded to JSON.
+    Encode,
+    /// A stored message could not be decoded into an event.
+    Decode {
+        /// Stream sequence of the message.
+        sequence: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The event is larger than the server's `max_payload`.
+    PayloadTooLarge {
+        /// Size of the message (payload and headers) in bytes.
+        size: usize,
+        /// The server's limit in bytes.
+        max: usize,
+    },
+    /// The stream reached one of its limits; with discard policy `New` it refuses appends
+    /// rather than dropping old history.
+    StreamFull,
+    /// The stream does not exist (it was deleted after the store was created).
+    StreamNotFound,
+    /// The stream exists, but nothing took the request: its leader is being elected, or the
+    /// servers holding it are down (or its subjects were changed under the store). Transient
+    /// in the first two cases: retry ([`StoreError::is_transient`]).
+    Unavailable {
+        /// The stream.
+        stream: String,
+    },
+    /// The connection's user is not permitted to publish to (or receive from) this subject, as
+    /// its permissions say; the error's source names the user and the rule.
+    PermissionDenied {
+        /// The refused subject.
+        subject: String,
+    },
+    /// The server answered something this client cannot make sense of (a malformed reply, an
+    /// acknowledgement that contradicts the request): a fault of the server or of something
+    /// between, not of the caller.
+    UnexpectedAnswer(String),
+    /// An operation on a KV bucket (snapshots, checkpoints) failed; the source says how.
+    Bucket {
+        /// The bucket.
+        bucket: String,
+    },
+    /// The server did not answer in time.
+    TimedOut,
+    /// The server refused the operation with a JetStream error.
+    Server {
+        /// JetStream error code (`err_code`), 0 if the server gave none.
+        code: u64,
+        /// The server's description.
+        description: String,
+    },
+    /// Talking to the server failed.
+    Connection,
+}
 
-    /// Reads and decodes one aggregate's events after `after_version`.
-    ///
-    /// # Errors
-    ///
-    /// As [`EventStore::read_aggregate`]; a [`StoreErrorKind::Decode`] naming the sequence of an
-    /// event `E` cannot decode.
-    async fn load_events<E: NatsEvent>(
-        &self,
-        aggregate_id: &AggregateId,
-        after_version: u64,
-    ) -> Result<Vec<Envelope<E>>, StoreError> {
-        self.read_aggregate_routed(aggregate_id, E::SUBJECTS, after_version, StreamSequence(0))
-            .await?
-            .into_iter()
-            .map(decode_envelope)
-            .collect()
-    }
-
-    /// Every event of the store decoded as `E`, in order; an event that cannot be read or decoded
-    /// is an `Err` item naming its sequence, and the stream goes on after it.
-    fn stream_events<E: NatsEvent>(
-        &self,
-        from: ReadFrom,
-    ) -> BoxStream<'_, Result<Envelope<E>, StoreError>> {
-        use futures::StreamExt;
-        self.stream(from)
-            .map(|item| item.and_then(decode_envelope))
-            .boxed()
+impl fmt::Display for StoreErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::WrongExpectedVersion {
+                aggregate_id,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "wrong expected version of aggregate {aggregate_id}: expected {expected}, actual "
+                )?;
+                match actual {
+                    Some(v) => write!(f, "{v}"),
+                    None => write!(f, "no stream"),
+                }
+            }
+            Self::InvalidSubject => write!(f, "invalid subject"),
+            Self::InvalidAppend(why) => write!(f, "invalid append: {why}"),
+            Self::Encode => write!(f, "event could not be encoded"),
+            Self::Decode { sequence, reason } => {
+                write!(f, "stored message at sequence {sequence} could not be decoded: {reason}")
+            }
+            Self::PayloadTooLarge { size, max } => write!(
+                f,
+                "message of {size} bytes exceeds the server's max_payload of {max} bytes"
+            ),
+            Self::StreamFull => write!(
+                f,
+                "stream is full: a limit (max messages, bytes or age) is reached and the store never drops history"
+            ),
+            Self::StreamNotFound => write!(f, "stream not found"),
+            Self::Unavailable { stream } => write!(
+                f,
+                "stream {stream} exists but nothing answered for it (no leader at the moment, \
+                 or its servers are down); retry"
+            ),
+            Self::UnexpectedAnswer(what) => write!(f, "unexpected answer from the server: {what}"),
+            Self::Bucket { bucket } => write!(f, "KV bucket {bucket:?}"),
+            Self::PermissionDenied { subject } => {
+                write!(f, "permission denied for subject {subject:?}")
+            }
+            Self::TimedOut => write!(f, "timed out waiting for the server"),
+            Self::Server { code, description } => {
+                write!(f, "server error {code}: {description}")
+            }
+            Self::Connection => write!(f, "connection to the server failed"),
+        }
     }
 }
 
-impl<T: EventStore + ?Sized> EventStoreExt for T {}
+impl StoreError {
+    /// Is this worth retrying as it is: the server did not answer in time, the connection
+    /// failed, or the stream has no leader at the moment? A version conflict is not (decide
+    /// again on a fresh load), nor is invalid input.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind(),
+            StoreErrorKind::TimedOut
+                | StoreErrorKind::Connection
+                | StoreErrorKind::Unavailable { .. }
+        )
+    }
+}

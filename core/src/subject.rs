@@ -233,6 +233,17 @@ impl Subject {
         Self(s)
     }
 
+    /// The subjects of all of one aggregate's events, `{domain}.*.*.{aggregate_id}`: the scope of
+    /// the store's concurrency check (`Nats-Expected-Last-Subject-Sequence-Subject`) and of the
+    /// last-event lookup. The one place this filter is written.
+    pub fn aggregate_scope(domain: &str, aggregate_id: &AggregateId) -> String {
+        let mut s = String::with_capacity(domain.len() + 5 + aggregate_id.as_str().len());
+        s.push_str(domain);
+        s.push_str(".*.*.");
+        s.push_str(aggregate_id.as_str());
+        s
+    }
+
     /// The subject as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

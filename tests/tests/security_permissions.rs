@@ -107,7 +107,9 @@ async fn an_append_a_deny_rule_refuses_fails_at_once_with_permission_denied() {
     println!("append refused by a deny rule: {took:?}: {err}");
     assert_eq!(
         err.kind(),
-        &StoreErrorKind::PermissionDenied("shop.order.placed.o1".to_owned())
+        &StoreErrorKind::PermissionDenied {
+            subject: "shop.order.placed.o1".to_owned()
+        }
     );
     let text = err.to_string();
     for needle in [

@@ -247,12 +247,17 @@ async fn typed_reads_name_the_sequence_of_what_they_cannot_decode() {
         .await
         .unwrap_err();
     match err.kind() {
-        StoreErrorKind::Decode { sequence, reason } => {
+        StoreErrorKind::Decode { sequence, .. } => {
             assert_eq!(*sequence, 3);
+            // The cause is kept as the error's source, and shown.
+            let source = std::error::Error::source(&err).expect("the decode error's cause");
             assert!(
-                reason.contains("unknown event type \"Exploded\""),
-                "{reason}"
+                source
+                    .to_string()
+                    .contains("unknown event type \"Exploded\""),
+                "{source}"
             );
+            assert!(err.to_string().contains("unknown event type"), "{err}");
         }
         other => panic!("{other:?}"),
     }
@@ -264,7 +269,8 @@ async fn typed_reads_name_the_sequence_of_what_they_cannot_decode() {
     assert!(items[0].is_ok() && items[1].is_ok());
     let err = items[3].as_ref().unwrap_err();
     assert!(
-        matches!(err.kind(), StoreErrorKind::Decode { sequence: 4, reason } if reason.contains("invalid payload")),
+        matches!(err.kind(), StoreErrorKind::Decode { sequence: 4, .. })
+            && err.to_string().contains("invalid payload"),
         "{err}"
     );
 }

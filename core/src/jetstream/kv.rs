@@ -6,8 +6,9 @@ use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::error::{SetupError, SetupErrorKind, StoreError, StoreErrorKind};
+use crate::jetstream::setup::{SetupError, SetupErrorKind};
 use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::store::{StoreError, StoreErrorKind};
 use crate::subject::AggregateId;
 
 /// A KV key for `(kind, id)`: `{kind}.r.{id}` when both are made of KV key characters, else
@@ -61,9 +62,8 @@ pub(crate) async fn open_bucket(
         // Another process may have created it meanwhile.
         Err(e) => context.get_key_value(bucket).await.map_err(|_| {
             SetupError::with_source(
-                SetupErrorKind::Server {
-                    code: 0,
-                    description: format!("cannot open KV bucket {bucket:?}"),
+                SetupErrorKind::Bucket {
+                    bucket: bucket.to_owned(),
                 },
                 e,
             )
@@ -102,11 +102,10 @@ impl KvSnapshotStore {
     }
 }
 
-fn kv_error(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+fn kv_error(bucket: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::with_source(
-        StoreErrorKind::Server {
-            code: 0,
-            description: "snapshot bucket".to_owned(),
+        StoreErrorKind::Bucket {
+            bucket: bucket.to_owned(),
         },
         e,
     )
@@ -120,7 +119,12 @@ impl SnapshotStore for KvSnapshotStore {
         aggregate_id: &AggregateId,
     ) -> Result<Option<Snapshot>, StoreError> {
         let key = kv_key(aggregate_type, aggregate_id.as_str());
-        let Some(value) = self.bucket.get(key).await.map_err(kv_error)? else {
+        let Some(value) = self
+            .bucket
+            .get(key)
+            .await
+            .map_err(|e| kv_error(&self.name, e))?
+        else {
             return Ok(None);
         };
         match serde_json::from_slice::<Snapshot>(&value) {
@@ -139,7 +143,7 @@ impl SnapshotStore for KvSnapshotStore {
         self.bucket
             .put(key, Bytes::from(value))
             .await
-            .map_err(kv_error)?;
+            .map_err(|e| kv_error(&self.name, e))?;
         Ok(())
     }
 }

@@ -8,13 +8,19 @@ mod order;
 mod projection;
 mod read;
 mod reader;
-mod server;
+pub mod setup;
 mod store;
 
+pub use crate::store::MAX_EVENTS_PER_APPEND;
 pub use config::{Storage, StoreConfig};
 pub use kv::KvSnapshotStore;
 pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
-pub use server::{check_server_info, ServerVersion, ACCEPTED_SERVER_VERSIONS};
-pub use store::{JetStreamEventStore, MAX_EVENTS_PER_APPEND};
+pub use setup::{
+    check_server_info, ServerVersion, SetupError, SetupErrorKind, ACCEPTED_SERVER_VERSIONS,
+};
+pub use store::JetStreamEventStore;
 pub mod subscriber;
-pub use subscriber::{EventSubscriber, EventSubscriberBuilder, SubscriptionHandle};
+pub use subscriber::{
+    EventSubscriber, EventSubscriberBuilder, SubscriberError, SubscriberErrorKind,
+    SubscriptionHandle,
+};

@@ -16,7 +16,6 @@ use tokio::sync::{watch, RwLock, RwLockReadGuard};
 use tokio::task::JoinHandle;
 
 use crate::envelope::StreamSequence;
-use crate::error::{StoreError, StoreErrorKind};
 use crate::event::NatsEvent;
 use crate::jetstream::api::{self, codes, Answer, Published};
 use crate::jetstream::kv::{kv_key, open_bucket};
@@ -25,7 +24,8 @@ use crate::jetstream::read::decode_in_order;
 use crate::jetstream::reader::{OrderedReader, Progress, ReadSpec, Start};
 use crate::jetstream::store::JetStreamEventStore;
 use crate::projection::{OnUnreadable, Projection, ProjectionError};
-use crate::store::decode_envelope;
+use crate::store::{StoreError, StoreErrorKind};
+use crate::typed::decode_envelope;
 
 /// How a runner checkpoints and what it does with unreadable events.
 #[derive(Debug, Clone)]
@@ -134,12 +134,11 @@ impl ProjectionRunner {
         P: Projection + Default + Serialize + DeserializeOwned,
     {
         let name = P::NAME.to_owned();
-        let setup = |e: crate::error::SetupError| ProjectionError::Store {
+        let setup = |e: crate::jetstream::setup::SetupError| ProjectionError::Store {
             projection: name.clone(),
             source: StoreError::with_source(
-                StoreErrorKind::Server {
-                    code: 0,
-                    description: "checkpoint bucket".to_owned(),
+                StoreErrorKind::Bucket {
+                    bucket: options.bucket.clone(),
                 },
                 e,
             ),
@@ -350,22 +349,26 @@ where
                 Err(Refused::Permanent(reason)) => {
                     return Err(ProjectionError::Store {
                         projection: self.name.clone(),
-                        source: StoreError::new(StoreErrorKind::Server {
-                            code: 0,
-                            description: format!("checkpoint not written: {reason}"),
-                        }),
+                        source: StoreError::with_source(
+                            StoreErrorKind::Bucket {
+                                bucket: self.options.bucket.clone(),
+                            },
+                            format!("checkpoint not written: {reason}"),
+                        ),
                     });
                 }
                 Err(Refused::Failed(reason)) => {
                     if tokio::time::Instant::now() + pause > deadline {
                         return Err(ProjectionError::Store {
                             projection: self.name.clone(),
-                            source: StoreError::new(StoreErrorKind::Server {
-                                code: 0,
-                                description: format!(
+                            source: StoreError::with_source(
+                                StoreErrorKind::Bucket {
+                                    bucket: self.options.bucket.clone(),
+                                },
+                                format!(
                                     "checkpoint not written (retried for {CHECKPOINT_RETRY_FOR:?}): {reason}"
                                 ),
-                            }),
+                            ),
                         });
                     }
                     tracing::warn!(projection = %self.name, sequence, error = %reason, retry_in = ?pause,
@@ -472,12 +475,14 @@ where
                                 state.apply(&envelope).await?;
                             }
                             Err(e) => match (self.options.on_unreadable, e.kind()) {
-                                (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { reason, .. }) => {
+                                (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { .. }) => {
+                                    // The whole error, with its cause.
+                                    let reason = e.to_string();
                                     tracing::warn!(projection = %self.name, sequence, %reason,
                                         "skipping an unreadable event");
                                     if let Ok(mut skipped) = self.shared.skipped.lock() {
                                         if skipped.len() < MAX_SKIPPED {
-                                            skipped.push(Skipped { sequence, reason: reason.clone() });
+                                            skipped.push(Skipped { sequence, reason });
                                         }
                                     }
                                 }

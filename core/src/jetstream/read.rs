@@ -8,12 +8,11 @@
 use futures::stream::{self, Stream};
 
 use crate::envelope::StoredEvent;
-use crate::error::StoreError;
 use crate::jetstream::codec::{decode_stored, RawMessage};
 use crate::jetstream::order::VersionOrder;
 use crate::jetstream::reader::{OrderedReader, ReadSpec, Start};
-use crate::jetstream::store::JetStreamEventStore;
 use crate::store::ReadFrom;
+use crate::store::StoreError;
 
 /// Where a read of the stream starts, as a reader's start.
 pub(crate) fn start_of(from: ReadFrom) -> Start {
@@ -29,17 +28,19 @@ pub(crate) fn start_of(from: ReadFrom) -> Start {
 /// item naming its sequence; reading goes on after it. No message is skipped without an item:
 /// the reader checks that every delivery follows the one before.
 pub(crate) fn stream_all(
-    store: JetStreamEventStore,
+    client: async_nats::Client,
+    stream: String,
+    timeout: std::time::Duration,
     from: ReadFrom,
 ) -> impl Stream<Item = Result<StoredEvent, StoreError>> + Send + 'static {
     let reader = OrderedReader::start(
-        store.client().clone(),
+        client,
         ReadSpec {
-            stream: store.stream_name().to_owned(),
+            stream,
             filter: None,
             start: start_of(from),
             follow: false,
-            timeout: store.request_timeout(),
+            timeout,
         },
     );
     let state = (
@@ -76,7 +77,7 @@ pub(crate) fn decode_in_order(
             event.aggregate_version,
         )
         .map_err(|reason| {
-            StoreError::new(crate::error::StoreErrorKind::Decode {
+            StoreError::new(crate::store::StoreErrorKind::Decode {
                 sequence: event.stream_sequence.0,
                 reason,
             })

@@ -30,9 +30,9 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::error::{StoreError, StoreErrorKind};
 use crate::jetstream::api::{self, MsgGet};
 use crate::jetstream::codec::RawMessage;
+use crate::store::{StoreError, StoreErrorKind};
 
 /// Messages asked for per pull request.
 const BATCH: usize = 5000;
@@ -578,7 +578,7 @@ impl Task {
 fn is_lasting(e: &StoreError) -> bool {
     matches!(
         e.kind(),
-        StoreErrorKind::StreamNotFound | StoreErrorKind::PermissionDenied(_)
+        StoreErrorKind::StreamNotFound | StoreErrorKind::PermissionDenied { .. }
     ) || matches!(e.kind(), StoreErrorKind::Server { code, .. } if *code != 0)
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_nats::Client;
 use serde::Deserialize;
 
-use crate::error::{SetupError, SetupErrorKind};
+use crate::jetstream::setup::{SetupError, SetupErrorKind};
 use crate::subject::subject_matches;
 
 /// How long a request may go unanswered before the user's permissions are asked for.

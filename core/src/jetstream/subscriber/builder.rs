@@ -8,9 +8,9 @@ use async_nats::Client;
 use chrono::{DateTime, Utc};
 
 use crate::envelope::StreamSequence;
-use crate::error::{SubscriberError, SubscriberErrorKind};
 use crate::jetstream::subscriber::dead_letter::DeadLetterConfig;
 use crate::jetstream::subscriber::EventSubscriber;
+use crate::jetstream::subscriber::{SubscriberError, SubscriberErrorKind};
 use crate::subject::{validate_subject, validate_token};
 use crate::subscriber::EventHandler;
 

@@ -31,10 +31,10 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
-use crate::error::{SubscriberError, SubscriberErrorKind};
 use crate::headers as h;
 use crate::jetstream::api::codes;
 use crate::jetstream::config::Storage;
+use crate::jetstream::subscriber::{SubscriberError, SubscriberErrorKind};
 use crate::subject::{subject_matches, validate_token};
 
 /// Header: the original event's `Nats-Msg-Id` (its event id).

@@ -9,8 +9,8 @@ use async_nats::jetstream;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::error::{SubscriberError, SubscriberErrorKind};
 use crate::jetstream::subscriber::setup::delete_consumer;
+use crate::jetstream::subscriber::{SubscriberError, SubscriberErrorKind};
 
 /// One consumer behind a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -68,6 +68,7 @@
 
 mod builder;
 pub mod dead_letter;
+mod error;
 mod handle;
 mod lanes;
 mod process;
@@ -83,13 +84,11 @@ use async_nats::jetstream;
 use async_nats::Client;
 use tokio::sync::watch;
 
-use crate::error::SubscriberError;
-#[cfg(doc)]
-use crate::error::SubscriberErrorKind;
 use crate::subscriber::EventHandler;
 
 pub use builder::{DeliverPolicy, EventSubscriberBuilder, DEFAULT_MAX_IN_FLIGHT};
 pub use dead_letter::DeadLetterConfig;
+pub use error::{SubscriberError, SubscriberErrorKind};
 pub use handle::{ShutdownTrigger, SubscribedConsumer, SubscriptionFuture, SubscriptionHandle};
 
 use builder::Options;

@@ -20,7 +20,7 @@ use async_nats::{StatusCode, Subscriber};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::error::SubscriberErrorKind;
+use crate::jetstream::subscriber::SubscriberErrorKind;
 
 /// How long one pull request waits on the server.
 const EXPIRES: Duration = Duration::from_secs(1);

@@ -13,12 +13,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::error::{SubscriberError, SubscriberErrorKind};
-use crate::headers as h;
+use crate::jetstream::codec;
 use crate::jetstream::subscriber::lanes::{Lanes, Offer, Retry};
 use crate::jetstream::subscriber::process::{ConsumerContext, Done, Outcome};
 use crate::jetstream::subscriber::pull::{Pulled, Puller};
 use crate::jetstream::subscriber::recover::{self, Check, Continuity, Recovery};
+use crate::jetstream::subscriber::{SubscriberError, SubscriberErrorKind};
 
 /// How often an idle subscription looks whether the client reconnected (deliveries may then
 /// have been lost on the way).
@@ -29,16 +29,9 @@ const RETRY_GRACE: Duration = Duration::from_secs(5);
 /// again, so that they come back after it.
 const ORDER_MARGIN: Duration = Duration::from_secs(1);
 
-/// The ordering key of a message: its aggregate id (header, else the subject's last token).
+/// The ordering key of a message: its aggregate id (see `codec::aggregate_key`).
 fn ordering_key(message: &jetstream::Message) -> Arc<str> {
-    if let Some(id) = message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get(h::AGGREGATE_ID))
-    {
-        return Arc::from(id.as_str());
-    }
-    Arc::from(message.subject.rsplit('.').next().unwrap_or_default())
+    codec::aggregate_key(message.headers.as_ref(), &message.subject)
 }
 
 /// Reports progress (`+WPI`) for every held message a few times per ack wait, so the server

@@ -9,10 +9,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{SubscriberError, SubscriberErrorKind};
 use crate::jetstream::api::permissions::{self, Denied, Need, SUSPECT_AFTER};
 use crate::jetstream::api::ApiError;
 use crate::jetstream::subscriber::builder::{DeliverPolicy, Options};
+use crate::jetstream::subscriber::{SubscriberError, SubscriberErrorKind};
 
 /// How long a JetStream API request may take.
 pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,10 +56,7 @@ fn denied_error(denied: Denied) -> SubscriberError {
 }
 
 fn jetstream_disabled() -> SubscriberError {
-    SubscriberError::new(SubscriberErrorKind::Server {
-        code: 0,
-        description: "JetStream is not enabled on the server".to_owned(),
-    })
+    SubscriberError::new(SubscriberErrorKind::JetStreamDisabled)
 }
 
 /// A JetStream API request whose reply comes to a new inbox of its own, the kind of subject a

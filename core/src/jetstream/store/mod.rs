@@ -1,0 +1,276 @@
+//! [`JetStreamEventStore`]: the event store on a JetStream stream.
+//!
+//! The store's jobs are its files: [`append`] (the append protocol: expectations, atomic
+//! batches, recognising retries), [`load`] (reading one aggregate, and the last event of one),
+//! [`position`] (the positions of recently appended aggregates, so an append skips a lookup),
+//! [`provision`] (waiting for the connection, checking the server, creating the stream).
+//! What a stored message looks like is `codec.rs`'s business alone.
+
+mod append;
+mod load;
+mod position;
+mod provision;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::Client;
+use async_trait::async_trait;
+
+use crate::envelope::{StoredEvent, StreamSequence};
+use crate::jetstream::api;
+use crate::jetstream::config::StoreConfig;
+use crate::jetstream::setup::check_server_info;
+use crate::jetstream::setup::SetupError;
+#[cfg(doc)]
+use crate::jetstream::setup::SetupErrorKind;
+use crate::store::{AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom};
+use crate::store::{StoreError, StoreErrorKind};
+use crate::subject::AggregateId;
+
+use position::Positions;
+pub(crate) use provision::wait_connected;
+
+/// Atomic batches one store sends at once (the server's limit per stream is 50).
+const BATCHES_IN_FLIGHT: usize = 50;
+
+/// How long setting a store up waits for a client that is not connected yet.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// An event store on a JetStream stream.
+///
+/// Each event is one message on `{domain}.{aggregate}.{operation}.{aggregate_id}` with its JSON as
+/// body and its metadata in headers (see [`crate::headers`]). Concurrency is checked by the server:
+/// every append carries `Nats-Expected-Last-Subject-Sequence` for the aggregate's subjects
+/// `{domain}.*.*.{aggregate_id}`. Events of one append are stored atomically (a JetStream atomic
+/// batch when there are several). Retries are recognised by event id (`Nats-Msg-Id`) within the
+/// stream's duplicate window, and by comparing ids after it.
+///
+/// Cheap to clone; clones share the connection and caches.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
+///
+/// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+/// let store = JetStreamEventStore::new(client, StoreConfig::for_domain("inventory")).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct JetStreamEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    context: jetstream::Context,
+    config: StoreConfig,
+    direct_subject: String,
+    timeout: Duration,
+    max_payload: usize,
+    positions: Positions,
+    /// Subjects (literal ones, and aggregate scopes) known to hold a message the client cannot
+    /// parse: they are read through the JSON API, which never breaks the connection.
+    unparseable: Mutex<std::collections::HashSet<String>>,
+    /// The server keeps at most 50 atomic batches per stream in flight; this store never
+    /// sends more.
+    batches: tokio::sync::Semaphore,
+}
+
+impl fmt::Debug for JetStreamEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamEventStore")
+            .field("stream", &self.inner.config.stream_name)
+            .field("subjects", &self.inner.config.subjects)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStreamEventStore {
+    /// Connects the store to its stream, creating the stream if it does not exist.
+    ///
+    /// Checks first that the server is of an accepted version
+    /// ([`crate::jetstream::ACCEPTED_SERVER_VERSIONS`]) with JetStream. A client that is not
+    /// connected yet (made with `ConnectOptions::retry_on_initial_connect`) is waited for, up to
+    /// 10 s. Creating is idempotent; an existing stream with other settings is left unchanged and
+    /// reported.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupErrorKind::ServerNotSupported`], [`SetupErrorKind::NotConnected`],
+    /// [`SetupErrorKind::JetStreamDisabled`],
+    /// [`SetupErrorKind::StreamConfigMismatch`], [`SetupErrorKind::SubjectsOverlap`],
+    /// [`SetupErrorKind::InvalidConfig`], or a server error.
+    pub async fn new(client: Client, config: impl Into<StoreConfig>) -> Result<Self, SetupError> {
+        let config = config.into();
+        config.validate()?;
+        wait_connected(&client, CONNECT_WAIT).await?;
+        let info = client.server_info();
+        check_server_info(&info)?;
+        let context = jetstream::new(client.clone());
+        // A user not permitted to use the JetStream API gets its requests dropped, not refused:
+        // find out and say so, rather than time out with no reason. Publishing to the domain's
+        // subjects is not checked here: a reader (projections, loads) needs no such permission,
+        // and an append refused by permissions says so itself.
+        let stream_info = format!("$JS.API.STREAM.INFO.{}", config.stream_name);
+        api::permissions::setup_through(
+            &client,
+            &stream_info,
+            provision::ensure_stream(&context, &config),
+        )
+        .await?;
+        let direct_subject = format!("$JS.API.DIRECT.GET.{}", config.stream_name);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                context,
+                config,
+                direct_subject,
+                timeout: Duration::from_secs(10),
+                max_payload: info.max_payload,
+                positions: Positions::default(),
+                unparseable: Mutex::new(std::collections::HashSet::new()),
+                batches: tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT),
+            }),
+        })
+    }
+
+    /// The store's configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> &str {
+        &self.inner.config.stream_name
+    }
+
+    /// The NATS client the store uses.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// How long the store waits for the server to answer one request.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// The JetStream context the store uses.
+    pub fn context(&self) -> &jetstream::Context {
+        &self.inner.context
+    }
+}
+
+#[async_trait]
+#[async_trait]
+impl EventStore for JetStreamEventStore {
+    async fn append(
+        &self,
+        aggregate_id: &AggregateId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let result = self.append_inner(aggregate_id, expected, events).await;
+        self.reclassify(result).await
+    }
+
+    async fn read_aggregate(
+        &self,
+        aggregate_id: &AggregateId,
+        after_version: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_aggregate_after(aggregate_id, after_version, StreamSequence(0))
+            .await
+    }
+
+    async fn read_aggregate_after(
+        &self,
+        aggregate_id: &AggregateId,
+        after_version: u64,
+        after_sequence: StreamSequence,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let result = self
+            .read_aggregate_after_inner(aggregate_id, after_version, after_sequence)
+            .await;
+        self.reclassify(result).await
+    }
+
+    async fn read_aggregate_routed(
+        &self,
+        aggregate_id: &AggregateId,
+        routing_subjects: &[&str],
+        after_version: u64,
+        after_sequence: StreamSequence,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let result = self
+            .read_aggregate_routed_inner(
+                aggregate_id,
+                routing_subjects,
+                after_version,
+                after_sequence,
+            )
+            .await;
+        self.reclassify(result).await
+    }
+
+    async fn aggregate_version(
+        &self,
+        aggregate_id: &AggregateId,
+    ) -> Result<Option<u64>, StoreError> {
+        let result = self.aggregate_version_inner(aggregate_id).await;
+        self.reclassify(result).await
+    }
+
+    fn stream(&self, from: ReadFrom) -> EventStream<'_> {
+        Box::pin(crate::jetstream::read::stream_all(
+            self.inner.client.clone(),
+            self.inner.config.stream_name.clone(),
+            self.inner.timeout,
+            from,
+        ))
+    }
+
+    async fn last_sequence(&self) -> Result<StreamSequence, StoreError> {
+        let result = self.last_sequence_inner().await;
+        self.reclassify(result).await
+    }
+}
+
+impl JetStreamEventStore {
+    /// "No responders" for an existing stream is not a missing stream: its leader is being
+    /// elected, or its servers are down. One STREAM.INFO request tells the two apart, on the
+    /// error path only.
+    async fn reclassify<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let Err(e) = result else {
+            return result;
+        };
+        let no_responders = matches!(e.kind(), StoreErrorKind::StreamNotFound)
+            && std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<async_nats::RequestError>())
+                .is_some_and(|r| r.kind() == async_nats::RequestErrorKind::NoResponders);
+        if !no_responders {
+            return Err(e);
+        }
+        let stream = &self.inner.config.stream_name;
+        match api::stream_state(&self.inner.client, stream, None, self.inner.timeout).await {
+            Err(info)
+                if matches!(info.kind(), StoreErrorKind::StreamNotFound) && {
+                    // The JetStream API itself answered that the stream is gone.
+                    std::error::Error::source(&info).is_none()
+                } =>
+            {
+                Err(e)
+            }
+            _ => Err(StoreError::with_source(
+                StoreErrorKind::Unavailable {
+                    stream: stream.clone(),
+                },
+                e,
+            )),
+        }
+    }
+}
