@@ -362,18 +362,16 @@ async fn main() -> Result<(), Error> {
     let mut last = StreamSequence(0);
     let mut events = 0;
     for command in plan.commands {
-        let outcome = repo.execute(&id, command, None).await?;
+        let outcome = repo.execute(&id, command).await?;
         events += outcome.events.len();
-        if let Some(seq) = outcome.append.as_ref().and_then(|a| a.last_sequence()) {
-            last = seq;
-        }
+        last = last.max(outcome.last_sequence());
     }
     let decommission = InfrastructureCommand::DecommissionComputeResource {
         infrastructure_id: plan.infra,
         resource: plan.doomed,
         identity: MessageIdentity::new_from_user("ops@datacentre"),
     };
-    let outcome = repo.execute(&id, decommission, None).await?;
+    let outcome = repo.execute(&id, decommission).await?;
     println!(
         "decommissioned web-03: {} events in one atomic append ({})",
         outcome.events.len(),
@@ -385,9 +383,7 @@ async fn main() -> Result<(), Error> {
             .join(", ")
     );
     events += outcome.events.len();
-    if let Some(seq) = outcome.append.as_ref().and_then(|a| a.last_sequence()) {
-        last = seq;
-    }
+    last = last.max(outcome.last_sequence());
 
     // Read your own writes: wait until the projection and the log have seen the last event.
     topology.wait_for(last, Duration::from_secs(30)).await?;

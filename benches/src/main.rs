@@ -454,10 +454,10 @@ async fn snapshot_case(client: &async_nats::Client, reps: usize, rows: &mut Vec<
     let long = AggregateId::new("long").expect("id");
     let short = AggregateId::new("short").expect("id");
     for i in 0..10_000i64 {
-        repo.execute(&long, i + 1, None).await.expect("command");
+        repo.execute(&long, i + 1).await.expect("command");
     }
     for i in 0..10i64 {
-        repo.execute(&short, i + 1, None).await.expect("command");
+        repo.execute(&short, i + 1).await.expect("command");
     }
     let (f, r) = latency(
         20,

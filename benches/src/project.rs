@@ -58,7 +58,7 @@ async fn fill_infrastructure(client: &async_nats::Client, infrastructures: usize
             headers.insert(h::MSG_ID, new.event_id.to_string().as_str());
             headers.insert(h::EVENT_TYPE, &*new.event_type);
             headers.insert(h::EVENT_VERSION, "1");
-            headers.insert(h::AGGREGATE_TYPE, &*new.aggregate_type);
+            headers.insert(h::AGGREGATE_TYPE, &*new.entity_kind);
             headers.insert(h::AGGREGATE_ID, id.as_str());
             headers.insert(h::AGGREGATE_VERSION, (i + 1).to_string().as_str());
             headers.insert(h::CONTENT_TYPE, h::JSON);

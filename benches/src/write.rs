@@ -22,7 +22,7 @@ pub(crate) fn sample_event(routing: &'static str) -> NewEvent {
         event_id: EventId::new(),
         event_type: "Recorded".into(),
         schema_version: 1,
-        aggregate_type: "book".into(),
+        entity_kind: "book".into(),
         routing_subject: routing.into(),
         payload: crate::payload(),
         timestamp: chrono::Utc::now(),
@@ -322,7 +322,7 @@ pub(crate) async fn commands(
         |i| {
             let (repo, id) = (&repo, &id);
             async move {
-                repo.execute(id, i as i64 + 1, None).await.expect("command");
+                repo.execute(id, i as i64 + 1).await.expect("command");
             }
         },
         |_| {
@@ -381,7 +381,7 @@ pub(crate) async fn commands(
                         for k in 0..per_task {
                             let a = mine[k % mine.len()];
                             let id = AggregateId::new(format!("m{a}")).expect("id");
-                            repo.execute(&id, 1, None).await.expect("command");
+                            repo.execute(&id, 1).await.expect("command");
                         }
                     });
                 }

@@ -34,7 +34,6 @@ use crate::event::NatsEvent;
 ///     type Event = AccountEvent;
 ///     type Command = u64;
 ///     type Error = ZeroAmount;
-///     const TYPE: &'static str = "account";
 ///
 ///     fn handle(&self, amount: u64) -> Result<Vec<AccountEvent>, ZeroAmount> {
 ///         if amount == 0 {
@@ -57,8 +56,10 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
     type Command: Send;
     /// Why a command is refused (invariants).
     type Error: std::error::Error + Send + Sync + 'static;
-    /// The aggregate type's name (for snapshots, logs and errors).
-    const TYPE: &'static str;
+    /// The aggregate type's name (for snapshot keys, logs and errors). By default the domain of
+    /// its events, right for a domain with one kind of aggregate; a domain with several names
+    /// each.
+    const TYPE: &'static str = <Self::Event as NatsEvent>::DOMAIN;
     /// Version of the snapshot encoding of the state.
     const SNAPSHOT_VERSION: u32 = 1;
 

@@ -129,7 +129,7 @@ pub fn encode_events<E: NatsEvent>(
             event_id,
             event_type: Cow::Borrowed(d.event_type),
             schema_version: d.version,
-            aggregate_type: Cow::Borrowed(d.aggregate),
+            entity_kind: Cow::Borrowed(d.entity_kind),
             routing_subject: Cow::Borrowed(d.subject),
             payload: Bytes::from(payload),
             timestamp,

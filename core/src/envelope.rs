@@ -50,7 +50,7 @@ pub struct StoredEvent {
     /// The subject it is stored on, `{domain}.{aggregate}.{operation}.{aggregate_id}`.
     pub subject: String,
     /// The entity kind (the subject's second token).
-    pub aggregate_type: String,
+    pub entity_kind: String,
     /// The aggregate instance.
     pub aggregate_id: AggregateId,
     /// The aggregate's version after this event (1 for its first event).

@@ -53,14 +53,14 @@ pub use aggregate::Aggregate;
 pub use encode::encode_events;
 pub use envelope::{Envelope, StoredEvent, StreamSequence};
 pub use error::Error;
-pub use event::{DecodeError, EventDescriptor, EventId, NatsEvent, UpcastError, Upcaster};
+pub use event::{DecodeError, EventDescriptor, EventId, NatsEvent, Schema, UpcastError, Upcaster};
 pub use id::IdParseError;
 pub use identity::{CausationId, CorrelationId, MessageId, MessageIdentity};
 #[cfg(feature = "jetstream")]
 pub use jetstream::{SetupError, SetupErrorKind, SubscriberError, SubscriberErrorKind};
 pub use projection::{replay, OnUnreadable, Projection, ProjectionError};
 pub use publisher::EventPublisher;
-pub use repository::{CommandError, CommandOutcome, Loaded, Repository};
+pub use repository::{CommandError, CommandOutcome, IntoEventStore, Loaded, Repository};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotStore};
 pub use store::{
     AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom, StoreError,
@@ -85,7 +85,8 @@ pub use cim_nats_macros::EntityId;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::event::{
-        DecodeError, EventDescriptor, EventId, EventIdField, IdentityField, NatsEvent, UpcastError,
+        DecodeError, EventDescriptor, EventId, EventIdField, IdentityField, NatsEvent, Schema,
+        UpcastError,
     };
     pub use crate::id::IdParseError;
     pub use crate::identity::{MessageId, MessageIdentity};

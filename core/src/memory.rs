@@ -153,7 +153,7 @@ impl EventStore for InMemoryEventStore {
                 event_type: event.event_type.into_owned(),
                 schema_version: event.schema_version,
                 subject: subject.into_string(),
-                aggregate_type: event.aggregate_type.into_owned(),
+                entity_kind: event.entity_kind.into_owned(),
                 aggregate_id: aggregate_id.clone(),
                 aggregate_version: base + 1 + i as u64,
                 stream_sequence: sequence,

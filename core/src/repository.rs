@@ -1,12 +1,13 @@
 //! [`Repository`]: load an aggregate (snapshot + later events), decide, append with the loaded
 //! version as the expected version.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use lru::LruCache;
 
 use crate::aggregate::Aggregate;
 use crate::encode::encode_events;
@@ -74,49 +75,69 @@ pub struct CommandOutcome<E> {
     pub version: u64,
 }
 
-/// A bounded in-memory map of recently used aggregates.
-struct Cache<A> {
-    capacity: usize,
-    tick: u64,
-    entries: HashMap<AggregateId, (u64, Loaded<A>)>,
+impl<E> CommandOutcome<E> {
+    /// The stream sequence of the last event stored (0 when the command decided nothing): what
+    /// a read model is waited for to read this command's writes.
+    pub fn last_sequence(&self) -> StreamSequence {
+        self.append
+            .as_ref()
+            .and_then(AppendResult::last_sequence)
+            .unwrap_or_default()
+    }
 }
 
+/// A bounded in-memory map of recently used aggregates (least recently used dropped first).
+struct Cache<A>(LruCache<AggregateId, Loaded<A>>);
+
 impl<A> Cache<A> {
+    fn new(capacity: usize) -> Option<Self> {
+        NonZeroUsize::new(capacity).map(|c| Self(LruCache::new(c)))
+    }
+
     fn take(&mut self, id: &AggregateId) -> Option<Loaded<A>> {
-        self.entries.remove(id).map(|(_, l)| l)
+        self.0.pop(id)
     }
 
     /// The kept copy of `id`, marked as just used.
     fn peek(&mut self, id: &AggregateId) -> Option<&Loaded<A>> {
-        let (tick, loaded) = self.entries.get_mut(id)?;
-        self.tick += 1;
-        *tick = self.tick;
-        Some(loaded)
+        self.0.get(id)
     }
 
     /// Keeps `loaded`, unless a newer copy of the aggregate is already kept (put there by a
     /// command that finished meanwhile).
     fn put(&mut self, loaded: Loaded<A>) {
-        if self.capacity == 0 {
-            return;
-        }
-        if let Some((tick, kept)) = self.entries.get_mut(&loaded.id) {
-            self.tick += 1;
-            *tick = self.tick;
-            if kept.version <= loaded.version {
-                *kept = loaded;
+        match self.0.get_mut(&loaded.id) {
+            Some(kept) if kept.version > loaded.version => {}
+            Some(kept) => *kept = loaded,
+            None => {
+                self.0.put(loaded.id.clone(), loaded);
             }
-            return;
         }
-        if self.entries.len() >= self.capacity {
-            // Evict the least recently used tenth.
-            let mut ticks: Vec<u64> = self.entries.values().map(|(t, _)| *t).collect();
-            ticks.sort_unstable();
-            let cut = ticks[(ticks.len() / 10).min(ticks.len() - 1)];
-            self.entries.retain(|_, (t, _)| *t > cut);
-        }
-        self.tick += 1;
-        self.entries.insert(loaded.id.clone(), (self.tick, loaded));
+    }
+}
+
+/// What [`Repository::new`] takes as its store: any [`EventStore`], an `Arc` of one, or an
+/// `Arc<dyn EventStore>`.
+pub trait IntoEventStore {
+    /// The store, shared.
+    fn into_event_store(self) -> Arc<dyn EventStore>;
+}
+
+impl<S: EventStore + 'static> IntoEventStore for S {
+    fn into_event_store(self) -> Arc<dyn EventStore> {
+        Arc::new(self)
+    }
+}
+
+impl<S: EventStore + 'static> IntoEventStore for Arc<S> {
+    fn into_event_store(self) -> Arc<dyn EventStore> {
+        self
+    }
+}
+
+impl IntoEventStore for Arc<dyn EventStore> {
+    fn into_event_store(self) -> Arc<dyn EventStore> {
+        self
     }
 }
 
@@ -153,10 +174,11 @@ impl<A: Aggregate> fmt::Debug for Repository<A> {
 }
 
 impl<A: Aggregate> Repository<A> {
-    /// A repository on `store`, without snapshots or cache.
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
+    /// A repository on `store` (a store, an `Arc` of one, or an `Arc<dyn EventStore>`), without
+    /// snapshots or cache.
+    pub fn new(store: impl IntoEventStore) -> Self {
         Self {
-            store,
+            store: store.into_event_store(),
             snapshots: None,
             snapshot_every: 0,
             cache: None,
@@ -176,11 +198,7 @@ impl<A: Aggregate> Repository<A> {
     /// Keeps up to `capacity` recently used aggregates in memory.
     #[must_use]
     pub fn with_cache(mut self, capacity: usize) -> Self {
-        self.cache = Some(Mutex::new(Cache {
-            capacity,
-            tick: 0,
-            entries: HashMap::new(),
-        }));
+        self.cache = Cache::new(capacity).map(Mutex::new);
         self
     }
 
@@ -381,6 +399,31 @@ impl<A: Aggregate> Repository<A> {
         &self,
         id: &AggregateId,
         command: A::Command,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.run(id, command, None).await
+    }
+
+    /// [`Repository::execute`] on behalf of `identity`, the message that asked for the command:
+    /// its correlation, its message id (as causation) and its actor go with the events that do
+    /// not carry an identity of their own, and its message id is the cause their ids are
+    /// derived from.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repository::execute`].
+    pub async fn execute_as(
+        &self,
+        id: &AggregateId,
+        command: A::Command,
+        identity: &MessageIdentity,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.run(id, command, Some(identity)).await
+    }
+
+    async fn run(
+        &self,
+        id: &AggregateId,
+        command: A::Command,
         identity: Option<&MessageIdentity>,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
         let mut loaded = match self.take_cached(id) {
@@ -418,13 +461,39 @@ impl<A: Aggregate> Repository<A> {
     pub async fn execute_with_retry(
         &self,
         id: &AggregateId,
+        command: impl FnMut() -> A::Command + Send,
+        retries: usize,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.run_with_retry(id, command, None, retries).await
+    }
+
+    /// [`Repository::execute_with_retry`] on behalf of `identity` (see
+    /// [`Repository::execute_as`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Repository::execute_with_retry`].
+    pub async fn execute_with_retry_as(
+        &self,
+        id: &AggregateId,
+        command: impl FnMut() -> A::Command + Send,
+        identity: &MessageIdentity,
+        retries: usize,
+    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
+        self.run_with_retry(id, command, Some(identity), retries)
+            .await
+    }
+
+    async fn run_with_retry(
+        &self,
+        id: &AggregateId,
         mut command: impl FnMut() -> A::Command + Send,
         identity: Option<&MessageIdentity>,
         retries: usize,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
         let mut attempt = 0;
         loop {
-            match self.execute(id, command(), identity).await {
+            match self.run(id, command(), identity).await {
                 Err(e) if e.is_conflict() && attempt < retries => attempt += 1,
                 other => return other,
             }

@@ -71,7 +71,7 @@ pub struct NewEvent {
     /// The payload's schema version.
     pub schema_version: u32,
     /// The entity kind (second subject token).
-    pub aggregate_type: Cow<'static, str>,
+    pub entity_kind: Cow<'static, str>,
     /// The routing subject `{domain}.{aggregate}.{operation}`; the store appends the aggregate id.
     pub routing_subject: Cow<'static, str>,
     /// The event's JSON.
@@ -112,7 +112,7 @@ impl NewEvent {
                 .unwrap_or_default(),
             event_type: Cow::Borrowed(d.event_type),
             schema_version: d.version,
-            aggregate_type: Cow::Borrowed(d.aggregate),
+            entity_kind: Cow::Borrowed(d.entity_kind),
             routing_subject: Cow::Borrowed(d.subject),
             payload: Bytes::from(payload),
             timestamp: Utc::now(),

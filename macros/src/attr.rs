@@ -29,6 +29,8 @@ pub(crate) struct EnumAttrs {
     pub(crate) domain: Option<LitStr>,
     pub(crate) aggregate: Option<LitStr>,
     pub(crate) event_id: Option<LitStr>,
+    pub(crate) aggregate_id: Option<LitStr>,
+    pub(crate) identity: Option<LitStr>,
 }
 
 /// `#[nats_event(...)]` on a variant.
@@ -68,6 +70,10 @@ pub(crate) fn enum_attrs(attrs: &[Attribute], errors: &mut Errors) -> EnumAttrs 
             set_str(&mut out.aggregate, &meta, AGGREGATE)
         } else if meta.path.is_ident(EVENT_ID) {
             set_str(&mut out.event_id, &meta, EVENT_ID)
+        } else if meta.path.is_ident(AGGREGATE_ID) {
+            set_str(&mut out.aggregate_id, &meta, AGGREGATE_ID)
+        } else if meta.path.is_ident(IDENTITY) {
+            set_str(&mut out.identity, &meta, IDENTITY)
         } else {
             Err(unknown_key(&meta, "the enum", ENUM_KEYS))
         }

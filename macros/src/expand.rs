@@ -53,13 +53,14 @@ fn impl_nats_event(model: &Model<'_>) -> TokenStream {
     quote! {
         #[automatically_derived]
         impl ::cim_nats::__private::NatsEvent for #ident {
-            const DOMAIN: &'static str = #domain;
-            const EVENTS: &'static [::cim_nats::__private::EventDescriptor] = &[#(#events),*];
-            const EVENT_TYPES: &'static [&'static str] = &[#(#event_types),*];
-            const SUBJECTS: &'static [&'static str] = &[#(#subjects),*];
-            const AGGREGATE_WILDCARDS: &'static [(&'static str, &'static str)] =
-                &[#(#wildcards),*];
-            const DOMAIN_WILDCARD: &'static str = #domain_wildcard;
+            const SCHEMA: ::cim_nats::__private::Schema = ::cim_nats::__private::Schema {
+                domain: #domain,
+                events: &[#(#events),*],
+                event_types: &[#(#event_types),*],
+                subjects: &[#(#subjects),*],
+                entity_wildcards: &[#(#wildcards),*],
+                domain_wildcard: #domain_wildcard,
+            };
 
             #descriptor_fn
             #event_id_fn
@@ -84,7 +85,7 @@ fn descriptor(model: &Model<'_>, event: &Event<'_>) -> TokenStream {
     quote! {
         ::cim_nats::__private::EventDescriptor {
             event_type: #event_type,
-            aggregate: #aggregate,
+            entity_kind: #aggregate,
             operation: #operation,
             version: #version,
             upcasts_from: &[#(#from),*],

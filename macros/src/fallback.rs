@@ -11,17 +11,19 @@ pub(crate) fn impl_nats_event(ident: &Ident) -> TokenStream {
     quote! {
         #[automatically_derived]
         impl #p::NatsEvent for #ident {
-            const DOMAIN: &'static str = "";
-            const EVENTS: &'static [#p::EventDescriptor] = &[];
-            const EVENT_TYPES: &'static [&'static str] = &[];
-            const SUBJECTS: &'static [&'static str] = &[];
-            const AGGREGATE_WILDCARDS: &'static [(&'static str, &'static str)] = &[];
-            const DOMAIN_WILDCARD: &'static str = "";
+            const SCHEMA: #p::Schema = #p::Schema {
+                domain: "",
+                events: &[],
+                event_types: &[],
+                subjects: &[],
+                entity_wildcards: &[],
+                domain_wildcard: "",
+            };
 
             fn descriptor(&self) -> &'static #p::EventDescriptor {
                 &#p::EventDescriptor {
                     event_type: "",
-                    aggregate: "",
+                    entity_kind: "",
                     operation: "",
                     version: 0,
                     upcasts_from: &[],

@@ -12,8 +12,10 @@ mod valid;
 
 /// Derives `cim_nats::NatsEvent`: a variant per event type, on `{domain}.{aggregate}.{operation}`.
 ///
-/// - On the enum: `domain` (required), `aggregate` (default for the variants), `event_id =
-///   "field"` (a field every struct variant has).
+/// - On the enum: `domain` (required), `aggregate` (default for the variants), and
+///   `event_id = "field"`, `aggregate_id = "field"`, `identity = "field"`: the field every
+///   struct variant has for it, named once instead of marked in every variant (prefer these
+///   when every variant has the field; mark fields one by one when they differ).
 /// - On a variant: `operation` (required), `aggregate`, `version` (default 1), `event_type`
 ///   (default: the variant's name), `upcast(from = N, with = path)` (repeatable; the `from`s
 ///   run without gaps up to `version - 1`): the function gets the whole stored JSON

@@ -23,13 +23,15 @@ pub(crate) const FROM: &str = "from";
 pub(crate) const WITH: &str = "with";
 /// Inside `upcast(...)`: the upcaster function, given only the variant's content.
 pub(crate) const FIELDS: &str = "fields";
-/// Field: marks the aggregate id.
+/// Enum: `aggregate_id = "field"`, a named field of every struct variant. Field: marks the
+/// aggregate id.
 pub(crate) const AGGREGATE_ID: &str = "aggregate_id";
-/// Field: marks the identity (a `MessageIdentity`) of the event: correlation, causation, actor.
+/// Enum: `identity = "field"`, a named field of every struct variant. Field: marks the identity
+/// (a `MessageIdentity`) of the event: correlation, causation, actor.
 pub(crate) const IDENTITY: &str = "identity";
 
 /// Keys accepted on the enum.
-pub(crate) const ENUM_KEYS: &[&str] = &[DOMAIN, AGGREGATE, EVENT_ID];
+pub(crate) const ENUM_KEYS: &[&str] = &[DOMAIN, AGGREGATE, EVENT_ID, AGGREGATE_ID, IDENTITY];
 /// Keys accepted on a variant.
 pub(crate) const VARIANT_KEYS: &[&str] = &[AGGREGATE, OPERATION, VERSION, EVENT_TYPE, UPCAST];
 /// Keys accepted on a field.

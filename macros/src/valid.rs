@@ -11,9 +11,12 @@ use syn::ext::IdentExt;
 use syn::{Ident, LitStr, Member, Path, Type};
 
 use crate::ast::{Field, Input, Style, Variant};
-use crate::attr::Upcast;
+use crate::attr::{EnumAttrs, Upcast};
 use crate::errors::Errors;
-use crate::symbol::{AGGREGATE, DOMAIN, EVENT_ID, NATS_EVENT, OPERATION, UPCAST, VERSION, WITH};
+use crate::symbol::{
+    AGGREGATE, AGGREGATE_ID, DOMAIN, EVENT_ID, IDENTITY, NATS_EVENT, OPERATION, UPCAST, VERSION,
+    WITH,
+};
 
 /// A checked enum: everything the expansion needs.
 pub(crate) struct Model<'a> {
@@ -215,12 +218,11 @@ fn check_variant<'a>(
         attrs.version.is_some(),
         errors,
     );
-    let enum_event_id = input.attrs.event_id.as_ref();
     let Marks {
         event_id,
         aggregate_id,
         identity,
-    } = check_fields(&name, variant, enum_event_id, errors);
+    } = check_fields(&name, variant, &input.attrs, errors);
     if attrs.incomplete {
         return None;
     }
@@ -311,29 +313,18 @@ struct Marks<'a> {
 fn check_fields<'a>(
     name: &str,
     variant: &'a Variant<'_>,
-    enum_event_id: Option<&LitStr>,
+    on_enum: &EnumAttrs,
     errors: &mut Errors,
 ) -> Marks<'a> {
-    let mut event_id = None;
-    if let (Some(lit), Style::Struct) = (enum_event_id, variant.style) {
-        let wanted = lit.value();
-        match variant
-            .fields
-            .iter()
-            .find(|f| f.ident.is_some_and(|i| i.unraw() == wanted))
-        {
-            Some(field) => event_id = Some(Marked::from(field)),
-            None => errors.at(
-                variant.ident.span(),
-                format_args!(
-                    "variant `{name}` has no field `{wanted}`, which the enum's \
-                     `{EVENT_ID} = \"{wanted}\"` requires of every struct variant"
-                ),
-            ),
-        }
-    }
-    let mut aggregate_id = None;
-    let mut identity = None;
+    let mut event_id = named_field(name, variant, on_enum.event_id.as_ref(), EVENT_ID, errors);
+    let mut aggregate_id = named_field(
+        name,
+        variant,
+        on_enum.aggregate_id.as_ref(),
+        AGGREGATE_ID,
+        errors,
+    );
+    let mut identity = named_field(name, variant, on_enum.identity.as_ref(), IDENTITY, errors);
     for field in &variant.fields {
         if let Some(span) = field.attrs.event_id {
             mark(name, "event id", &mut event_id, field, span, errors);
@@ -349,6 +340,37 @@ fn check_fields<'a>(
         event_id,
         aggregate_id,
         identity,
+    }
+}
+
+/// The field of a struct variant that the enum's `key = "field"` names, if it does.
+fn named_field<'a>(
+    name: &str,
+    variant: &'a Variant<'_>,
+    named: Option<&LitStr>,
+    key: &str,
+    errors: &mut Errors,
+) -> Option<Marked<'a>> {
+    let (Some(lit), Style::Struct) = (named, variant.style) else {
+        return None;
+    };
+    let wanted = lit.value();
+    match variant
+        .fields
+        .iter()
+        .find(|f| f.ident.is_some_and(|i| i.unraw() == wanted))
+    {
+        Some(field) => Some(Marked::from(field)),
+        None => {
+            errors.at(
+                variant.ident.span(),
+                format_args!(
+                    "variant `{name}` has no field `{wanted}`, which the enum's \
+                     `{key} = \"{wanted}\"` requires of every struct variant"
+                ),
+            );
+            None
+        }
     }
 }
 

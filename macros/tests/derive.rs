@@ -99,7 +99,7 @@ fn descriptor(
 ) -> EventDescriptor {
     EventDescriptor {
         event_type,
-        aggregate,
+        entity_kind: aggregate,
         operation,
         version,
         upcasts_from,
@@ -134,7 +134,7 @@ fn constants() {
         ]
     );
     assert_eq!(
-        InfraEvent::AGGREGATE_WILDCARDS,
+        InfraEvent::ENTITY_WILDCARDS,
         [
             ("compute", "infrastructure.compute.>"),
             ("network", "infrastructure.network.>"),
@@ -228,7 +228,7 @@ fn descriptor_per_variant() {
     }
     let severed = &events[2];
     assert_eq!(severed.event_type(), "ConnectionSevered");
-    assert_eq!(severed.aggregate_kind(), "compute");
+    assert_eq!(severed.entity_kind(), "compute");
     assert_eq!(severed.operation(), "severed");
     assert_eq!(severed.schema_version(), 1);
     assert_eq!(severed.routing_subject(), "infrastructure.compute.severed");
@@ -251,14 +251,14 @@ fn subjects_and_wildcards() {
         "infrastructure.network.defined.n-7"
     );
     assert_eq!(
-        InfraEvent::aggregate_wildcard("compute"),
+        InfraEvent::entity_wildcard("compute"),
         Some("infrastructure.compute.>")
     );
     assert_eq!(
-        InfraEvent::aggregate_wildcard("policy"),
+        InfraEvent::entity_wildcard("policy"),
         Some("infrastructure.policy.>")
     );
-    assert_eq!(InfraEvent::aggregate_wildcard("storage"), None);
+    assert_eq!(InfraEvent::entity_wildcard("storage"), None);
     assert_eq!(InfraEvent::descriptor_for("Nope"), None);
 }
 
@@ -502,6 +502,59 @@ fn failing_upcaster_names_its_step() {
     }
 }
 
+/// Enum-level `aggregate_id = "field"` and `identity = "field"`, like `event_id`: each names a
+/// field of every struct variant, once for all of them.
+#[derive(Debug, Clone, Serialize, Deserialize, NatsEvent)]
+#[nats_event(
+    domain = "fleet",
+    aggregate = "truck",
+    event_id = "id",
+    aggregate_id = "truck",
+    identity = "by"
+)]
+enum FleetEvent {
+    #[nats_event(operation = "bought")]
+    Bought {
+        id: EventId,
+        truck: String,
+        by: cim_nats::MessageIdentity,
+    },
+    #[nats_event(operation = "sold")]
+    Sold {
+        id: EventId,
+        truck: String,
+        by: cim_nats::MessageIdentity,
+        price: u64,
+    },
+}
+
+#[test]
+fn enum_level_aggregate_id_and_identity() {
+    let by = cim_nats::MessageIdentity::new_from_user("ops");
+    let mut sold = FleetEvent::Sold {
+        id: EventId::unassigned(),
+        truck: "t-9".to_owned(),
+        by: by.clone(),
+        price: 3,
+    };
+    assert_eq!(sold.aggregate_id().unwrap().unwrap().as_str(), "t-9");
+    assert_eq!(sold.message_identity(), Some(&by));
+    let id = EventId::new();
+    sold.set_event_id(id);
+    assert_eq!(sold.event_id(), Some(id));
+    // The identity an event carries is its own: its message id is the event id.
+    assert_eq!(
+        *sold.message_identity().unwrap().message_id.as_uuid(),
+        *id.as_uuid()
+    );
+    let bought = FleetEvent::Bought {
+        id,
+        truck: "t-1".to_owned(),
+        by,
+    };
+    assert_eq!(bought.aggregate_id().unwrap().unwrap().as_str(), "t-1");
+}
+
 /// An enum-level `event_id = "field"` names a field of every struct variant.
 #[derive(Debug, Serialize, Deserialize, NatsEvent)]
 #[nats_event(domain = "billing", event_id = "id")]
@@ -538,7 +591,7 @@ fn enum_level_event_id() {
     );
     assert_eq!(BillingEvent::Voided(id).event_id(), None);
     assert_eq!(
-        BillingEvent::AGGREGATE_WILDCARDS,
+        BillingEvent::ENTITY_WILDCARDS,
         [("invoice", "billing.invoice.>")]
     );
     assert_eq!(
@@ -561,7 +614,7 @@ enum CatalogEvent {
 fn shared_subject_listed_once() {
     assert_eq!(CatalogEvent::SUBJECTS, ["catalog.item.added"]);
     assert_eq!(CatalogEvent::EVENTS.len(), 2);
-    assert_eq!(CatalogEvent::AGGREGATE_WILDCARDS.len(), 1);
+    assert_eq!(CatalogEvent::ENTITY_WILDCARDS.len(), 1);
 }
 
 /// An enum without variants has empty metadata.
@@ -573,7 +626,7 @@ enum NoEvents {}
 fn empty_enum() {
     assert!(NoEvents::EVENTS.is_empty());
     assert!(NoEvents::SUBJECTS.is_empty());
-    assert!(NoEvents::AGGREGATE_WILDCARDS.is_empty());
+    assert!(NoEvents::ENTITY_WILDCARDS.is_empty());
     assert_eq!(NoEvents::DOMAIN_WILDCARD, "empty.>");
     assert!(matches!(
         NoEvents::decode("X", 1, b"{}"),

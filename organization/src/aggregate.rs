@@ -117,7 +117,6 @@ impl Aggregate for Organization {
     type Event = OrganizationEvent;
     type Command = OrganizationCommand;
     type Error = OrganizationError;
-    const TYPE: &'static str = "organization";
 
     fn handle(
         &self,

@@ -13,14 +13,12 @@
 //! let id = OrganizationId::new();
 //! let found = OrganizationCommand::Found { organization_id: id, name: "Acme".into() };
 //! let identity = cim_nats::MessageIdentity::new_from_user("alice");
-//! let outcome = organizations.execute(&id.into(), found, Some(&identity)).await?;
-//! let stored = outcome.append.and_then(|a| a.last_sequence()).unwrap_or_default();
+//! let outcome = organizations.execute_as(&id.into(), found, &identity).await?;
+//! let stored = outcome.last_sequence();
 //! directory.wait_for(stored, std::time::Duration::from_secs(5)).await?;
 //! assert_eq!(directory.read().await.organization(id), Some("Acme"));
 //! # Ok(()) }
 //! ```
-
-use std::sync::Arc;
 
 use cim_nats::jetstream::{
     JetStreamEventStore, ProjectionHandle, ProjectionOptions, ProjectionRunner, StoreConfig,
@@ -54,7 +52,7 @@ pub type OrganizationRepository = Repository<Organization>;
 
 /// The repository of organizations on `store`.
 pub fn repository(store: &JetStreamEventStore) -> OrganizationRepository {
-    Repository::new(Arc::new(store.clone()))
+    Repository::new(store.clone())
 }
 
 /// Starts the [`Directory`]: resumed from its checkpoint, caught up, then following live.

@@ -1,8 +1,6 @@
 //! The organization's rules, given/when/then, and the repository's check of an event that
 //! names its aggregate.
 
-use std::sync::Arc;
-
 use cim_domain_organization::{
     DepartmentId, InventoryItem, Organization, OrganizationCommand, OrganizationError,
     OrganizationEvent, OrganizationId, PersonId, Role,
@@ -222,13 +220,13 @@ fn blank_names_are_refused() {
 /// refuses to append it to another aggregate.
 #[tokio::test]
 async fn the_repository_refuses_a_founding_event_for_another_organization() {
-    let repo = Repository::<Organization>::new(Arc::new(InMemoryEventStore::new()));
+    let repo = Repository::<Organization>::new(InMemoryEventStore::new());
     let (here, there) = (OrganizationId::new(), OrganizationId::new());
     let found = OrganizationCommand::Found {
         organization_id: there,
         name: "Acme".into(),
     };
-    let err = repo.execute(&here.into(), found, None).await.unwrap_err();
+    let err = repo.execute(&here.into(), found).await.unwrap_err();
     match err {
         cim_nats::CommandError::Store(e) => {
             assert!(
@@ -242,6 +240,6 @@ async fn the_repository_refuses_a_founding_event_for_another_organization() {
         organization_id: here,
         name: "Acme".into(),
     };
-    let outcome = repo.execute(&here.into(), found, None).await.unwrap();
+    let outcome = repo.execute(&here.into(), found).await.unwrap();
     assert_eq!(outcome.version, 1);
 }

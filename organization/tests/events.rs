@@ -21,7 +21,7 @@ fn every_event_has_its_subject_in_the_organization_domain() {
         ]
     );
     assert_eq!(
-        OrganizationEvent::aggregate_wildcard("member"),
+        OrganizationEvent::entity_wildcard("member"),
         Some("organization.member.>")
     );
     let org = OrganizationId::new();

@@ -29,14 +29,14 @@ async fn found_with_platform(
         organization_id: org,
         name: "Acme".into(),
     };
-    repo.execute(&id, found, Some(&alice)).await.unwrap();
+    repo.execute_as(&id, found, &alice).await.unwrap();
     let platform = DepartmentId::new(org, "platform").unwrap();
     let create = OrganizationCommand::CreateDepartment {
         department: platform.clone(),
         name: "Platform".into(),
     };
-    let outcome = repo.execute(&id, create, Some(&alice)).await.unwrap();
-    let last = outcome.append.and_then(|a| a.last_sequence()).unwrap();
+    let outcome = repo.execute_as(&id, create, &alice).await.unwrap();
+    let last = outcome.last_sequence();
     (platform, last)
 }
 
@@ -63,16 +63,13 @@ async fn commands_are_stored_on_the_organization_stream_and_the_directory_follow
             name: name.into(),
             roles,
         };
-        repo.execute(&org.into(), add, Some(&alice)).await.unwrap();
+        repo.execute_as(&org.into(), add, &alice).await.unwrap();
     }
     let remove = OrganizationCommand::RemoveMember {
         department: platform.clone(),
         person: bob,
     };
-    let outcome = repo
-        .execute(&org.into(), remove, Some(&alice))
-        .await
-        .unwrap();
+    let outcome = repo.execute_as(&org.into(), remove, &alice).await.unwrap();
     assert_eq!(outcome.version, 5);
 
     // Stored on `organization.{entity}.{operation}.{id}`, with the command's identity.
@@ -99,7 +96,7 @@ async fn commands_are_stored_on_the_organization_stream_and_the_directory_follow
         .iter()
         .all(|e| e.stored.correlation_id == Some(alice.correlation_id)));
 
-    let last = outcome.append.and_then(|a| a.last_sequence()).unwrap();
+    let last = outcome.last_sequence();
     directory.wait_for(last, WAIT).await.unwrap();
     {
         let view = directory.read().await;
@@ -181,7 +178,7 @@ async fn a_stored_version_1_event_is_read_as_the_current_variant() {
     };
     let identity = MessageIdentity::new_from_user("alice");
     let outcome = repo
-        .execute(&org.into(), leave, Some(&identity))
+        .execute_as(&org.into(), leave, &identity)
         .await
         .unwrap();
     assert_eq!(outcome.version, 4);

@@ -124,7 +124,7 @@ fn event(writer: usize, version: u64) -> NewEvent {
         event_id: EventId::new(),
         event_type: "Counted".into(),
         schema_version: 1,
-        aggregate_type: "item".into(),
+        entity_kind: "item".into(),
         routing_subject: format!("{DOMAIN}.item.counted").into(),
         payload: format!(
             "{{\"Counted\":{{\"writer\":{writer},\"version\":{version},\"note\":\"{}\"}}}}",

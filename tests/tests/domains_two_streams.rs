@@ -60,7 +60,7 @@ fn policy(
             };
             // The event carries its own identity: no command identity to stamp over it.
             organizations
-                .execute(&department.organization.into(), assign, None)
+                .execute(&department.organization.into(), assign)
                 .await?;
             Ok(())
         }
@@ -102,7 +102,7 @@ async fn an_infrastructure_event_causes_an_organization_event_across_streams() {
         },
     ] {
         organizations
-            .execute(&org.into(), command, Some(&admin))
+            .execute_as(&org.into(), command, &admin)
             .await
             .unwrap();
     }
@@ -140,7 +140,7 @@ async fn an_infrastructure_event_causes_an_organization_event_across_streams() {
     );
 
     // Operations register a machine: the conversation starts here.
-    let infrastructures = Repository::<InfrastructureAggregate>::new(Arc::new(infra_store.clone()));
+    let infrastructures = Repository::<InfrastructureAggregate>::new(infra_store.clone());
     let infra = InfrastructureId::new();
     let ops = MessageIdentity::new_from_user("ops");
     let spec = ComputeResourceSpec::new(
@@ -154,7 +154,7 @@ async fn an_infrastructure_event_causes_an_organization_event_across_streams() {
         identity: ops.clone(),
     };
     infrastructures
-        .execute(&infra.into(), register, None)
+        .execute(&infra.into(), register)
         .await
         .unwrap();
     let registered = infra_store
@@ -245,10 +245,7 @@ async fn a_redelivered_cause_assigns_once() {
             name: "Platform".into(),
         },
     ] {
-        organizations
-            .execute(&org.into(), command, None)
-            .await
-            .unwrap();
+        organizations.execute(&org.into(), command).await.unwrap();
     }
     let infra = InfrastructureId::new();
     let register = InfrastructureCommand::RegisterComputeResource {
@@ -260,8 +257,8 @@ async fn a_redelivered_cause_assigns_once() {
         ),
         identity: MessageIdentity::new_from_user("ops"),
     };
-    Repository::<InfrastructureAggregate>::new(Arc::new(infra_store.clone()))
-        .execute(&infra.into(), register, None)
+    Repository::<InfrastructureAggregate>::new(infra_store.clone())
+        .execute(&infra.into(), register)
         .await
         .unwrap();
     let registered = infra_store

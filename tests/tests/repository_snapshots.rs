@@ -59,21 +59,21 @@ async fn commands_load_decide_and_append() {
     let id = AggregateId::new("acc-1").unwrap();
     let who = MessageIdentity::new_from_user("teller");
     let out = repo
-        .execute(
+        .execute_as(
             &id,
             AccountCommand::Open {
                 owner: "ann".into(),
             },
-            Some(&who),
+            &who,
         )
         .await
         .unwrap();
     assert_eq!(out.version, 1);
-    repo.execute(&id, AccountCommand::Deposit(100), Some(&who))
+    repo.execute_as(&id, AccountCommand::Deposit(100), &who)
         .await
         .unwrap();
     let err = repo
-        .execute(&id, AccountCommand::Withdraw(500), Some(&who))
+        .execute_as(&id, AccountCommand::Withdraw(500), &who)
         .await
         .unwrap_err();
     assert!(matches!(
@@ -96,27 +96,20 @@ async fn a_stale_copy_conflicts_and_a_retry_decides_again() {
     let a = Repository::<Account>::new(Arc::clone(&store)).with_cache(100);
     let b = Repository::<Account>::new(Arc::clone(&store)).with_cache(100);
     let id = AggregateId::new("acc-2").unwrap();
-    a.execute(&id, AccountCommand::Open { owner: "bo".into() }, None)
+    a.execute(&id, AccountCommand::Open { owner: "bo".into() })
         .await
         .unwrap();
-    a.execute(&id, AccountCommand::Deposit(10), None)
-        .await
-        .unwrap();
+    a.execute(&id, AccountCommand::Deposit(10)).await.unwrap();
     // b loads (and caches) the aggregate, then a changes it.
-    b.execute(&id, AccountCommand::Deposit(1), None)
-        .await
-        .unwrap();
-    a.execute(&id, AccountCommand::Withdraw(10), None)
+    b.execute(&id, AccountCommand::Deposit(1)).await.unwrap();
+    a.execute(&id, AccountCommand::Withdraw(10))
         .await
         .unwrap_err(); // a's cached copy is stale: conflict
-    let err = b
-        .execute(&id, AccountCommand::Withdraw(11), None)
-        .await
-        .unwrap();
+    let err = b.execute(&id, AccountCommand::Withdraw(11)).await.unwrap();
     assert_eq!(err.version, 4);
     // a retries with a fresh load: the balance is now 0, so the withdrawal is refused.
     let err = a
-        .execute_with_retry(&id, || AccountCommand::Withdraw(10), None, 3)
+        .execute_with_retry(&id, || AccountCommand::Withdraw(10), 3)
         .await
         .unwrap_err();
     assert!(matches!(
@@ -130,7 +123,7 @@ async fn a_conflict_is_reported_as_such() {
     let (_server, _client, store) = setup().await;
     let a = Repository::<Account>::new(Arc::clone(&store)).with_cache(10);
     let id = AggregateId::new("acc-3").unwrap();
-    a.execute(&id, AccountCommand::Open { owner: "cy".into() }, None)
+    a.execute(&id, AccountCommand::Open { owner: "cy".into() })
         .await
         .unwrap();
     // Someone else appends behind the cache's back.
@@ -147,12 +140,12 @@ async fn a_conflict_is_reported_as_such() {
         .await
         .unwrap();
     let err = a
-        .execute(&id, AccountCommand::Deposit(1), None)
+        .execute(&id, AccountCommand::Deposit(1))
         .await
         .unwrap_err();
     assert!(err.is_conflict(), "{err}");
     let ok = a
-        .execute_with_retry(&id, || AccountCommand::Deposit(1), None, 1)
+        .execute_with_retry(&id, || AccountCommand::Deposit(1), 1)
         .await
         .unwrap();
     assert_eq!(ok.version, 3);
@@ -169,13 +162,11 @@ async fn snapshots_in_kv_shorten_loads_and_other_schemas_are_ignored() {
     let repo =
         Repository::<Account>::new(Arc::clone(&store)).with_snapshots(Arc::clone(&snapshots), 10);
     let id = AggregateId::new("acc-4").unwrap();
-    repo.execute(&id, AccountCommand::Open { owner: "di".into() }, None)
+    repo.execute(&id, AccountCommand::Open { owner: "di".into() })
         .await
         .unwrap();
     for _ in 0..24 {
-        repo.execute(&id, AccountCommand::Deposit(2), None)
-            .await
-            .unwrap();
+        repo.execute(&id, AccountCommand::Deposit(2)).await.unwrap();
     }
     let snap = snapshots
         .load("account", &id)
@@ -226,13 +217,11 @@ async fn repositories_work_on_the_in_memory_store_too() {
         .with_snapshots(Arc::new(InMemorySnapshotStore::new()), 3)
         .with_cache(4);
     let id = AggregateId::new("m").unwrap();
-    repo.execute(&id, AccountCommand::Open { owner: "ed".into() }, None)
+    repo.execute(&id, AccountCommand::Open { owner: "ed".into() })
         .await
         .unwrap();
     for i in 0..10 {
-        repo.execute(&id, AccountCommand::Deposit(i), None)
-            .await
-            .unwrap();
+        repo.execute(&id, AccountCommand::Deposit(i)).await.unwrap();
     }
     repo.forget(&id);
     assert_eq!(repo.load(&id).await.unwrap().state.balance, 45);
@@ -275,8 +264,8 @@ async fn events_naming_another_aggregate_are_refused() {
     let store: Arc<dyn EventStore> = Arc::new(cim_nats::memory::InMemoryEventStore::new());
     let repo = Repository::<tagged::Tag>::new(Arc::clone(&store));
     let id = AggregateId::new("t1").unwrap();
-    repo.execute(&id, "t1".to_owned(), None).await.unwrap();
-    let err = repo.execute(&id, "t2".to_owned(), None).await.unwrap_err();
+    repo.execute(&id, "t1".to_owned()).await.unwrap();
+    let err = repo.execute(&id, "t2".to_owned()).await.unwrap_err();
     match err {
         cim_nats::CommandError::Store(e) => {
             assert!(e.to_string().contains("names aggregate t2"), "{e}");
@@ -329,9 +318,7 @@ async fn an_identity_an_event_carries_is_kept() {
         MessageIdentity::caused_by(upstream.correlation_id, cim_nats::EventId::new(), "auditor");
     // ... and the command that records it has its own identity.
     let command = MessageIdentity::new_from_user("ops");
-    repo.execute(&id, own.clone(), Some(&command))
-        .await
-        .unwrap();
+    repo.execute_as(&id, own.clone(), &command).await.unwrap();
     let stored = &store.read_aggregate(&id, 0).await.unwrap()[0];
     assert_eq!(stored.correlation_id, Some(own.correlation_id));
     assert_eq!(stored.causation_id, Some(own.causation_id));
@@ -423,12 +410,11 @@ async fn cached_loads_check_one_event_and_read_only_what_is_new() {
         AccountCommand::Open {
             owner: "flo".into(),
         },
-        None,
     )
     .await
     .unwrap();
     for amount in 1..=4 {
-        repo.execute(&id, AccountCommand::Deposit(amount), None)
+        repo.execute(&id, AccountCommand::Deposit(amount))
             .await
             .unwrap();
     }
@@ -451,11 +437,11 @@ async fn cached_loads_check_one_event_and_read_only_what_is_new() {
     // Changed elsewhere: only the events after the cached version are read.
     let other = Repository::<Account>::new(Arc::clone(&store));
     other
-        .execute(&id, AccountCommand::Deposit(100), None)
+        .execute(&id, AccountCommand::Deposit(100))
         .await
         .unwrap();
     other
-        .execute(&id, AccountCommand::Withdraw(30), None)
+        .execute(&id, AccountCommand::Withdraw(30))
         .await
         .unwrap();
     let caught_up = repo.load_cached(&id).await.unwrap();
@@ -473,7 +459,7 @@ async fn cached_loads_check_one_event_and_read_only_what_is_new() {
 
     // The caught-up copy is what the cache now holds: a command on it needs no reload.
     counting.reads.lock().unwrap().clear();
-    repo.execute(&id, AccountCommand::Withdraw(80), None)
+    repo.execute(&id, AccountCommand::Withdraw(80))
         .await
         .unwrap();
     assert!(counting.reads.lock().unwrap().is_empty());
@@ -494,7 +480,6 @@ async fn cached_loads_on_the_in_memory_store_agree_with_full_loads() {
             AccountCommand::Open {
                 owner: "gus".into(),
             },
-            None,
         )
         .await
         .unwrap();
@@ -502,7 +487,7 @@ async fn cached_loads_on_the_in_memory_store_agree_with_full_loads() {
             // Alternate writers, so that cached copies fall behind.
             let writer = if amount % 2 == 0 { &repo } else { &other };
             writer
-                .execute_with_retry(id, || AccountCommand::Deposit(amount), None, 2)
+                .execute_with_retry(id, || AccountCommand::Deposit(amount), 2)
                 .await
                 .unwrap();
         }

@@ -56,7 +56,7 @@ fn event() -> NewEvent {
         event_id: EventId::new(),
         event_type: "Placed".into(),
         schema_version: 1,
-        aggregate_type: "order".into(),
+        entity_kind: "order".into(),
         routing_subject: "shop.order.placed".into(),
         payload: b"{}".to_vec().into(),
         timestamp: chrono::Utc::now(),

@@ -13,7 +13,7 @@ fn event(kind: &'static str, n: u64) -> NewEvent {
         event_id: EventId::new(),
         event_type: kind.into(),
         schema_version: 1,
-        aggregate_type: "account".into(),
+        entity_kind: "account".into(),
         routing_subject: match kind {
             "Opened" => "bank.account.opened".into(),
             "Deposited" => "bank.account.deposited".into(),

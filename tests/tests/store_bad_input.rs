@@ -14,7 +14,7 @@ fn event(payload: Vec<u8>) -> NewEvent {
         event_id: EventId::new(),
         event_type: "Placed".into(),
         schema_version: 1,
-        aggregate_type: "order".into(),
+        entity_kind: "order".into(),
         routing_subject: "shop.order.placed".into(),
         payload: payload.into(),
         timestamp: chrono::Utc::now(),

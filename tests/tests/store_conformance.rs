@@ -20,7 +20,7 @@ fn event(operation: &'static str) -> NewEvent {
         event_id: EventId::new(),
         event_type: operation.to_uppercase().into(),
         schema_version: 1,
-        aggregate_type: "order".into(),
+        entity_kind: "order".into(),
         routing_subject: format!("shop.order.{operation}").into(),
         payload: format!("{{\"op\":\"{operation}\"}}").into_bytes().into(),
         timestamp: chrono::Utc::now(),

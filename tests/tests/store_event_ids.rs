@@ -37,12 +37,12 @@ async fn one_identity_shared_by_ten_thousand_commands_on_ten_thousand_aggregates
             let (repo, identity) = (repo.clone(), identity.clone());
             async move {
                 let id = AggregateId::new(format!("acc-{i}")).unwrap();
-                repo.execute(
+                repo.execute_as(
                     &id,
                     AccountCommand::Open {
                         owner: "ada".into(),
                     },
-                    Some(&identity),
+                    &identity,
                 )
                 .await
                 .err()
@@ -109,7 +109,6 @@ async fn one_identity_registers_a_resource_on_each_of_many_infrastructures() {
                 spec: support::infra::spec(&format!("r{i}")),
                 identity: identity.clone(),
             },
-            None,
         )
         .await
         .unwrap_or_else(|e| panic!("execute {i}: {e}"));
@@ -127,12 +126,12 @@ async fn writers_sharing_an_identity_racing_for_one_version_conflict_and_retry()
     let repo = Arc::new(Repository::<Account>::new(store.clone()));
     let identity = MessageIdentity::new_from_user("shared");
     let id = AggregateId::new("hot").unwrap();
-    repo.execute(
+    repo.execute_as(
         &id,
         AccountCommand::Open {
             owner: "ada".into(),
         },
-        Some(&identity),
+        &identity,
     )
     .await
     .unwrap();
@@ -173,13 +172,8 @@ async fn writers_sharing_an_identity_racing_for_one_version_conflict_and_retry()
         .map(|amount| {
             let (repo, identity, id) = (repo.clone(), identity.clone(), id.clone());
             tokio::spawn(async move {
-                repo.execute_with_retry(
-                    &id,
-                    || AccountCommand::Deposit(amount),
-                    Some(&identity),
-                    100,
-                )
-                .await
+                repo.execute_with_retry_as(&id, || AccountCommand::Deposit(amount), &identity, 100)
+                    .await
             })
         })
         .collect();
@@ -199,12 +193,12 @@ async fn a_retry_of_the_same_decision_keeps_its_ids() {
     let repo = Repository::<Account>::new(store.clone());
     let identity = MessageIdentity::new_from_user("ops");
     let id = AggregateId::new("acc").unwrap();
-    repo.execute(
+    repo.execute_as(
         &id,
         AccountCommand::Open {
             owner: "ada".into(),
         },
-        Some(&identity),
+        &identity,
     )
     .await
     .unwrap();
@@ -240,12 +234,12 @@ async fn every_domain_gets_its_ids_by_the_same_rule() {
     let command = MessageIdentity::new_from_user("ops");
     let id = AggregateId::new("acc").unwrap();
     let outcome = repo
-        .execute(
+        .execute_as(
             &id,
             AccountCommand::Open {
                 owner: "ada".into(),
             },
-            Some(&command),
+            &command,
         )
         .await
         .unwrap();
@@ -279,7 +273,6 @@ async fn every_domain_gets_its_ids_by_the_same_rule() {
                 spec: support::infra::spec("web"),
                 identity: command.clone(),
             },
-            None,
         )
         .await
         .unwrap();

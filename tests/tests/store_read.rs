@@ -11,7 +11,7 @@ fn event() -> NewEvent {
         event_id: EventId::new(),
         event_type: "Noted".into(),
         schema_version: 1,
-        aggregate_type: "note".into(),
+        entity_kind: "note".into(),
         routing_subject: "memo.note.noted".into(),
         payload: bytes::Bytes::from_static(b"{}"),
         timestamp: chrono::Utc::now(),

@@ -36,7 +36,7 @@ fn the_derive_routes_the_slice_events() {
     );
     assert_eq!(SliceEvent::DOMAIN_WILDCARD, "slice.>");
     assert_eq!(
-        SliceEvent::aggregate_wildcard("machine"),
+        SliceEvent::entity_wildcard("machine"),
         Some("slice.machine.>")
     );
 }
@@ -76,7 +76,7 @@ async fn one_event_round_trips_through_jetstream() {
     assert_eq!(s.event_type, "Registered");
     assert_eq!(s.schema_version, 1);
     assert_eq!(s.subject, format!("slice.machine.registered.{machine}"));
-    assert_eq!(s.aggregate_type, "machine");
+    assert_eq!(s.entity_kind, "machine");
     assert_eq!(s.aggregate_id, machine);
     assert_eq!(s.aggregate_version, 1);
     assert_eq!(s.stream_sequence, appended.sequences[0]);

@@ -12,7 +12,7 @@ fn opened() -> NewEvent {
         event_id: EventId::new(),
         event_type: "Opened".into(),
         schema_version: 1,
-        aggregate_type: "account".into(),
+        entity_kind: "account".into(),
         routing_subject: "bank.account.opened".into(),
         payload: bytes::Bytes::from_static(b"{}"),
         timestamp: chrono::Utc::now(),

@@ -258,7 +258,7 @@ async fn an_event_type_the_typed_handler_does_not_know_goes_to_the_dead_letter_a
     // A readable event of a type CartEvent does not have.
     let mut mystery = fx::raw_event("shop", 1);
     mystery.event_type = "Abandoned".into();
-    mystery.aggregate_type = "cart".into();
+    mystery.entity_kind = "cart".into();
     mystery.routing_subject = "shop.cart.abandoned".into();
     let cart = AggregateId::new("m").unwrap();
     store

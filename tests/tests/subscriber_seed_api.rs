@@ -60,7 +60,7 @@ fn compute_registered() -> NewEvent {
         event_id: EventId::new(),
         event_type: "ComputeRegistered".into(),
         schema_version: 1,
-        aggregate_type: "compute".into(),
+        entity_kind: "compute".into(),
         routing_subject: "infrastructure.compute.registered".into(),
         payload: br#"{"hostname":"server01"}"#.to_vec().into(),
         timestamp: chrono::Utc::now(),

@@ -11,7 +11,7 @@ fn event(n: u64) -> NewEvent {
         event_id: cim_nats::EventId::new(),
         event_type: "Ticked".into(),
         schema_version: 1,
-        aggregate_type: "clock".into(),
+        entity_kind: "clock".into(),
         routing_subject: "probe.clock.ticked".into(),
         payload: format!("{{\"n\":{n}}}").into_bytes().into(),
         timestamp: chrono::Utc::now(),

@@ -31,7 +31,7 @@ pub(crate) fn event_headers(
         h::EVENT_VERSION,
         itoa(u64::from(event.schema_version)).as_str(),
     );
-    headers.insert(h::AGGREGATE_TYPE, &*event.aggregate_type);
+    headers.insert(h::AGGREGATE_TYPE, &*event.entity_kind);
     headers.insert(h::AGGREGATE_ID, aggregate_id.as_str());
     headers.insert(h::AGGREGATE_VERSION, itoa(version).as_str());
     headers.insert(
@@ -215,7 +215,7 @@ struct Found<'a> {
     msg_id: Option<&'a str>,
     event_type: Option<&'a str>,
     event_version: Option<&'a str>,
-    aggregate_type: Option<&'a str>,
+    entity_kind: Option<&'a str>,
     aggregate_id: Option<&'a str>,
     aggregate_version: Option<&'a str>,
     correlation_id: Option<&'a str>,
@@ -238,7 +238,7 @@ impl<'a> Found<'a> {
                 h::MSG_ID => &mut found.msg_id,
                 h::EVENT_TYPE => &mut found.event_type,
                 h::EVENT_VERSION => &mut found.event_version,
-                h::AGGREGATE_TYPE => &mut found.aggregate_type,
+                h::AGGREGATE_TYPE => &mut found.entity_kind,
                 h::AGGREGATE_ID => &mut found.aggregate_id,
                 h::AGGREGATE_VERSION => &mut found.aggregate_version,
                 h::CORRELATION_ID => &mut found.correlation_id,
@@ -337,7 +337,7 @@ fn decode_parts(
         _ => AggregateId::new(last_token)
             .map_err(|e| decode_error_from(seq, "the subject's last token", e))?,
     };
-    let aggregate_type = match found.aggregate_type {
+    let entity_kind = match found.entity_kind {
         Some(t) => t.to_owned(),
         None => subject.split('.').nth(1).unwrap_or_default().to_owned(),
     };
@@ -355,7 +355,7 @@ fn decode_parts(
         event_type,
         schema_version,
         subject,
-        aggregate_type,
+        entity_kind,
         aggregate_id,
         aggregate_version,
         stream_sequence: StreamSequence(seq),
@@ -585,7 +585,7 @@ mod proptests {
             event_id: uuid::Uuid::from_u128(id).into(),
             event_type: "Placed".into(),
             schema_version: 1 + (version % 5) as u32,
-            aggregate_type: "order".into(),
+            entity_kind: "order".into(),
             routing_subject: "shop.order.placed".into(),
             payload: Bytes::from(format!("{{\"n\":{version}}}")),
             timestamp: DateTime::from_timestamp(1_700_000_000 + (version % 1_000_000) as i64, 0)

@@ -34,7 +34,8 @@ use crate::software::SoftwareConfiguration;
 /// | [`PolicySet`](Self::PolicySet) | `infrastructure.policy.set` |
 /// | [`PolicyRemoved`](Self::PolicyRemoved) | `infrastructure.policy.removed` |
 ///
-/// Every variant carries the same three fields:
+/// Every variant carries the same three fields, named once on the enum (`event_id = ..`,
+/// `aggregate_id = ..`, `identity = ..`):
 ///
 /// - `event_id`: the event's own id, sent as `Nats-Msg-Id`. The aggregate leaves it
 ///   [unassigned](EventId::unassigned); the store derives it when it appends the event
@@ -52,25 +53,27 @@ use crate::software::SoftwareConfiguration;
 ///
 /// assert_eq!(InfrastructureEvent::DOMAIN_WILDCARD, "infrastructure.>");
 /// assert_eq!(
-///     InfrastructureEvent::aggregate_wildcard("compute"),
+///     InfrastructureEvent::entity_wildcard("compute"),
 ///     Some("infrastructure.compute.>")
 /// );
 /// assert!(InfrastructureEvent::SUBJECTS.contains(&"infrastructure.connection.severed"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, NatsEvent)]
-#[nats_event(domain = "infrastructure")]
+#[nats_event(
+    domain = "infrastructure",
+    event_id = "event_id",
+    aggregate_id = "infrastructure_id",
+    identity = "identity"
+)]
 pub enum InfrastructureEvent {
     /// A compute resource was registered.
     #[nats_event(aggregate = "compute", operation = "registered")]
     ComputeResourceRegistered {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The resource as registered.
         resource: ComputeResourceSpec,
@@ -80,13 +83,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "compute", operation = "decommissioned")]
     ComputeResourceDecommissioned {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The resource.
         resource_id: ResourceId,
@@ -95,13 +95,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "compute", operation = "updated")]
     ComputeResourceUpdated {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The resource.
         resource_id: ResourceId,
@@ -112,13 +109,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "network", operation = "defined")]
     NetworkDefined {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The network as defined.
         network: NetworkSpec,
@@ -127,13 +121,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "network", operation = "removed")]
     NetworkRemoved {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The network.
         network_id: NetworkId,
@@ -142,13 +133,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "connection", operation = "established")]
     ConnectionEstablished {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The connection as established.
         connection: ConnectionSpec,
@@ -157,13 +145,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "connection", operation = "severed")]
     ConnectionSevered {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The connection.
         connection_id: ConnectionId,
@@ -172,13 +157,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "software", operation = "configured")]
     SoftwareConfigured {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The configuration as it now is.
         software: SoftwareConfiguration,
@@ -187,13 +169,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "software", operation = "removed")]
     SoftwareRemoved {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The configuration.
         software_id: SoftwareId,
@@ -202,13 +181,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "policy", operation = "set")]
     PolicySet {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The rule as it now is.
         policy: PolicyRule,
@@ -217,13 +193,10 @@ pub enum InfrastructureEvent {
     #[nats_event(aggregate = "policy", operation = "removed")]
     PolicyRemoved {
         /// The event's id.
-        #[nats_event(event_id)]
         event_id: EventId,
         /// The infrastructure.
-        #[nats_event(aggregate_id)]
         infrastructure_id: InfrastructureId,
         /// The event's identity (correlation, causation, actor).
-        #[nats_event(identity)]
         identity: MessageIdentity,
         /// The rule.
         policy_id: PolicyId,

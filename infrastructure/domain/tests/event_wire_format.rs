@@ -67,7 +67,7 @@ fn event_types_and_wildcards() {
         ]
     );
     assert_eq!(
-        InfrastructureEvent::AGGREGATE_WILDCARDS,
+        InfrastructureEvent::ENTITY_WILDCARDS,
         [
             ("compute", "infrastructure.compute.>"),
             ("network", "infrastructure.network.>"),
@@ -104,8 +104,8 @@ fn every_event_is_stored_under_its_seed_subject_and_the_infrastructure_id() {
         assert_eq!(event.infrastructure_id(), h.id);
         assert!(event.event_id().is_some());
         assert!(event.message_identity().is_some());
-        let kind = event.aggregate_kind();
-        let wildcard = InfrastructureEvent::aggregate_wildcard(kind).unwrap();
+        let kind = event.entity_kind();
+        let wildcard = InfrastructureEvent::entity_wildcard(kind).unwrap();
         assert!(subject.as_str().starts_with(wildcard.trim_end_matches('>')));
     }
 }

@@ -55,7 +55,7 @@ pub mod subjects {
 
     /// The wildcard of one entity kind, `infrastructure.{entity}.>`, from the derive's metadata.
     fn entity(kind: &str) -> &'static str {
-        InfrastructureEvent::aggregate_wildcard(kind).unwrap_or_else(|| {
+        InfrastructureEvent::entity_wildcard(kind).unwrap_or_else(|| {
             panic!("InfrastructureEvent has no events of the entity kind {kind:?}")
         })
     }
@@ -65,7 +65,7 @@ pub mod subjects {
     fn routing(kind: &str, operation: &str) -> &'static str {
         InfrastructureEvent::EVENTS
             .iter()
-            .find(|d| d.aggregate == kind && d.operation == operation)
+            .find(|d| d.entity_kind == kind && d.operation == operation)
             .map(|d| d.subject)
             .unwrap_or_else(|| {
                 panic!("InfrastructureEvent has no event on infrastructure.{kind}.{operation}")

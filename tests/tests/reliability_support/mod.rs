@@ -65,7 +65,7 @@ pub fn event(domain: &str, a: u64, version: u64) -> NewEvent {
         event_id: event_id(a, version),
         event_type: "Noted".into(),
         schema_version: 1,
-        aggregate_type: "item".into(),
+        entity_kind: "item".into(),
         routing_subject: format!("{domain}.item.noted").into(),
         payload: format!(
             "{{\"Noted\":{{\"aggregate\":{a},\"version\":{version},\"note\":\"{}\"}}}}",

@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, consumer, message::StreamMessage};
 use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
 use cim_nats::{
     AggregateId, DecodeError, EventDescriptor, EventId, EventPublisher, EventStore, InvalidSubject,
-    NatsEvent, NewEvent, StoredEvent,
+    NatsEvent, NewEvent, Schema, StoredEvent,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +25,7 @@ pub enum CartEvent {
 const CART_EVENTS: &[EventDescriptor] = &[
     EventDescriptor {
         event_type: "Created",
-        aggregate: "cart",
+        entity_kind: "cart",
         operation: "created",
         version: 1,
         upcasts_from: &[],
@@ -33,7 +33,7 @@ const CART_EVENTS: &[EventDescriptor] = &[
     },
     EventDescriptor {
         event_type: "ItemAdded",
-        aggregate: "cart",
+        entity_kind: "cart",
         operation: "item_added",
         version: 1,
         upcasts_from: &[],
@@ -42,12 +42,14 @@ const CART_EVENTS: &[EventDescriptor] = &[
 ];
 
 impl NatsEvent for CartEvent {
-    const DOMAIN: &'static str = "shop";
-    const EVENTS: &'static [EventDescriptor] = CART_EVENTS;
-    const EVENT_TYPES: &'static [&'static str] = &["Created", "ItemAdded"];
-    const SUBJECTS: &'static [&'static str] = &["shop.cart.created", "shop.cart.item_added"];
-    const AGGREGATE_WILDCARDS: &'static [(&'static str, &'static str)] = &[("cart", "shop.cart.>")];
-    const DOMAIN_WILDCARD: &'static str = "shop.>";
+    const SCHEMA: Schema = Schema {
+        domain: "shop",
+        events: CART_EVENTS,
+        event_types: &["Created", "ItemAdded"],
+        subjects: &["shop.cart.created", "shop.cart.item_added"],
+        entity_wildcards: &[("cart", "shop.cart.>")],
+        domain_wildcard: "shop.>",
+    };
 
     fn descriptor(&self) -> &'static EventDescriptor {
         match self {
@@ -96,7 +98,7 @@ pub fn raw_event(domain: &str, n: u64) -> NewEvent {
         event_id: EventId::new(),
         event_type: "Noted".into(),
         schema_version: 1,
-        aggregate_type: "note".into(),
+        entity_kind: "note".into(),
         routing_subject: format!("{domain}.note.noted").into(),
         payload: format!("{{\"n\":{n}}}").into_bytes().into(),
         timestamp: chrono::Utc::now(),

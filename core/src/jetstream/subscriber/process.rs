@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures::FutureExt;
@@ -296,7 +296,7 @@ impl ConsumerContext {
         let Some(entry) = self.held.get(sequence) else {
             return Outcome::Unconfirmed;
         };
-        let confirmed = self.confirm(entry.reply, Bytes::from_static(b"+ACK")).await;
+        let confirmed = self.confirm(entry.reply, AckKind::Ack.into()).await;
         self.held.remove(sequence);
         if confirmed {
             tracing::debug!("event handled and acknowledged");
@@ -316,11 +316,7 @@ impl ConsumerContext {
     }
 
     pub(crate) async fn nak_reply(&self, reply: Subject, delay: Duration) {
-        let body = if delay.is_zero() {
-            Bytes::from_static(b"-NAK")
-        } else {
-            Bytes::from(format!("-NAK {{\"delay\":{}}}", delay.as_nanos()))
-        };
+        let body: Bytes = AckKind::Nak((!delay.is_zero()).then_some(delay)).into();
         if let Err(e) = self.client.publish(reply, body).await {
             tracing::warn!(error = %e, "negative acknowledgement not sent; the event comes back after the ack wait");
         }
@@ -404,7 +400,7 @@ impl ConsumerContext {
             ),
         }
         if let Some(reply) = self.held.remove(sequence) {
-            if !self.confirm(reply, Bytes::from_static(b"+TERM")).await {
+            if !self.confirm(reply, AckKind::Term.into()).await {
                 tracing::warn!("termination not confirmed");
             }
         }

@@ -27,7 +27,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use bytes::Bytes;
 
 use crate::jetstream::api::{self, MsgGet};
 use crate::jetstream::codec::RawMessage;
@@ -202,7 +201,7 @@ pub(crate) async fn finish(
                 if !ctx
                     .confirm(
                         ack_subject(ctx, sequence, delivered).into(),
-                        Bytes::from_static(b"+TERM"),
+                        jetstream::AckKind::Term.into(),
                     )
                     .await
                 {

@@ -46,7 +46,7 @@ async fn keep_alive(ctx: Arc<ConsumerContext>) {
         for reply in ctx.held.replies() {
             if let Err(e) = ctx
                 .client
-                .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                .publish(reply, jetstream::AckKind::Progress.into())
                 .await
             {
                 tracing::debug!(error = %e, "progress report not sent");

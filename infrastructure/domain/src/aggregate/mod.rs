@@ -455,7 +455,6 @@ impl Aggregate for InfrastructureAggregate {
     type Event = InfrastructureEvent;
     type Command = InfrastructureCommand;
     type Error = InfrastructureError;
-    const TYPE: &'static str = "infrastructure";
 
     fn handle(
         &self,
