@@ -11,6 +11,11 @@ use crate::identity::{CausationId, CorrelationId};
 use crate::subject::AggregateId;
 
 /// A position in a stream: JetStream's stream sequence, from 1.
+///
+/// The other position, an aggregate's version (its number of events; an event's version is
+/// the aggregate's version after it), stays a plain `u64`: the two are already different types,
+/// so one cannot be passed where the other is meant, and `ExpectedVersion::Exact(3)` or
+/// `publisher.publish(event, id, 3)` read as they should.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]

@@ -1,35 +1,21 @@
 //! Domain events: the [`NatsEvent`] trait that routes an event to its subject and describes it,
 //! and the ids every stored event carries.
 
-use std::fmt;
-
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::identity::{MessageId, MessageIdentity};
 use crate::subject::{AggregateId, InvalidSubject, Subject};
 
 /// The id of one event, used as `Nats-Msg-Id` so that a retried append of the same event is
 /// recognised as the same event. New ids are UUID v7 (time-ordered).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// Made, like every UUID id of this crate and of the domains built on it, by
+/// `#[derive(EntityId)]` (`new`, `from_uuid`, `as_uuid`, `Display`/`FromStr`/serde as a plain
+/// UUID).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, cim_nats_macros::EntityId)]
 pub struct EventId(uuid::Uuid);
 
 impl EventId {
-    /// A new, time-ordered (UUID v7) event id.
-    pub fn new() -> Self {
-        Self(uuid::Uuid::now_v7())
-    }
-
-    /// Wraps an existing UUID.
-    pub const fn from_uuid(id: uuid::Uuid) -> Self {
-        Self(id)
-    }
-
-    /// The underlying UUID.
-    pub const fn as_uuid(&self) -> &uuid::Uuid {
-        &self.0
-    }
-
     /// The placeholder a domain puts in an event's id field when it decides the event: the
     /// store replaces it (see [`EventId::derive`]) when the event is appended. The nil UUID.
     pub const fn unassigned() -> Self {
@@ -138,43 +124,6 @@ pub enum Position {
     /// The event's index among the events of one append (0 for the first): for an append with
     /// `ExpectedVersion::Any`, whose versions the store finds only when it writes.
     Index(u64),
-}
-
-impl Default for EventId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl From<uuid::Uuid> for EventId {
-    fn from(id: uuid::Uuid) -> Self {
-        Self(id)
-    }
-}
-
-impl From<EventId> for uuid::Uuid {
-    fn from(id: EventId) -> Self {
-        id.0
-    }
-}
-
-impl std::str::FromStr for EventId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s).map(Self)
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Debug for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EventId({})", self.0)
-    }
 }
 
 /// Not public API: how `#[derive(NatsEvent)]` reads and sets a field marked

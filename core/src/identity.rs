@@ -1,67 +1,18 @@
 //! Who caused a message and which conversation it belongs to.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-macro_rules! uuid_newtype {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(uuid::Uuid);
+/// The id of one message (a command or an event).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, cim_nats_macros::EntityId)]
+pub struct MessageId(uuid::Uuid);
 
-        impl $name {
-            /// Wraps an existing UUID.
-            pub const fn from_uuid(id: uuid::Uuid) -> Self {
-                Self(id)
-            }
+/// Ties together every message of one conversation: the id of the message that started it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, cim_nats_macros::EntityId)]
+pub struct CorrelationId(uuid::Uuid);
 
-            /// The underlying UUID.
-            pub const fn as_uuid(&self) -> &uuid::Uuid {
-                &self.0
-            }
-        }
-
-        impl From<uuid::Uuid> for $name {
-            fn from(id: uuid::Uuid) -> Self {
-                Self(id)
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = uuid::Error;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                uuid::Uuid::parse_str(s).map(Self)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!(stringify!($name), "({})"), self.0)
-            }
-        }
-    };
-}
-
-uuid_newtype!(
-    /// The id of one message (a command or an event).
-    MessageId
-);
-uuid_newtype!(
-    /// Ties together every message of one conversation: the id of the message that started it.
-    CorrelationId
-);
-uuid_newtype!(
-    /// The id of the message that directly caused this one.
-    CausationId
-);
+/// The id of the message that directly caused this one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, cim_nats_macros::EntityId)]
+pub struct CausationId(uuid::Uuid);
 
 impl From<MessageId> for CausationId {
     fn from(id: MessageId) -> Self {

@@ -24,6 +24,9 @@
 //! - `testing`: [`testing::NatsServer`] and friends.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The crate's own ids use `#[derive(EntityId)]`, whose code names `::cim_nats`.
+extern crate self as cim_nats;
+
 pub mod aggregate;
 pub mod encode;
 pub mod envelope;
