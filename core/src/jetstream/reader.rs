@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::jetstream::api::{self, MsgGet};
-use crate::jetstream::codec::RawMessage;
+use crate::jetstream::codec::{ack_info, RawMessage};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// Messages asked for per pull request.
@@ -174,37 +174,6 @@ struct Task {
     tx: mpsc::Sender<Chunk>,
     progress: watch::Sender<Progress>,
     consumer: Option<Consumer>,
-}
-
-/// What a delivery's reply subject says: `$JS.ACK.<stream>.<consumer>.<delivered>.<stream
-/// seq>.<delivery seq>.<time ns>.<pending>`, with a domain and an account hash after `ACK` in
-/// the newer form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AckInfo {
-    pub(crate) delivered: u64,
-    pub(crate) stream_sequence: u64,
-    pub(crate) delivery_sequence: u64,
-    pub(crate) time_ns: i64,
-    pub(crate) pending: u64,
-}
-
-/// Parses a delivery's reply subject; `None` if it is not a JetStream delivery.
-pub(crate) fn ack_info(reply: &str) -> Option<AckInfo> {
-    let rest = reply.strip_prefix("$JS.ACK.")?;
-    let tokens: Vec<&str> = rest.split('.').collect();
-    let offset = match tokens.len() {
-        7 => 0,
-        n if n >= 9 => 2,
-        _ => return None,
-    };
-    let number = |i: usize| tokens.get(offset + i)?.parse::<u64>().ok();
-    Some(AckInfo {
-        delivered: number(2)?,
-        stream_sequence: number(3)?,
-        delivery_sequence: number(4)?,
-        time_ns: tokens.get(offset + 5)?.parse::<i64>().ok()?,
-        pending: number(6)?,
-    })
 }
 
 fn connection(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -580,29 +549,4 @@ fn is_lasting(e: &StoreError) -> bool {
         e.kind(),
         StoreErrorKind::StreamNotFound | StoreErrorKind::PermissionDenied { .. }
     ) || matches!(e.kind(), StoreErrorKind::Server { code, .. } if *code != 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reply_subjects_are_read_in_both_forms() {
-        let v1 = ack_info("$JS.ACK.ORDERS.c1.2.17.9.1700000000000000000.42").unwrap();
-        assert_eq!(
-            v1,
-            AckInfo {
-                delivered: 2,
-                stream_sequence: 17,
-                delivery_sequence: 9,
-                time_ns: 1_700_000_000_000_000_000,
-                pending: 42
-            }
-        );
-        let v2 = ack_info("$JS.ACK.hub.ACCHASH.ORDERS.c1.1.5.5.1700000000000000000.0.tok").unwrap();
-        assert_eq!(v2.stream_sequence, 5);
-        assert_eq!(v2.pending, 0);
-        assert!(ack_info("_INBOX.abc").is_none());
-        assert!(ack_info("$JS.ACK.S.c.x.1.1.1.1").is_none());
-    }
 }

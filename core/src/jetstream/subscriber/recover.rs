@@ -29,8 +29,8 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 
 use crate::jetstream::api::{self, MsgGet};
+use crate::jetstream::codec::ack_info;
 use crate::jetstream::codec::RawMessage;
-use crate::jetstream::reader::ack_info;
 use crate::jetstream::subscriber::process::{ConsumerContext, Original};
 use crate::jetstream::subscriber::setup::API_TIMEOUT;
 
