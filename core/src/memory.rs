@@ -113,6 +113,7 @@ impl EventStore for InMemoryEventStore {
         let invalid = |why: String| Err(StoreError::new(StoreErrorKind::InvalidAppend(why)));
         let mut state = self.lock();
         let checked = check_append(aggregate_id, &events, state.domain.as_deref())?;
+        let (domain, subjects) = (checked.domain.to_owned(), checked.subjects);
         let actual = state.version(aggregate_id);
         // A retry of events already stored succeeds with the original result.
         if let Some(&i) = state.ids.get(&events[0].event_id) {
@@ -143,8 +144,8 @@ impl EventStore for InMemoryEventStore {
         let now = Utc::now();
         let base = actual.unwrap_or(0);
         let mut sequences = Vec::with_capacity(events.len());
-        state.domain.get_or_insert(checked.domain);
-        for (i, (event, subject)) in events.into_iter().zip(checked.subjects).enumerate() {
+        state.domain.get_or_insert(domain);
+        for (i, (event, subject)) in events.into_iter().zip(subjects).enumerate() {
             let index = state.events.len();
             let sequence = StreamSequence(index as u64 + 1);
             sequences.push(sequence);

@@ -153,9 +153,9 @@ pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 /// An append that passed [`check_append`]: its domain, the scope of its aggregate's events
 /// and the subject of each event.
 #[derive(Debug)]
-pub(crate) struct CheckedAppend {
+pub(crate) struct CheckedAppend<'a> {
     /// The domain (the first subject token) of every event.
-    pub(crate) domain: String,
+    pub(crate) domain: &'a str,
     /// `{domain}.*.*.{aggregate_id}` ([`Subject::aggregate_scope`]), the scope of the
     /// JetStream store's expectation.
     #[cfg_attr(not(feature = "jetstream"), allow(dead_code))]
@@ -172,11 +172,11 @@ pub(crate) struct CheckedAppend {
 /// # Errors
 ///
 /// [`StoreErrorKind::InvalidAppend`] or [`StoreErrorKind::InvalidSubject`], saying why.
-pub(crate) fn check_append(
+pub(crate) fn check_append<'a>(
     aggregate_id: &AggregateId,
-    events: &[NewEvent],
+    events: &'a [NewEvent],
     domain: Option<&str>,
-) -> Result<CheckedAppend, StoreError> {
+) -> Result<CheckedAppend<'a>, StoreError> {
     let invalid = |why: String| Err(StoreError::new(StoreErrorKind::InvalidAppend(why)));
     let Some(first) = events.first() else {
         return invalid("no events to append".to_owned());
@@ -216,7 +216,7 @@ pub(crate) fn check_append(
         subjects.push(Subject::for_event(&event.routing_subject, aggregate_id));
     }
     Ok(CheckedAppend {
-        domain: own.to_owned(),
+        domain: own,
         scope: Subject::aggregate_scope(own, aggregate_id),
         subjects,
     })

@@ -18,6 +18,42 @@ pub(crate) use json::{create_consumer, msg_get, stream_state, MsgGet};
 
 use permissions::{Denied, Need, Waited};
 
+/// A NATS client with its statistics at hand, so that every request reads the connection
+/// generation (see [`permissions::epoch`]) with one atomic load, not by cloning an `Arc`
+/// shared by every task. Dereferences to the client.
+#[derive(Debug, Clone)]
+pub(crate) struct Conn {
+    client: Client,
+    stats: std::sync::Arc<async_nats::Statistics>,
+}
+
+impl Conn {
+    pub(crate) fn new(client: Client) -> Self {
+        let stats = client.statistics();
+        Self { client, stats }
+    }
+
+    /// The client's connection generation: it grows by one with every (re)connection.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.stats
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The client.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 /// JetStream error codes the store reacts to.
 pub(crate) mod codes {
     /// Wrong last sequence (expected-sequence check failed).
@@ -179,13 +215,13 @@ pub(super) fn no_answer(client: &Client, subject: &str, timeout: Duration) -> St
 /// has the user's permissions checked meanwhile (see [`permissions`]). The request's own
 /// timeout is not used: one timer serves all.
 pub(super) async fn send_request(
-    client: &Client,
+    client: &Conn,
     subject: &str,
     request: async_nats::Request,
     timeout: Duration,
 ) -> Result<Answer<async_nats::Message>, StoreError> {
     let needs = [Need::Publish(subject), Need::ReplyInbox];
-    let epoch = permissions::epoch(client);
+    let epoch = client.epoch();
     // Pinned here, so that the request's future is not moved into the guard's.
     let sent = std::pin::pin!(client.send_request(subject.to_owned(), request.timeout(None)));
     match permissions::unless_denied_within(client, &needs, timeout, epoch, sent).await {
@@ -200,7 +236,7 @@ pub(super) async fn send_request(
 /// [`send_request`] for a request that may be sent twice (a read, or a write that is
 /// idempotent): sent again when the client reconnected while it waited, until `timeout`.
 pub(crate) async fn request_again_on_reconnect(
-    client: &Client,
+    client: &Conn,
     subject: &str,
     payload: Bytes,
     timeout: Duration,
@@ -228,7 +264,7 @@ pub(crate) async fn request_again_on_reconnect(
 /// [`Answer::Reconnected`]: the outcome is unknown (the store sends the append again, which is
 /// idempotent).
 pub(crate) async fn publish(
-    client: &Client,
+    client: &Conn,
     subject: String,
     headers: HeaderMap,
     payload: Bytes,

@@ -19,8 +19,6 @@
 //! - **A dead server or consumer is noticed**: pull requests ask for heartbeats, and silence for
 //!   two of them recreates the consumer where the reader was.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, StatusCode};
@@ -30,7 +28,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::jetstream::api::{self, MsgGet};
+use crate::jetstream::api::{self, Conn, MsgGet};
 use crate::jetstream::codec::{ack_info, RawMessage};
 use crate::store::{StoreError, StoreErrorKind};
 
@@ -104,8 +102,7 @@ impl OrderedReader {
         let (progress_tx, progress) = watch::channel(Progress::default());
         tokio::spawn(async move {
             let mut task = Task {
-                stats: client.statistics(),
-                client,
+                client: Conn::new(client),
                 next: spec.start,
                 spec,
                 tx,
@@ -166,8 +163,7 @@ enum Step {
 }
 
 struct Task {
-    client: Client,
-    stats: Arc<async_nats::Statistics>,
+    client: Conn,
     spec: ReadSpec,
     /// Where the next consumer starts.
     next: Start,
@@ -182,7 +178,7 @@ fn connection(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
 
 impl Task {
     fn epoch(&self) -> u64 {
-        self.stats.connects.load(Ordering::Relaxed)
+        self.client.epoch()
     }
 
     async fn run(&mut self) {
@@ -346,7 +342,7 @@ impl Task {
                 tracing::debug!(error = %e, "pull request not sent");
                 return Step::Recreate(Lost::Quiet);
             }
-            let stats = Arc::clone(&self.stats);
+            let conn = self.client.clone();
             let Some(c) = self.consumer.as_mut() else {
                 return Step::Recreate(Lost::Quiet);
             };
@@ -362,7 +358,7 @@ impl Task {
                 match next {
                     Ok(Some(message)) => break message,
                     Ok(None) => return Step::Recreate(Lost::Quiet),
-                    Err(_) if stats.connects.load(Ordering::Relaxed) != c.epoch => {
+                    Err(_) if conn.epoch() != c.epoch => {
                         return Step::Recreate(Lost::Suspect);
                     }
                     Err(_) if Instant::now() >= silence => {

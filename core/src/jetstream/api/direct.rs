@@ -6,13 +6,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
 use super::permissions::{self, Need};
-use super::{guarded, no_answer, send_request, Answer};
+use super::{guarded, no_answer, send_request, Answer, Conn};
 use crate::jetstream::codec::RawMessage;
 use crate::store::{StoreError, StoreErrorKind};
 
@@ -85,7 +84,7 @@ fn status_error(message: &async_nats::Message) -> StoreError {
 /// client reconnected meanwhile, possibly because the message is one it cannot parse; read it
 /// through [`msg_get`] instead.
 pub(crate) async fn direct_get(
-    client: &Client,
+    client: &Conn,
     api_subject: &str,
     request: &DirectGet,
     timeout: Duration,
@@ -119,7 +118,7 @@ pub(crate) struct MultiPage {
 /// reconnected meanwhile, possibly because one of the messages is one it cannot parse; what
 /// arrived before is returned with it, so the caller can go on from there through [`msg_get`].
 pub(crate) async fn direct_batches(
-    client: &Client,
+    client: &Conn,
     api_subject: &str,
     requests: &[DirectGet],
     timeout: Duration,
@@ -128,7 +127,7 @@ pub(crate) async fn direct_batches(
     if requests.is_empty() {
         return Ok((out, Answer::Got(())));
     }
-    let epoch = permissions::epoch(client);
+    let epoch = client.epoch();
     let inbox = client.new_inbox();
     let mut sub = client
         .subscribe(inbox.clone())
@@ -184,7 +183,7 @@ pub(crate) async fn direct_batches(
 /// The next reply on a request's inbox; [`Answer::Reconnected`] as soon as the client has
 /// reconnected since `epoch`.
 async fn next_reply(
-    client: &Client,
+    client: &Conn,
     sub: &mut async_nats::Subscriber,
     subject: &str,
     timeout: Duration,
@@ -197,7 +196,7 @@ async fn next_reply(
             Ok(Some(m)) => return Ok(Answer::Got(m)),
             Ok(None) => return Err(StoreError::new(StoreErrorKind::Connection)),
             Err(_) => {
-                if permissions::epoch(client) != epoch {
+                if client.epoch() != epoch {
                     return Ok(Answer::Reconnected);
                 }
                 if tokio::time::Instant::now() >= deadline {

@@ -4,11 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::Client;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{codes, request_again_on_reconnect, server_error, ApiError};
+use super::{codes, request_again_on_reconnect, server_error, ApiError, Conn};
 use crate::jetstream::codec::RawMessage;
 use crate::store::{StoreError, StoreErrorKind};
 
@@ -49,7 +48,7 @@ struct CreateConsumerResponse {
 /// full request `body`); sent again if the client reconnects meanwhile (creating a named
 /// consumer with the same configuration again is idempotent).
 pub(crate) async fn create_consumer(
-    client: &Client,
+    client: &Conn,
     subject: &str,
     body: Bytes,
     timeout: Duration,
@@ -93,7 +92,7 @@ struct StoredMsg {
 /// would refuse is kept as the message's [`RawMessage::defect`]. `None`: no such message. Sent
 /// again if the client reconnects meanwhile (a read is idempotent).
 pub(crate) async fn msg_get(
-    client: &Client,
+    client: &Conn,
     stream: &str,
     request: &MsgGet<'_>,
     timeout: Duration,
@@ -174,7 +173,7 @@ struct StreamInfoRequest<'a> {
 
 /// The stream's last sequence and, with a filter, the matching subjects with their counts.
 pub(crate) async fn stream_state(
-    client: &Client,
+    client: &Conn,
     stream: &str,
     subjects_filter: Option<&str>,
     timeout: Duration,

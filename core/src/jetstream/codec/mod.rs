@@ -14,6 +14,31 @@ mod header_block;
 
 pub(crate) use header_block::parse_header_block;
 
+/// The header names of the wire format as values made at compile time: inserting one costs
+/// no allocation (a name made from a `&str` copies it into a buffer of its own, for every
+/// event).
+pub(crate) mod names {
+    use async_nats::header::HeaderName;
+
+    use crate::headers as h;
+
+    pub(crate) const MSG_ID: HeaderName = HeaderName::from_static(h::MSG_ID);
+    pub(crate) const EVENT_TYPE: HeaderName = HeaderName::from_static(h::EVENT_TYPE);
+    pub(crate) const EVENT_VERSION: HeaderName = HeaderName::from_static(h::EVENT_VERSION);
+    pub(crate) const AGGREGATE_TYPE: HeaderName = HeaderName::from_static(h::AGGREGATE_TYPE);
+    pub(crate) const AGGREGATE_ID: HeaderName = HeaderName::from_static(h::AGGREGATE_ID);
+    pub(crate) const AGGREGATE_VERSION: HeaderName = HeaderName::from_static(h::AGGREGATE_VERSION);
+    pub(crate) const CORRELATION_ID: HeaderName = HeaderName::from_static(h::CORRELATION_ID);
+    pub(crate) const CAUSATION_ID: HeaderName = HeaderName::from_static(h::CAUSATION_ID);
+    pub(crate) const ACTOR: HeaderName = HeaderName::from_static(h::ACTOR);
+    pub(crate) const TIMESTAMP: HeaderName = HeaderName::from_static(h::TIMESTAMP);
+    pub(crate) const CONTENT_TYPE: HeaderName = HeaderName::from_static(h::CONTENT_TYPE);
+    pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE: HeaderName =
+        HeaderName::from_static(h::EXPECTED_LAST_SUBJECT_SEQUENCE);
+    pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: HeaderName =
+        HeaderName::from_static(h::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT);
+}
+
 /// The headers of an event to append, without the concurrency headers.
 pub(crate) fn event_headers(
     event: &NewEvent,
@@ -23,49 +48,44 @@ pub(crate) fn event_headers(
     let mut headers = HeaderMap::new();
     let mut id_buf = uuid::Uuid::encode_buffer();
     headers.insert(
-        h::MSG_ID,
+        names::MSG_ID,
         &*event
             .event_id
             .as_uuid()
             .hyphenated()
             .encode_lower(&mut id_buf),
     );
-    headers.insert(h::EVENT_TYPE, &*event.event_type);
+    headers.insert(names::EVENT_TYPE, &*event.event_type);
     headers.insert(
-        h::EVENT_VERSION,
-        itoa(u64::from(event.schema_version)).as_str(),
+        names::EVENT_VERSION,
+        u64::from(event.schema_version).to_string(),
     );
-    headers.insert(h::AGGREGATE_TYPE, &*event.entity_kind);
-    headers.insert(h::AGGREGATE_ID, aggregate_id.as_str());
-    headers.insert(h::AGGREGATE_VERSION, itoa(version).as_str());
+    headers.insert(names::AGGREGATE_TYPE, &*event.entity_kind);
+    headers.insert(names::AGGREGATE_ID, aggregate_id.as_str());
+    headers.insert(names::AGGREGATE_VERSION, version.to_string());
     headers.insert(
-        h::TIMESTAMP,
+        names::TIMESTAMP,
         event
             .timestamp
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-            .as_str(),
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
     );
-    headers.insert(h::CONTENT_TYPE, h::JSON);
+    headers.insert(names::CONTENT_TYPE, h::JSON);
     if let Some(id) = event.correlation_id {
         headers.insert(
-            h::CORRELATION_ID,
+            names::CORRELATION_ID,
             &*id.as_uuid().hyphenated().encode_lower(&mut id_buf),
         );
     }
     if let Some(id) = event.causation_id {
         headers.insert(
-            h::CAUSATION_ID,
+            names::CAUSATION_ID,
             &*id.as_uuid().hyphenated().encode_lower(&mut id_buf),
         );
     }
     if let Some(actor) = &event.actor {
-        headers.insert(h::ACTOR, actor.as_str());
+        headers.insert(names::ACTOR, actor.as_str());
     }
     headers
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 /// The aggregate version a stored message says it gives its aggregate (`Cim-Aggregate-Version`):

@@ -213,7 +213,7 @@ impl ProjectionRunner {
         let run = Run {
             shared: Arc::clone(&shared),
             subject: format!("$KV.{}.{key}", options.bucket),
-            client: store.client().clone(),
+            client: crate::jetstream::api::Conn::new(store.client().clone()),
             bucket,
             key,
             revision,
@@ -253,7 +253,7 @@ fn store_error(name: &str, e: impl std::error::Error + Send + Sync + 'static) ->
 struct Run<P> {
     shared: Arc<Shared<P>>,
     bucket: kv::Store,
-    client: async_nats::Client,
+    client: crate::jetstream::api::Conn,
     /// The checkpoint key's subject, `$KV.<bucket>.<key>`.
     subject: String,
     key: String,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::envelope::StreamSequence;
 use crate::headers as h;
 use crate::jetstream::api::{self, codes, Answer, Published};
-use crate::jetstream::codec::{self, event_headers};
+use crate::jetstream::codec::{self, event_headers, names};
 use crate::store::{check_append, AppendResult, ExpectedVersion, NewEvent};
 use crate::store::{StoreError, StoreErrorKind};
 use crate::subject::{subject_matches, AggregateId, Subject};
@@ -149,8 +149,8 @@ impl JetStreamEventStore {
         last: u64,
         payload: Bytes,
     ) -> Result<Answer<Published>, StoreError> {
-        headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
-        headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, scope);
+        headers.insert(names::EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string());
+        headers.insert(names::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, scope);
         api::publish(
             &self.inner.client,
             subject.as_str().to_owned(),
@@ -375,8 +375,9 @@ fn headers_len(headers: &async_nats::HeaderMap) -> usize {
     headers
         .iter()
         .map(|(k, vs)| {
+            let name = AsRef::<str>::as_ref(k).len();
             vs.iter()
-                .map(|v| k.to_string().len() + v.as_str().len() + 4)
+                .map(|v| name + v.as_str().len() + 4)
                 .sum::<usize>()
         })
         .sum::<usize>()

@@ -66,7 +66,7 @@ pub struct JetStreamEventStore {
 }
 
 struct Inner {
-    client: Client,
+    client: api::Conn,
     context: jetstream::Context,
     config: StoreConfig,
     direct_subject: String,
@@ -126,7 +126,7 @@ impl JetStreamEventStore {
         let direct_subject = format!("$JS.API.DIRECT.GET.{}", config.stream_name);
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                client: api::Conn::new(client),
                 context,
                 config,
                 direct_subject,
@@ -174,8 +174,7 @@ impl EventStore for JetStreamEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        let result = self.append_inner(aggregate_id, expected, events).await;
-        self.reclassify(result).await
+        JetStreamEventStore::append(self, aggregate_id, expected, events).await
     }
 
     async fn read_aggregate(
@@ -227,7 +226,7 @@ impl EventStore for JetStreamEventStore {
 
     fn stream(&self, from: ReadFrom) -> EventStream<'_> {
         Box::pin(crate::jetstream::read::stream_all(
-            self.inner.client.clone(),
+            self.inner.client.client().clone(),
             self.inner.config.stream_name.clone(),
             self.inner.timeout,
             from,
@@ -241,6 +240,22 @@ impl EventStore for JetStreamEventStore {
 }
 
 impl JetStreamEventStore {
+    /// [`EventStore::append`] without the box a trait object's future needs: the same append,
+    /// for callers that hold the store by its type.
+    ///
+    /// # Errors
+    ///
+    /// As [`EventStore::append`].
+    pub async fn append(
+        &self,
+        aggregate_id: &AggregateId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let result = self.append_inner(aggregate_id, expected, events).await;
+        self.reclassify(result).await
+    }
+
     /// "No responders" for an existing stream is not a missing stream: its leader is being
     /// elected, or its servers are down. One STREAM.INFO request tells the two apart, on the
     /// error path only.

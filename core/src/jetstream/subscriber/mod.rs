@@ -174,7 +174,7 @@ impl EventSubscriber {
                 dead_letter_subject: dead_letter.as_ref().map(|d| d.subject.clone()),
             });
             let ctx = Arc::new(ConsumerContext {
-                client: self.client.clone(),
+                client: crate::jetstream::api::Conn::new(self.client.clone()),
                 stream: Arc::from(stream.as_str()),
                 consumer: Arc::from(name.as_str()),
                 subjects: Arc::from(filters),

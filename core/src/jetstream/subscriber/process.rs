@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use async_nats::{Client, HeaderMap, Subject};
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::FutureExt;
 use tracing::Instrument;
@@ -116,7 +116,7 @@ pub(crate) struct DeadLetterTarget {
 
 /// What one consumer's message handling needs.
 pub(crate) struct ConsumerContext {
-    pub(crate) client: Client,
+    pub(crate) client: api::Conn,
     pub(crate) stream: Arc<str>,
     pub(crate) consumer: Arc<str>,
     /// The subjects the consumer filters on.
