@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
-use cim_nats::{AggregateId, EventId, EventStore, ExpectedVersion, NewEvent};
+use cim_nats::{AggregateId, EventId, ExpectedVersion, NewEvent};
 use futures::TryStreamExt;
 
 /// The seed imports `subscriber::{EventSubscriberBuilder, FnEventHandler}` from

@@ -10,8 +10,7 @@ use std::time::Duration;
 use cim_nats::jetstream::subscriber::{DeadLetterConfig, EventSubscriberBuilder};
 use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
 use cim_nats::{
-    AggregateId, AsyncFnHandler, EventStore, ExpectedVersion, FnEventHandler, StoredEvent,
-    SubscriberErrorKind,
+    AggregateId, AsyncFnHandler, ExpectedVersion, FnEventHandler, StoredEvent, SubscriberErrorKind,
 };
 use subscriber_fixtures::{self as fx, Seen};
 

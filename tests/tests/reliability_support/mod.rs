@@ -11,8 +11,8 @@ use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
 use cim_nats::jetstream::JetStreamEventStore;
 use cim_nats::{
-    headers, AggregateId, AppendResult, Envelope, EventId, EventStore, ExpectedVersion, NewEvent,
-    Projection, ProjectionError, StoreError, StoreErrorKind,
+    headers, AggregateId, AppendResult, Envelope, EventId, ExpectedVersion, NewEvent, Projection,
+    ProjectionError, StoreError, StoreErrorKind,
 };
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
