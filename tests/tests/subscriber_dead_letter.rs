@@ -1,7 +1,6 @@
 //! The dead letter: after the last failed delivery, on a permanent error, and for messages that
 //! are not readable events; the consumer goes on with the next events.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::collections::HashMap;
@@ -15,7 +14,7 @@ use cim_nats::{
     AggregateId, AsyncFnHandler, Delivery, Envelope, EventStore, ExpectedVersion, HandlerError,
     TypedHandler,
 };
-use subscriber_fixtures::{self as fx, CartEvent, Seen};
+use support::subscriber::{self as fx, CartEvent, Seen};
 
 fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {
     m.headers.get(name).map(|v| v.as_str())

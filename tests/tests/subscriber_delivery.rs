@@ -2,7 +2,6 @@
 //! per-aggregate order with different aggregates in parallel; deliver policies; the async and
 //! typed handlers.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::collections::HashSet;
@@ -15,7 +14,7 @@ use cim_nats::{
     AggregateId, AsyncFnHandler, Delivery, Envelope, HandlerError, StoredEvent, StreamSequence,
     TypedHandler,
 };
-use subscriber_fixtures::{self as fx, CartEvent, Seen};
+use support::subscriber::{self as fx, CartEvent, Seen};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_events_are_each_handled_once_in_per_aggregate_order() {

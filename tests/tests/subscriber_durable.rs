@@ -1,7 +1,6 @@
 //! Durable consumers and graceful shutdown: a restarted durable subscriber resumes where it
 //! stopped; a shutdown finishes and acknowledges running handlers.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::collections::HashSet;
@@ -15,7 +14,7 @@ use cim_nats::jetstream::subscriber::{
 use cim_nats::{
     AggregateId, AsyncFnHandler, Delivery, EventId, EventStore, StoredEvent, SubscriberErrorKind,
 };
-use subscriber_fixtures::{self as fx, Seen};
+use support::subscriber::{self as fx, Seen};
 use tokio::sync::watch;
 
 fn recording_subscriber(

@@ -1,7 +1,6 @@
 //! Retries: a failing handler's event is delivered again after a backoff, and the later events
 //! of its aggregate wait for it.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::collections::HashMap;
@@ -10,7 +9,7 @@ use std::time::Duration;
 
 use cim_nats::jetstream::subscriber::{DeliverPolicy, EventSubscriberBuilder};
 use cim_nats::{AggregateId, AsyncFnHandler, Delivery, HandlerError};
-use subscriber_fixtures::{self as fx, Seen};
+use support::subscriber::{self as fx, Seen};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_failing_twice_then_succeeding_handles_the_event_on_delivery_three() {

@@ -1,7 +1,6 @@
 //! Streams and consumers: subjects of two domains behind one handle, subjects no stream
 //! captures, consumer hygiene, and the builder's checks.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use cim_nats::{
     AggregateId, AsyncFnHandler, EventStore, ExpectedVersion, FnEventHandler, StoredEvent,
     SubscriberErrorKind,
 };
-use subscriber_fixtures::{self as fx, Seen};
+use support::subscriber::{self as fx, Seen};
 
 fn collector(seen: &Seen) -> impl cim_nats::EventHandler + 'static {
     let seen = seen.clone();
