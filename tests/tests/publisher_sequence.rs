@@ -2,7 +2,6 @@
 //! retry), atomic publishing of one command's events with its identity, and one copy of each
 //! event (written through the store only).
 
-mod subscriber_fixtures;
 mod support;
 
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use cim_nats::{
     AggregateId, EventPublisher, EventStore, ExpectedVersion, MessageIdentity, StoreErrorKind,
 };
 use futures::StreamExt;
-use subscriber_fixtures::{self as fx, CartEvent};
+use support::subscriber::{self as fx, CartEvent};
 
 /// The same checks on any store.
 async fn sequence_semantics(publisher: &EventPublisher) {

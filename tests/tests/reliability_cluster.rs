@@ -3,7 +3,7 @@
 //! nothing acknowledged is lost, a durable subscriber and a projection carry on to exact
 //! counts, and the killed node, restarted, catches up (it is then made the leader and read).
 
-mod reliability_support;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use cim_nats::jetstream::{
 };
 use cim_nats::testing::{wait_until, NatsCluster};
 use cim_nats::{AsyncFnHandler, Delivery, StreamSequence};
-use reliability_support::{self as rs, Counter, Plan, Progress};
+use support::reliability::{self as rs, Counter, Plan, Progress};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -8,7 +8,7 @@
 //! read before the abort), and only as a redelivery. The projection, whose state and checkpoint
 //! are one KV write, applies each event exactly once.
 
-mod reliability_support;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use cim_nats::jetstream::{
 };
 use cim_nats::testing::{wait_until, NatsServer};
 use cim_nats::{AsyncFnHandler, Delivery, ProjectionError};
-use reliability_support::{self as rs, Counter, Plan, Progress, XorShift};
+use support::reliability::{self as rs, Counter, Plan, Progress, XorShift};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 

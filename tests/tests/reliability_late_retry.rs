@@ -3,7 +3,7 @@
 //! (reading back from the aggregate's last event, not its whole history), and tells a real
 //! conflict and a reused event id apart from it.
 
-mod reliability_support;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
 use cim_nats::testing::{wait_until, NatsServer};
 use cim_nats::{EventId, EventStore, ExpectedVersion, StoreErrorKind};
-use reliability_support::{self as rs, Plan, Progress};
+use support::reliability::{self as rs, Plan, Progress};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_the_dedupe_window_is_recognised_deep_in_a_busy_stream() {

@@ -7,7 +7,7 @@
 //! 100,000 appends on 1,000 aggregates, 256 in flight (about 20 s in a debug build on two
 //! cores); `RELIABILITY_CRASH_EVENTS` sets another size.
 
-mod reliability_support;
+mod support;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
 use cim_nats::testing::{wait_until, NatsServer};
-use reliability_support::{self as rs, Plan, Progress};
+use support::reliability::{self as rs, Plan, Progress};
 
 const AGGREGATES: u64 = 1000;
 const IN_FLIGHT: usize = 256;

@@ -1,7 +1,6 @@
 //! The dead letter: after the last failed delivery, on a permanent error, and for messages that
 //! are not readable events; the consumer goes on with the next events.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::collections::HashMap;
@@ -10,12 +9,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
 use cim_nats::jetstream::subscriber::dead_letter as dl;
-use cim_nats::jetstream::subscriber::{DeliverPolicy, EventSubscriberBuilder};
-use cim_nats::{
-    AggregateId, AsyncFnHandler, Delivery, Envelope, EventStore, ExpectedVersion, HandlerError,
-    TypedHandler,
-};
-use subscriber_fixtures::{self as fx, CartEvent, Seen};
+use cim_nats::jetstream::subscriber::DeliverPolicy;
+use cim_nats::{AggregateId, Delivery, EventStore, ExpectedVersion, HandlerError};
+use support::subscriber::{self as fx, Envelopes, Seen};
 
 fn header<'a>(m: &'a StreamMessage, name: &str) -> Option<&'a str> {
     m.headers.get(name).map(|v| v.as_str())
@@ -39,67 +35,44 @@ async fn an_event_failing_every_delivery_goes_to_the_dead_letter_and_the_consume
 
     let seen = Seen::default();
     let attempts: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
-    let handler = {
-        let (seen, attempts, doomed) = (seen.clone(), attempts.clone(), doomed.clone());
-        AsyncFnHandler::with_delivery(move |delivery: Delivery| {
-            let (seen, attempts, doomed) = (seen.clone(), attempts.clone(), doomed.clone());
-            async move {
-                *attempts
-                    .lock()
-                    .unwrap()
-                    .entry(delivery.event.stream_sequence.0)
-                    .or_default() += 1;
-                if delivery.event.aggregate_id == doomed && delivery.event.aggregate_version == 1 {
-                    return Err(HandlerError::from(std::io::Error::other(
-                        "inventory service\nunreachable",
-                    )));
-                }
-                seen.push(delivery.event, delivery.delivery_count);
-                Ok(())
+    let handler = seen.handler_with({
+        let (attempts, doomed) = (attempts.clone(), doomed.clone());
+        move |delivery: &Delivery| {
+            *attempts
+                .lock()
+                .unwrap()
+                .entry(delivery.event.stream_sequence.0)
+                .or_default() += 1;
+            if delivery.event.aggregate_id == doomed && delivery.event.aggregate_version == 1 {
+                return Err(HandlerError::from(std::io::Error::other(
+                    "inventory service\nunreachable",
+                )));
             }
-        })
-    };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .durable("dl-test")
-        .deliver_policy(DeliverPolicy::All)
-        .max_deliveries(3)
-        .backoff(fx::fast_backoff())
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+            Ok(())
+        }
+    });
+    let handle = fx::subscribe(&client, fx::CART_WILDCARD, handler, |b| {
+        b.durable("dl-test")
+            .deliver_policy(DeliverPolicy::All)
+            .max_deliveries(3)
+            .backoff(fx::fast_backoff())
+    })
+    .await;
     assert_eq!(
         handle.consumers()[0].dead_letter_subject.as_deref(),
         Some("dlq.SHOP_EVENTS.dl-test")
     );
-    for v in 1..=2 {
-        publisher
-            .publish(&fx::cart_event(v), doomed.clone(), v)
-            .await
-            .unwrap();
-        publisher
-            .publish(&fx::cart_event(v), fine.clone(), v)
-            .await
-            .unwrap();
-    }
+    fx::publish_in_turn(&publisher, &[&doomed, &fine], 1..=2).await;
     let letters = wait_for_dead_letters(&client, 1).await;
     // The consumer goes on: the doomed cart's next event and the other cart's events.
-    support::wait_until(Duration::from_secs(10), "3 events handled", || {
-        let n = seen.len();
-        async move { n == 3 }
-    })
-    .await;
-    support::wait_until(Duration::from_secs(10), "nothing pending", || {
-        let client = client.clone();
-        async move {
-            let info = fx::consumer_info(&client, "SHOP_EVENTS", "dl-test").await;
-            info.ack_floor.stream_sequence == 4 && info.num_ack_pending == 0
-        }
-    })
+    seen.wait_for(3, Duration::from_secs(10)).await;
+    fx::wait_acknowledged(
+        &client,
+        "SHOP_EVENTS",
+        "dl-test",
+        4,
+        Duration::from_secs(10),
+    )
     .await;
     handle.shutdown().await.unwrap();
 
@@ -149,30 +122,16 @@ async fn unreadable_messages_and_permanent_errors_go_to_the_dead_letter_at_once(
     let (_server, client) = support::server().await;
     let (store, publisher) = fx::shop(&client).await;
     let seen = Seen::default();
-    let handler = {
-        let seen = seen.clone();
-        AsyncFnHandler::with_delivery(move |delivery: Delivery| {
-            let seen = seen.clone();
-            async move {
-                if delivery.event.aggregate_id.as_str() == "rejected" {
-                    return Err(HandlerError::msg("cart rejected by policy").permanent());
-                }
-                seen.push(delivery.event, delivery.delivery_count);
-                Ok(())
-            }
-        })
-    };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .max_deliveries(5)
-        .backoff([Duration::from_secs(60)])
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    let handler = seen.handler_with(|delivery: &Delivery| {
+        if delivery.event.aggregate_id.as_str() == "rejected" {
+            return Err(HandlerError::msg("cart rejected by policy").permanent());
+        }
+        Ok(())
+    });
+    let handle = fx::subscribe(&client, fx::CART_WILDCARD, handler, |b| {
+        b.max_deliveries(5).backoff([Duration::from_secs(60)])
+    })
+    .await;
     let consumer = handle.consumers()[0].name.clone();
 
     // Not an event: no cim-nats headers. A long backoff: only "at once" finishes in time.
@@ -192,11 +151,7 @@ async fn unreadable_messages_and_permanent_errors_go_to_the_dead_letter_at_once(
         .unwrap();
 
     let letters = wait_for_dead_letters(&client, 2).await;
-    support::wait_until(Duration::from_secs(10), "the good event", || {
-        let n = seen.len();
-        async move { n == 1 }
-    })
-    .await;
+    seen.wait_for(1, Duration::from_secs(10)).await;
     handle.shutdown().await.unwrap();
 
     assert_eq!(letters.len(), 2);
@@ -234,27 +189,11 @@ async fn unreadable_messages_and_permanent_errors_go_to_the_dead_letter_at_once(
 async fn an_event_type_the_typed_handler_does_not_know_goes_to_the_dead_letter_at_once() {
     let (_server, client) = support::server().await;
     let (store, publisher) = fx::shop(&client).await;
-    let got: Arc<Mutex<Vec<Envelope<CartEvent>>>> = Arc::default();
-    let handler = {
-        let got = got.clone();
-        TypedHandler::<CartEvent, _>::new(move |envelope: Envelope<CartEvent>| {
-            let got = got.clone();
-            async move {
-                got.lock().unwrap().push(envelope);
-                Ok::<_, HandlerError>(())
-            }
-        })
-    };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .backoff([Duration::from_secs(60)])
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    let got = Envelopes::default();
+    let handle = fx::subscribe(&client, fx::CART_WILDCARD, got.handler(), |b| {
+        b.backoff([Duration::from_secs(60)])
+    })
+    .await;
     // A readable event of a type CartEvent does not have.
     let mut mystery = fx::raw_event("shop", 1);
     mystery.event_type = "Abandoned".into();
@@ -270,11 +209,7 @@ async fn an_event_type_the_typed_handler_does_not_know_goes_to_the_dead_letter_a
         .await
         .unwrap();
     let letters = wait_for_dead_letters(&client, 1).await;
-    support::wait_until(Duration::from_secs(10), "the known event", || {
-        let n = got.lock().unwrap().len();
-        async move { n == 1 }
-    })
-    .await;
+    got.wait_for(1, Duration::from_secs(10)).await;
     handle.shutdown().await.unwrap();
     assert_eq!(
         header(&letters[0], dl::REASON),
@@ -283,5 +218,5 @@ async fn an_event_type_the_typed_handler_does_not_know_goes_to_the_dead_letter_a
     assert!(header(&letters[0], dl::ERROR)
         .unwrap()
         .contains("unknown event type"));
-    assert_eq!(got.lock().unwrap()[0].version(), 2);
+    assert_eq!(got.all()[0].version(), 2);
 }

@@ -2,7 +2,6 @@
 //! per-aggregate order with different aggregates in parallel; deliver policies; the async and
 //! typed handlers.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::collections::HashSet;
@@ -10,12 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cim_nats::jetstream::subscriber::{DeliverPolicy, EventSubscriberBuilder};
-use cim_nats::{
-    AggregateId, AsyncFnHandler, Delivery, Envelope, HandlerError, StoredEvent, StreamSequence,
-    TypedHandler,
-};
-use subscriber_fixtures::{self as fx, CartEvent, Seen};
+use cim_nats::jetstream::subscriber::DeliverPolicy;
+use cim_nats::{AggregateId, AsyncFnHandler, Delivery, StoredEvent, StreamSequence};
+use support::subscriber::{self as fx, CartEvent, Envelopes, Seen};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_events_are_each_handled_once_in_per_aggregate_order() {
@@ -61,34 +57,26 @@ async fn thousand_events(parallel: bool) {
 
     // Half of the events before the subscription, half while it runs: 20 carts x 50 events.
     fx::publish_carts(&publisher, "cart", 20, 1..=25).await;
-    let subscriber = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject("shop.>")
-        .handler(handler)
-        .durable("thousand")
-        .deliver_policy(DeliverPolicy::All)
-        .max_in_flight(64)
-        .parallel_handlers(parallel)
-        .build()
-        .unwrap();
     let started = Instant::now();
-    let handle = subscriber.subscribe().await.unwrap();
-    fx::publish_carts(&publisher, "cart", 20, 26..=50).await;
-
-    support::wait_until(Duration::from_secs(30), "1000 events handled", || {
-        let n = seen.len();
-        async move { n >= 1000 }
+    let handle = fx::subscribe(&client, "shop.>", handler, |b| {
+        b.durable("thousand")
+            .deliver_policy(DeliverPolicy::All)
+            .max_in_flight(64)
+            .parallel_handlers(parallel)
     })
     .await;
+    fx::publish_carts(&publisher, "cart", 20, 26..=50).await;
+
+    seen.wait_for_at_least(1000, Duration::from_secs(30)).await;
     let elapsed = started.elapsed();
     // Every acknowledgement is confirmed, nothing is pending or redelivered.
-    support::wait_until(Duration::from_secs(10), "ack floor at 1000", || {
-        let client = client.clone();
-        async move {
-            let info = fx::consumer_info(&client, "SHOP_EVENTS", "thousand").await;
-            info.ack_floor.stream_sequence == 1000 && info.num_ack_pending == 0
-        }
-    })
+    fx::wait_acknowledged(
+        &client,
+        "SHOP_EVENTS",
+        "thousand",
+        1000,
+        Duration::from_secs(10),
+    )
     .await;
     let info = fx::consumer_info(&client, "SHOP_EVENTS", "thousand").await;
     assert_eq!(info.num_redelivered, 0);
@@ -135,23 +123,13 @@ async fn parallel_handlers_use_several_threads() {
                 Ok(())
             })
         };
-        let handle = EventSubscriberBuilder::new()
-            .client(client.clone())
-            .subject("shop.>")
-            .handler(handler)
-            .durable(durable)
-            .deliver_policy(DeliverPolicy::All)
-            .parallel_handlers(parallel)
-            .build()
-            .unwrap()
-            .subscribe()
-            .await
-            .unwrap();
-        support::wait_until(Duration::from_secs(10), "6 events handled", || {
-            let n = seen.len();
-            async move { n >= 6 }
+        let handle = fx::subscribe(&client, "shop.>", handler, |b| {
+            b.durable(durable)
+                .deliver_policy(DeliverPolicy::All)
+                .parallel_handlers(parallel)
         })
         .await;
+        seen.wait_for_at_least(6, Duration::from_secs(10)).await;
         handle.shutdown().await.unwrap();
         seen.assert_per_aggregate_order();
         let most = most_running.load(Ordering::SeqCst);
@@ -163,32 +141,12 @@ async fn parallel_handlers_use_several_threads() {
     }
 }
 
+/// An ephemeral subscriber of every cart event that starts at `policy`, and what it saw.
 async fn subscribe_and_collect(
     client: &async_nats::Client,
     policy: DeliverPolicy,
 ) -> (cim_nats::jetstream::SubscriptionHandle, Seen) {
-    let seen = Seen::default();
-    let handler = {
-        let seen = seen.clone();
-        AsyncFnHandler::new(move |event: StoredEvent| {
-            let seen = seen.clone();
-            async move {
-                seen.push(event, 1);
-                Ok(())
-            }
-        })
-    };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject("shop.cart.>")
-        .handler(handler)
-        .deliver_policy(policy)
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
-    (handle, seen)
+    fx::record(client, fx::CART_WILDCARD, |b| b.deliver_policy(policy)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,19 +154,9 @@ async fn deliver_policies_start_where_they_say() {
     let (_server, client) = support::server().await;
     let (_store, publisher) = fx::shop(&client).await;
     let cart = AggregateId::new("c-1").unwrap();
-    for v in 1..=3 {
-        publisher
-            .publish(&fx::cart_event(v), cart.clone(), v)
-            .await
-            .unwrap();
-    }
+    fx::publish_in_turn(&publisher, &[&cart], 1..=3).await;
     let between = chrono::Utc::now();
-    for v in 4..=5 {
-        publisher
-            .publish(&fx::cart_event(v), cart.clone(), v)
-            .await
-            .unwrap();
-    }
+    fx::publish_in_turn(&publisher, &[&cart], 4..=5).await;
 
     let (all, seen_all) = subscribe_and_collect(&client, DeliverPolicy::All).await;
     let (new, seen_new) = subscribe_and_collect(&client, DeliverPolicy::New).await;
@@ -245,40 +193,13 @@ async fn deliver_policies_start_where_they_say() {
 async fn a_typed_handler_receives_decoded_envelopes() {
     let (_server, client) = support::server().await;
     let (_store, publisher) = fx::shop(&client).await;
-    let got: Arc<Mutex<Vec<Envelope<CartEvent>>>> = Arc::default();
-    let handler = {
-        let got = got.clone();
-        TypedHandler::<CartEvent, _>::new(move |envelope: Envelope<CartEvent>| {
-            let got = got.clone();
-            async move {
-                got.lock().unwrap().push(envelope);
-                Ok::<_, HandlerError>(())
-            }
-        })
-    };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    let got = Envelopes::default();
+    let handle = fx::subscribe(&client, fx::CART_WILDCARD, got.handler(), |b| b).await;
     let cart = AggregateId::new("typed").unwrap();
-    for v in 1..=3 {
-        publisher
-            .publish(&fx::cart_event(v), cart.clone(), v)
-            .await
-            .unwrap();
-    }
-    support::wait_until(Duration::from_secs(10), "3 envelopes", || {
-        let n = got.lock().unwrap().len();
-        async move { n == 3 }
-    })
-    .await;
+    fx::publish_in_turn(&publisher, &[&cart], 1..=3).await;
+    got.wait_for(3, Duration::from_secs(10)).await;
     handle.shutdown().await.unwrap();
-    let got = got.lock().unwrap();
+    let got = got.all();
     let events: Vec<CartEvent> = got.iter().map(|e| e.event.clone()).collect();
     assert_eq!(
         events,

@@ -1,7 +1,6 @@
 //! Durable consumers and graceful shutdown: a restarted durable subscriber resumes where it
 //! stopped; a shutdown finishes and acknowledges running handlers.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::collections::HashSet;
@@ -9,20 +8,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cim_nats::jetstream::subscriber::{
-    DeliverPolicy, EventSubscriber, EventSubscriberBuilder, ShutdownTrigger,
-};
+use cim_nats::jetstream::subscriber::{DeliverPolicy, ShutdownTrigger};
+use cim_nats::jetstream::SubscriptionHandle;
 use cim_nats::{
     AggregateId, AsyncFnHandler, Delivery, EventId, EventStore, StoredEvent, SubscriberErrorKind,
 };
-use subscriber_fixtures::{self as fx, Seen};
+use support::subscriber::{self as fx, Seen};
 use tokio::sync::watch;
 
-fn recording_subscriber(
+/// The durable subscriber "resumer", recording what it sees; with `stop_after`, it shuts
+/// itself down from inside its handler once it has seen that many events.
+async fn subscribe_recording(
     client: &async_nats::Client,
     seen: &Seen,
     stop_after: Option<(usize, Arc<Mutex<Option<ShutdownTrigger>>>)>,
-) -> EventSubscriber {
+) -> SubscriptionHandle {
     let handler = {
         let seen = seen.clone();
         AsyncFnHandler::with_delivery(move |delivery: Delivery| {
@@ -41,15 +41,12 @@ fn recording_subscriber(
             }
         })
     };
-    EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .durable("resumer")
-        .deliver_policy(DeliverPolicy::All)
-        .max_in_flight(16)
-        .build()
-        .unwrap()
+    fx::subscribe(client, fx::CART_WILDCARD, handler, |b| {
+        b.durable("resumer")
+            .deliver_policy(DeliverPolicy::All)
+            .max_in_flight(16)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,10 +57,7 @@ async fn a_restarted_durable_subscriber_gets_what_was_published_while_it_was_dow
     // First run: stops itself from inside a handler after 60 of 200 events, mid-stream.
     let first = Seen::default();
     let trigger = Arc::new(Mutex::new(None));
-    let handle = recording_subscriber(&client, &first, Some((60, trigger.clone())))
-        .subscribe()
-        .await
-        .unwrap();
+    let handle = subscribe_recording(&client, &first, Some((60, trigger.clone()))).await;
     *trigger.lock().unwrap() = Some(handle.shutdown_trigger());
     fx::publish_carts(&publisher, "r", 10, 1..=20).await;
     handle.await.unwrap();
@@ -79,22 +73,19 @@ async fn a_restarted_durable_subscriber_gets_what_was_published_while_it_was_dow
 
     // Second run: the rest, and nothing it had acknowledged.
     let second = Seen::default();
-    let handle = recording_subscriber(&client, &second, None)
-        .subscribe()
-        .await
-        .unwrap();
+    let handle = subscribe_recording(&client, &second, None).await;
     support::wait_until(Duration::from_secs(20), "all 300 events", || {
         let total = first.len() + second.len();
         async move { total >= 300 }
     })
     .await;
-    support::wait_until(Duration::from_secs(10), "all acknowledged", || {
-        let client = client.clone();
-        async move {
-            let info = fx::consumer_info(&client, "SHOP_EVENTS", "resumer").await;
-            info.ack_floor.stream_sequence == 300 && info.num_ack_pending == 0
-        }
-    })
+    fx::wait_acknowledged(
+        &client,
+        "SHOP_EVENTS",
+        "resumer",
+        300,
+        Duration::from_secs(10),
+    )
     .await;
     handle.shutdown().await.unwrap();
 
@@ -149,16 +140,12 @@ async fn shutdown_with_fifty_in_flight(parallel: bool) {
             }
         })
     };
-    let subscriber = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .durable("inflight")
-        .max_in_flight(64)
-        .parallel_handlers(parallel)
-        .build()
-        .unwrap();
-    let handle = subscriber.subscribe().await.unwrap();
+    let handle = fx::subscribe(&client, fx::CART_WILDCARD, handler, |b| {
+        b.durable("inflight")
+            .max_in_flight(64)
+            .parallel_handlers(parallel)
+    })
+    .await;
     // 50 carts, one event each: 50 handlers at once.
     fx::publish_carts(&publisher, "f", 50, 1..=1).await;
     support::wait_until(Duration::from_secs(10), "50 handlers running", || {
@@ -177,36 +164,12 @@ async fn shutdown_with_fifty_in_flight(parallel: bool) {
     assert_eq!(info.num_redelivered, 0);
 
     // Restarted: none of the 50 comes back; a new event does.
-    let again = Seen::default();
-    let handler = {
-        let again = again.clone();
-        AsyncFnHandler::new(move |event: StoredEvent| {
-            let again = again.clone();
-            async move {
-                again.push(event, 1);
-                Ok(())
-            }
-        })
-    };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .durable("inflight")
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    let (handle, again) = fx::record(&client, fx::CART_WILDCARD, |b| b.durable("inflight")).await;
     publisher
         .publish(&fx::cart_event(1), AggregateId::new("marker").unwrap(), 1)
         .await
         .unwrap();
-    support::wait_until(Duration::from_secs(10), "the marker", || {
-        let n = again.len();
-        async move { n >= 1 }
-    })
-    .await;
+    again.wait_for_at_least(1, Duration::from_secs(10)).await;
     handle.shutdown().await.unwrap();
     let again = again.events();
     assert_eq!(again.len(), 1, "nothing redelivered: {again:?}");
@@ -229,17 +192,11 @@ async fn a_handler_outliving_the_shutdown_timeout_is_stopped_and_its_event_deliv
             }
         })
     };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .durable("stuck")
-        .shutdown_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    let handle = fx::subscribe(&client, fx::CART_WILDCARD, handler, |b| {
+        b.durable("stuck")
+            .shutdown_timeout(Duration::from_millis(200))
+    })
+    .await;
     publisher
         .publish(&fx::cart_event(1), AggregateId::new("s").unwrap(), 1)
         .await
@@ -256,32 +213,8 @@ async fn a_handler_outliving_the_shutdown_timeout_is_stopped_and_its_event_deliv
     );
 
     // The event was given back: the next run gets it at once, as a second delivery.
-    let seen = Seen::default();
-    let handler = {
-        let seen = seen.clone();
-        AsyncFnHandler::with_delivery(move |delivery: Delivery| {
-            let seen = seen.clone();
-            async move {
-                seen.push(delivery.event, delivery.delivery_count);
-                Ok(())
-            }
-        })
-    };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .durable("stuck")
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
-    support::wait_until(Duration::from_secs(10), "the event again", || {
-        let n = seen.len();
-        async move { n == 1 }
-    })
-    .await;
+    let (handle, seen) = fx::record(&client, fx::CART_WILDCARD, |b| b.durable("stuck")).await;
+    seen.wait_for(1, Duration::from_secs(10)).await;
     handle.shutdown().await.unwrap();
     assert_eq!(seen.deliveries()[0].1, 2);
 }

@@ -1,16 +1,15 @@
 //! Retries: a failing handler's event is delivered again after a backoff, and the later events
 //! of its aggregate wait for it.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cim_nats::jetstream::subscriber::{DeliverPolicy, EventSubscriberBuilder};
+use cim_nats::jetstream::subscriber::DeliverPolicy;
 use cim_nats::{AggregateId, AsyncFnHandler, Delivery, HandlerError};
-use subscriber_fixtures::{self as fx, Seen};
+use support::subscriber::{self as fx, Seen};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_failing_twice_then_succeeding_handles_the_event_on_delivery_three() {
@@ -21,68 +20,44 @@ async fn a_handler_failing_twice_then_succeeding_handles_the_event_on_delivery_t
 
     let seen = Seen::default();
     let attempts: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
-    let handler = {
-        let (seen, attempts, flaky) = (seen.clone(), attempts.clone(), flaky.clone());
-        AsyncFnHandler::with_delivery(move |delivery: Delivery| {
-            let (seen, attempts, flaky) = (seen.clone(), attempts.clone(), flaky.clone());
-            async move {
-                let event = &delivery.event;
-                attempts
-                    .lock()
-                    .unwrap()
-                    .entry(event.stream_sequence.0)
-                    .or_default()
-                    .push(delivery.delivery_count);
-                if event.aggregate_id == flaky
-                    && event.aggregate_version == 1
-                    && delivery.delivery_count < 3
-                {
-                    return Err(HandlerError::msg(format!(
-                        "flaky failure {}",
-                        delivery.delivery_count
-                    )));
-                }
-                seen.push(delivery.event, delivery.delivery_count);
-                Ok(())
+    let handler = seen.handler_with({
+        let (attempts, flaky) = (attempts.clone(), flaky.clone());
+        move |delivery: &Delivery| {
+            let event = &delivery.event;
+            attempts
+                .lock()
+                .unwrap()
+                .entry(event.stream_sequence.0)
+                .or_default()
+                .push(delivery.delivery_count);
+            if event.aggregate_id == flaky
+                && event.aggregate_version == 1
+                && delivery.delivery_count < 3
+            {
+                return Err(HandlerError::msg(format!(
+                    "flaky failure {}",
+                    delivery.delivery_count
+                )));
             }
-        })
-    };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .deliver_policy(DeliverPolicy::All)
-        .max_deliveries(5)
-        .backoff([Duration::from_millis(30), Duration::from_millis(60)])
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
-    let consumer = handle.consumers()[0].clone();
-    for v in 1..=3 {
-        publisher
-            .publish(&fx::cart_event(v), flaky.clone(), v)
-            .await
-            .unwrap();
-        publisher
-            .publish(&fx::cart_event(v), steady.clone(), v)
-            .await
-            .unwrap();
-    }
-    support::wait_until(Duration::from_secs(10), "6 events handled", || {
-        let n = seen.len();
-        async move { n == 6 }
+            Ok(())
+        }
+    });
+    let handle = fx::subscribe(&client, fx::CART_WILDCARD, handler, |b| {
+        b.deliver_policy(DeliverPolicy::All)
+            .max_deliveries(5)
+            .backoff([Duration::from_millis(30), Duration::from_millis(60)])
     })
     .await;
-    support::wait_until(Duration::from_secs(10), "everything acknowledged", || {
-        let client = client.clone();
-        let name = consumer.name.clone();
-        async move {
-            let info = fx::consumer_info(&client, "SHOP_EVENTS", &name).await;
-            info.ack_floor.stream_sequence == 6 && info.num_ack_pending == 0
-        }
-    })
+    let consumer = handle.consumers()[0].clone();
+    fx::publish_in_turn(&publisher, &[&flaky, &steady], 1..=3).await;
+    seen.wait_for(6, Duration::from_secs(10)).await;
+    fx::wait_acknowledged(
+        &client,
+        "SHOP_EVENTS",
+        &consumer.name,
+        6,
+        Duration::from_secs(10),
+    )
     .await;
     handle.shutdown().await.unwrap();
 
@@ -118,42 +93,21 @@ async fn a_panicking_handler_is_retried_and_a_requested_delay_is_honoured() {
     let (_server, client) = support::server().await;
     let (_store, publisher) = fx::shop(&client).await;
     let seen = Seen::default();
-    let handler = {
-        let seen = seen.clone();
-        AsyncFnHandler::with_delivery(move |delivery: Delivery| {
-            let seen = seen.clone();
-            async move {
-                match delivery.delivery_count {
-                    1 => panic!("handler bug"),
-                    2 => Err(HandlerError::msg("not yet").retry_after(Duration::from_millis(10))),
-                    _ => {
-                        seen.push(delivery.event, delivery.delivery_count);
-                        Ok(())
-                    }
-                }
-            }
-        })
-    };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        // A long backoff: only the handler's own retry_after can make the test finish fast.
-        .backoff([Duration::from_millis(20), Duration::from_secs(60)])
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    let handler = seen.handler_with(|delivery: &Delivery| match delivery.delivery_count {
+        1 => panic!("handler bug"),
+        2 => Err(HandlerError::msg("not yet").retry_after(Duration::from_millis(10))),
+        _ => Ok(()),
+    });
+    // A long backoff: only the handler's own retry_after can make the test finish fast.
+    let handle = fx::subscribe(&client, fx::CART_WILDCARD, handler, |b| {
+        b.backoff([Duration::from_millis(20), Duration::from_secs(60)])
+    })
+    .await;
     publisher
         .publish(&fx::cart_event(1), AggregateId::new("p").unwrap(), 1)
         .await
         .unwrap();
-    support::wait_until(Duration::from_secs(10), "handled on delivery 3", || {
-        let n = seen.len();
-        async move { n == 1 }
-    })
-    .await;
+    seen.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(seen.deliveries()[0].1, 3);
     handle.shutdown().await.unwrap();
 }
@@ -177,30 +131,15 @@ async fn a_handler_slower_than_the_ack_wait_keeps_its_events_to_itself() {
             }
         })
     };
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject(fx::CART_WILDCARD)
-        .handler(handler)
-        .ack_wait(Duration::from_millis(500))
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    let handle = fx::subscribe(&client, fx::CART_WILDCARD, handler, |b| {
+        b.ack_wait(Duration::from_millis(500))
+    })
+    .await;
     let consumer = handle.consumers()[0].name.clone();
     let cart = AggregateId::new("slow").unwrap();
     // Version 2 waits behind version 1 the whole time, and must not time out either.
-    for v in 1..=2 {
-        publisher
-            .publish(&fx::cart_event(v), cart.clone(), v)
-            .await
-            .unwrap();
-    }
-    support::wait_until(Duration::from_secs(10), "both events", || {
-        let n = seen.len();
-        async move { n == 2 }
-    })
-    .await;
+    fx::publish_in_turn(&publisher, &[&cart], 1..=2).await;
+    seen.wait_for(2, Duration::from_secs(10)).await;
     let info = fx::consumer_info(&client, "SHOP_EVENTS", &consumer).await;
     handle.shutdown().await.unwrap();
     assert_eq!(info.num_redelivered, 0);

@@ -1,7 +1,6 @@
 //! Streams and consumers: subjects of two domains behind one handle, subjects no stream
 //! captures, consumer hygiene, and the builder's checks.
 
-mod subscriber_fixtures;
 mod support;
 
 use std::sync::Arc;
@@ -9,21 +8,8 @@ use std::time::Duration;
 
 use cim_nats::jetstream::subscriber::{DeadLetterConfig, EventSubscriberBuilder};
 use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
-use cim_nats::{
-    AggregateId, AsyncFnHandler, ExpectedVersion, FnEventHandler, StoredEvent, SubscriberErrorKind,
-};
-use subscriber_fixtures::{self as fx, Seen};
-
-fn collector(seen: &Seen) -> impl cim_nats::EventHandler + 'static {
-    let seen = seen.clone();
-    AsyncFnHandler::new(move |event: StoredEvent| {
-        let seen = seen.clone();
-        async move {
-            seen.push(event, 1);
-            Ok(())
-        }
-    })
-}
+use cim_nats::{AggregateId, ExpectedVersion, FnEventHandler, StoredEvent, SubscriberErrorKind};
+use support::subscriber::{self as fx, Seen};
 
 async fn domain_store(client: &async_nats::Client, domain: &str) -> JetStreamEventStore {
     JetStreamEventStore::new(client.clone(), StoreConfig::for_domain(domain))
@@ -36,16 +22,8 @@ async fn one_handle_consumes_the_streams_of_two_domains() {
     let (_server, client) = support::server().await;
     let alpha = domain_store(&client, "alpha").await;
     let beta = domain_store(&client, "beta").await;
-    let seen = Seen::default();
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subjects(["alpha.>", "beta.note.>"])
-        .handler(collector(&seen))
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    // A subject of each domain, on one subscriber.
+    let (handle, seen) = fx::record(&client, "alpha.>", |b| b.subject("beta.note.>")).await;
     let mut consumers: Vec<(String, Vec<String>)> = handle
         .consumers()
         .iter()
@@ -75,11 +53,7 @@ async fn one_handle_consumes_the_streams_of_two_domains() {
     )
     .await
     .unwrap();
-    support::wait_until(Duration::from_secs(10), "both domains' events", || {
-        let n = seen.len();
-        async move { n == 2 }
-    })
-    .await;
+    seen.wait_for(2, Duration::from_secs(10)).await;
     let mut subjects: Vec<String> = seen.events().into_iter().map(|e| e.subject).collect();
     subjects.sort();
     assert_eq!(subjects, ["alpha.note.noted.n-1", "beta.note.noted.n-1"]);
@@ -95,12 +69,7 @@ async fn subjects_no_stream_captures_are_a_clear_error_and_leave_nothing_behind(
     let (_server, client) = support::server().await;
     let _alpha = domain_store(&client, "alpha").await;
     let seen = Seen::default();
-    let err = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject("gamma.>")
-        .handler(collector(&seen))
-        .build()
-        .unwrap()
+    let err = fx::subscriber(&client, "gamma.>", seen.handler(), |b| b)
         .subscribe()
         .await
         .unwrap_err();
@@ -115,12 +84,7 @@ async fn subjects_no_stream_captures_are_a_clear_error_and_leave_nothing_behind(
         .contains("no JetStream stream captures subject \"gamma.>\""));
 
     // One good subject and one bad: nothing is created.
-    let err = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subjects(["alpha.>", "gamma.>"])
-        .handler(collector(&seen))
-        .build()
-        .unwrap()
+    let err = fx::subscriber(&client, "alpha.>", seen.handler(), |b| b.subject("gamma.>"))
         .subscribe()
         .await
         .unwrap_err();
@@ -132,16 +96,7 @@ async fn subjects_no_stream_captures_are_a_clear_error_and_leave_nothing_behind(
 async fn a_dropped_handle_stops_and_deletes_its_ephemeral_consumer() {
     let (_server, client) = support::server().await;
     let _alpha = domain_store(&client, "alpha").await;
-    let seen = Seen::default();
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject("alpha.>")
-        .handler(collector(&seen))
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    let (handle, _seen) = fx::record(&client, "alpha.>", |b| b).await;
     assert_eq!(fx::consumer_count(&client, "ALPHA_EVENTS").await, 1);
     drop(handle);
     support::wait_until(Duration::from_secs(10), "the consumer deleted", || {
@@ -163,12 +118,8 @@ async fn a_dead_letter_stream_with_other_subjects_is_refused() {
     })
     .await
     .unwrap();
-    let err = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject("alpha.>")
-        .handler(FnEventHandler::new(|_event: StoredEvent| Ok(())))
-        .build()
-        .unwrap()
+    let ignore = || FnEventHandler::new(|_event: StoredEvent| Ok(()));
+    let err = fx::subscriber(&client, "alpha.>", ignore(), |b| b)
         .subscribe()
         .await
         .unwrap_err();
@@ -177,20 +128,14 @@ async fn a_dead_letter_stream_with_other_subjects_is_refused() {
         "{err}"
     );
     // Another dead-letter stream works.
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject("alpha.>")
-        .handler(FnEventHandler::new(|_event: StoredEvent| Ok(())))
-        .dead_letter(DeadLetterConfig {
+    let handle = fx::subscribe(&client, "alpha.>", ignore(), |b| {
+        b.dead_letter(DeadLetterConfig {
             stream: "ALPHA_DLQ".to_owned(),
             subject_prefix: "alpha_dlq".to_owned(),
             ..DeadLetterConfig::default()
         })
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    })
+    .await;
     assert_eq!(
         handle.consumers()[0].dead_letter_subject.as_deref(),
         Some(format!("alpha_dlq.ALPHA_EVENTS.{}", handle.consumers()[0].name).as_str())
@@ -268,17 +213,7 @@ async fn the_builder_checks_its_options() {
 async fn a_consumer_deleted_from_outside_ends_the_subscription_with_a_clear_error() {
     let (_server, client) = support::server().await;
     let _alpha = domain_store(&client, "alpha").await;
-    let seen = Seen::default();
-    let handle = EventSubscriberBuilder::new()
-        .client(client.clone())
-        .subject("alpha.>")
-        .handler(collector(&seen))
-        .durable("doomed")
-        .build()
-        .unwrap()
-        .subscribe()
-        .await
-        .unwrap();
+    let (handle, _seen) = fx::record(&client, "alpha.>", |b| b.durable("doomed")).await;
     let js = async_nats::jetstream::new(client.clone());
     js.delete_consumer_from_stream("doomed", "ALPHA_EVENTS")
         .await

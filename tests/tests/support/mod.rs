@@ -2,6 +2,10 @@
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub mod bank;
+pub mod hostile;
+pub mod infra;
+pub mod reliability;
+pub mod subscriber;
 
 use cim_nats::testing::NatsServer;
 
@@ -16,5 +20,3 @@ pub async fn server() -> (NatsServer, async_nats::Client) {
 }
 
 pub use cim_nats::testing::wait_until;
-pub mod hostile;
-pub mod infra;

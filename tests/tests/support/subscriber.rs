@@ -1,6 +1,7 @@
 //! Shared fixtures of the publisher and subscriber tests: a small event enum with a
-//! hand-written `NatsEvent`, stores, a recording handler, and readers of consumer and
-//! dead-letter state.
+//! hand-written `NatsEvent`, stores, subscribing a handler ([`subscribe`], [`record`]),
+//! recording handlers ([`Seen`], [`Envelopes`]) and waiting for what they saw, and readers of
+//! consumer and dead-letter state.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
@@ -8,10 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, message::StreamMessage};
-use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
+use cim_nats::jetstream::subscriber::{EventSubscriber, EventSubscriberBuilder};
+use cim_nats::jetstream::{JetStreamEventStore, StoreConfig, SubscriptionHandle};
 use cim_nats::{
-    AggregateId, DecodeError, EventDescriptor, EventId, EventPublisher, EventStore, InvalidSubject,
-    NatsEvent, NewEvent, Schema, StoredEvent,
+    AggregateId, AsyncFnHandler, DecodeError, Delivery, Envelope, EventDescriptor, EventHandler,
+    EventId, EventPublisher, EventStore, HandlerError, InvalidSubject, NatsEvent, NewEvent, Schema,
+    StoredEvent, TypedHandler,
 };
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +149,23 @@ pub async fn publish_carts(
     ids
 }
 
+/// Publishes the events of `versions` to `carts`, one at a time and in turn: version 1 of each
+/// cart, then version 2 of each, and so on.
+pub async fn publish_in_turn(
+    publisher: &EventPublisher,
+    carts: &[&AggregateId],
+    versions: std::ops::RangeInclusive<u64>,
+) {
+    for version in versions {
+        for cart in carts {
+            publisher
+                .publish(&cart_event(version), (*cart).clone(), version)
+                .await
+                .expect("publish");
+        }
+    }
+}
+
 /// Events a handler saw, in the order it saw them, with their delivery counts.
 #[derive(Debug, Clone, Default)]
 pub struct Seen(Arc<Mutex<Vec<(StoredEvent, u64)>>>);
@@ -157,6 +177,40 @@ impl Seen {
 
     pub fn len(&self) -> usize {
         self.0.lock().unwrap().len()
+    }
+
+    /// A handler that records every delivery here, with its delivery count.
+    pub fn handler(&self) -> impl EventHandler + 'static {
+        self.handler_with(|_| Ok(()))
+    }
+
+    /// A handler that gives each delivery to `check` first: on `Ok` the delivery is recorded
+    /// here (and acknowledged), an error fails it unrecorded. `check` runs inside the handler's
+    /// future, so a panic in it is a panicking handler.
+    pub fn handler_with(
+        &self,
+        check: impl Fn(&Delivery) -> Result<(), HandlerError> + Send + Sync + 'static,
+    ) -> impl EventHandler + 'static {
+        let seen = self.clone();
+        let check = Arc::new(check);
+        AsyncFnHandler::with_delivery(move |delivery: Delivery| {
+            let (seen, check) = (seen.clone(), Arc::clone(&check));
+            async move {
+                check(&delivery)?;
+                seen.push(delivery.event, delivery.delivery_count);
+                Ok(())
+            }
+        })
+    }
+
+    /// Waits up to `within` until `n` events were seen; fails if more were.
+    pub async fn wait_for(&self, n: usize, within: Duration) {
+        wait_for_count(n, within, true, || self.len()).await;
+    }
+
+    /// Waits up to `within` until `n` events or more were seen.
+    pub async fn wait_for_at_least(&self, n: usize, within: Duration) {
+        wait_for_count(n, within, false, || self.len()).await;
     }
 
     pub fn events(&self) -> Vec<StoredEvent> {
@@ -209,7 +263,7 @@ impl Seen {
     }
 }
 
-/// The one consumer of `stream` (panics if there is not exactly one).
+/// The state of the consumer `name` of `stream`.
 pub async fn consumer_info(
     client: &async_nats::Client,
     stream: &str,
@@ -222,6 +276,23 @@ pub async fn consumer_info(
         .consumer_info(name)
         .await
         .unwrap()
+}
+
+/// Waits up to `within` until the consumer `name` of `stream` has acknowledged everything up
+/// to `sequence` and has no acknowledgement pending.
+pub async fn wait_acknowledged(
+    client: &async_nats::Client,
+    stream: &str,
+    name: &str,
+    sequence: u64,
+    within: Duration,
+) {
+    let what = format!("{name} to acknowledge everything up to {sequence}");
+    super::wait_until(within, &what, || async move {
+        let info = consumer_info(client, stream, name).await;
+        info.ack_floor.stream_sequence == sequence && info.num_ack_pending == 0
+    })
+    .await;
 }
 
 /// How many consumers `stream` has.
@@ -255,3 +326,95 @@ pub fn fast_backoff() -> [Duration; 1] {
 
 /// Every cart event.
 pub const CART_WILDCARD: &str = "shop.cart.>";
+
+/// Envelopes a typed handler of cart events received, in the order it received them.
+#[derive(Debug, Clone, Default)]
+pub struct Envelopes(Arc<Mutex<Vec<Envelope<CartEvent>>>>);
+
+impl Envelopes {
+    /// A [`TypedHandler`] of [`CartEvent`]s that records every envelope here.
+    pub fn handler(&self) -> impl EventHandler + 'static {
+        let got = self.clone();
+        TypedHandler::<CartEvent, _>::new(move |envelope: Envelope<CartEvent>| {
+            let got = got.clone();
+            async move {
+                got.0.lock().unwrap().push(envelope);
+                Ok::<_, HandlerError>(())
+            }
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// The envelopes received so far.
+    pub fn all(&self) -> Vec<Envelope<CartEvent>> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits up to `within` until `n` envelopes were received; fails if more were.
+    pub async fn wait_for(&self, n: usize, within: Duration) {
+        wait_for_count(n, within, true, || self.len()).await;
+    }
+}
+
+/// Waits up to `within` until `count` reaches `n`; with `exactly`, fails if the count it reached
+/// is above `n`. (A count only grows: this is waiting until it equals `n`, failing early.)
+async fn wait_for_count(n: usize, within: Duration, exactly: bool, count: impl Fn() -> usize) {
+    let mut reached = 0;
+    super::wait_until(within, &format!("{n} events handled"), || {
+        reached = count();
+        let reached = reached;
+        async move { reached >= n }
+    })
+    .await;
+    if exactly {
+        assert_eq!(reached, n, "{n} events expected, {reached} handled");
+    }
+}
+
+/// A subscriber of `subject` on `client` delivering to `handler`, built with what `options`
+/// sets on the builder (durable name, deliver policy, backoff, max deliveries, dead letter, more
+/// subjects, ...; `|b| b` for the defaults). Not subscribed yet: for tests of what subscribing
+/// answers.
+pub fn subscriber(
+    client: &async_nats::Client,
+    subject: &str,
+    handler: impl EventHandler + 'static,
+    options: impl FnOnce(EventSubscriberBuilder) -> EventSubscriberBuilder,
+) -> EventSubscriber {
+    options(
+        EventSubscriberBuilder::new()
+            .client(client.clone())
+            .subject(subject)
+            .handler(handler),
+    )
+    .build()
+    .unwrap_or_else(|e| panic!("build a subscriber of {subject}: {e}"))
+}
+
+/// [`subscriber`], subscribed: the running subscription.
+pub async fn subscribe(
+    client: &async_nats::Client,
+    subject: &str,
+    handler: impl EventHandler + 'static,
+    options: impl FnOnce(EventSubscriberBuilder) -> EventSubscriberBuilder,
+) -> SubscriptionHandle {
+    subscriber(client, subject, handler, options)
+        .subscribe()
+        .await
+        .unwrap_or_else(|e| panic!("subscribe to {subject}: {e}"))
+}
+
+/// Subscribes a handler that records every delivery ([`Seen::handler`]): the running
+/// subscription and what its handler saw.
+pub async fn record(
+    client: &async_nats::Client,
+    subject: &str,
+    options: impl FnOnce(EventSubscriberBuilder) -> EventSubscriberBuilder,
+) -> (SubscriptionHandle, Seen) {
+    let seen = Seen::default();
+    let handle = subscribe(client, subject, seen.handler(), options).await;
+    (handle, seen)
+}
