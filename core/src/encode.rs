@@ -87,31 +87,25 @@ pub fn encode_events<E: NatsEvent>(
             e.encode()
                 .map_err(|err| StoreError::with_source(StoreErrorKind::Encode, err))
         };
-        let payload = if owns_id {
-            // What was decided, without the id that is being derived from it.
-            event.set_event_id(EventId::unassigned());
-            let content = encode(event)?;
-            let id = EventId::derive(
+        let derive = |content: &[u8]| {
+            EventId::derive(
                 cause.as_ref(),
                 aggregate_id,
                 position,
                 d.event_type,
-                &content,
-            );
+                content,
+            )
+        };
+        let (event_id, payload) = if owns_id {
+            // What was decided, without the id that is being derived from it.
+            event.set_event_id(EventId::unassigned());
+            let id = derive(&encode(event)?);
             event.set_event_id(id);
             (id, encode(event)?)
         } else {
             let content = encode(event)?;
-            let id = EventId::derive(
-                cause.as_ref(),
-                aggregate_id,
-                position,
-                d.event_type,
-                &content,
-            );
-            (id, content)
+            (derive(&content), content)
         };
-        let (event_id, payload) = payload;
         let (correlation_id, causation_id, actor) = match (&carried, identity) {
             (Some(own), _) => (
                 Some(own.correlation_id),

@@ -175,18 +175,9 @@ impl JetStreamEventStore {
         // The aggregate's literal subjects, from the subject index; then all of them read by
         // batched direct gets on one inbox. A wildcard filter over a big stream is slow; literal
         // subjects are not.
-        let filter = Subject::aggregate_scope(self.inner.config.domain(), aggregate_id);
-        let (_, subjects) = api::stream_state(
-            &self.inner.client,
-            &self.inner.config.stream_name,
-            Some(&filter),
-            self.inner.timeout,
-        )
-        .await?;
-        let messages = self
-            .read_subjects(subjects.into_keys().collect(), after_sequence)
-            .await?;
-        Self::assemble(aggregate_id, messages, after_version)?.map_err(VersionGap::into_error)
+        self.read_versions_after(aggregate_id, after_version, after_sequence)
+            .await?
+            .map_err(VersionGap::into_error)
     }
 
     /// The aggregate's events with a version above `after_version` among those stored after
