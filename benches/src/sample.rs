@@ -15,7 +15,7 @@ pub(crate) enum LedgerEvent {
     },
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Ledger {
     pub(crate) entries: u64,
     pub(crate) balance: i64,

@@ -6,7 +6,8 @@ use crate::event::NatsEvent;
 
 /// An event-sourced aggregate: the consistency unit, one version sequence per instance.
 ///
-/// `Default` is the state before the first event. [`Aggregate::handle`] decides which events a
+/// `Default` is the state before the first event; `Clone`, because a repository decides a
+/// group of queued commands on a copy of the state (see [`crate::Repository`]). [`Aggregate::handle`] decides which events a
 /// command produces without changing anything; [`Aggregate::apply`] changes the state from an
 /// event and never fails (an event is a fact). Serialisable, so that a repository can keep
 /// snapshots; bump [`Aggregate::SNAPSHOT_VERSION`] when the serialised shape changes, and old
@@ -23,7 +24,7 @@ use crate::event::NatsEvent;
 ///     Deposited { #[nats_event(event_id)] id: EventId, amount: u64 },
 /// }
 ///
-/// #[derive(Debug, Default, Serialize, Deserialize)]
+/// #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 /// struct Account { balance: u64 }
 ///
 /// #[derive(Debug, thiserror::Error)]
@@ -49,11 +50,13 @@ use crate::event::NatsEvent;
 ///     }
 /// }
 /// ```
-pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Aggregate:
+    Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     /// The domain events of this aggregate.
     type Event: NatsEvent;
     /// The commands it decides on.
-    type Command: Send;
+    type Command: Send + 'static;
     /// Why a command is refused (invariants).
     type Error: std::error::Error + Send + Sync + 'static;
     /// The aggregate type's name (for snapshot keys, logs and errors). By default the domain of

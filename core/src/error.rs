@@ -4,6 +4,7 @@
 //! subscriber kinds in the JetStream modules.
 
 use std::fmt;
+use std::sync::Arc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -11,9 +12,21 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Match on [`Error::kind`]; the lower-level cause, when there is one, is kept and returned by
 /// [`std::error::Error::source`].
+///
+/// An error is `Clone` when its kind is (the cause is shared): one failure can be reported to
+/// every caller it concerns.
 pub struct Error<K> {
     kind: K,
-    source: Option<BoxError>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl<K: Clone> Clone for Error<K> {
+    fn clone(&self) -> Self {
+        Self {
+            kind: self.kind.clone(),
+            source: self.source.clone(),
+        }
+    }
 }
 
 impl<K> Error<K> {
@@ -29,7 +42,7 @@ impl<K> Error<K> {
     {
         Self {
             kind,
-            source: Some(source.into()),
+            source: Some(Arc::from(source.into())),
         }
     }
 

@@ -9,7 +9,7 @@
 //! #     #[nats_event(operation = "deposited")]
 //! #     Deposited { amount: u64 },
 //! # }
-//! # #[derive(Debug, Default, Serialize, Deserialize)]
+//! # #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 //! # struct Account { balance: u64 }
 //! # #[derive(Debug, PartialEq, thiserror::Error)]
 //! # #[error("amount must be positive")]

@@ -242,7 +242,7 @@ mod tagged {
         },
     }
 
-    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
     pub(crate) struct Tag;
 
     impl Aggregate for Tag {
@@ -290,7 +290,7 @@ mod caused {
         },
     }
 
-    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
     pub(crate) struct Audit;
 
     impl Aggregate for Audit {
@@ -487,7 +487,7 @@ async fn cached_loads_on_the_in_memory_store_agree_with_full_loads() {
             // Alternate writers, so that cached copies fall behind.
             let writer = if amount % 2 == 0 { &repo } else { &other };
             writer
-                .execute_with_retry(id, || AccountCommand::Deposit(amount), 2)
+                .execute_with_retry(id, move || AccountCommand::Deposit(amount), 2)
                 .await
                 .unwrap();
         }

@@ -172,8 +172,13 @@ async fn writers_sharing_an_identity_racing_for_one_version_conflict_and_retry()
         .map(|amount| {
             let (repo, identity, id) = (repo.clone(), identity.clone(), id.clone());
             tokio::spawn(async move {
-                repo.execute_with_retry_as(&id, || AccountCommand::Deposit(amount), &identity, 100)
-                    .await
+                repo.execute_with_retry_as(
+                    &id,
+                    move || AccountCommand::Deposit(amount),
+                    &identity,
+                    100,
+                )
+                .await
             })
         })
         .collect();

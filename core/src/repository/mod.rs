@@ -1,10 +1,14 @@
 //! [`Repository`]: load an aggregate (snapshot + later events), decide, append with the loaded
-//! version as the expected version.
+//! version as the expected version; commands for one aggregate queue on its lane (`lane.rs`).
 
+mod lane;
+
+use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -51,6 +55,10 @@ pub enum CommandError<E: std::error::Error + 'static> {
     /// ([`CommandError::is_conflict`]).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The aggregate's [`Aggregate::handle`] panicked on this command (with this message); the
+    /// commands queued with it were decided as if it had not been sent.
+    #[error("the aggregate panicked deciding the command: {0}")]
+    Panicked(String),
 }
 
 impl<E: std::error::Error + 'static> CommandError<E> {
@@ -153,13 +161,46 @@ impl IntoEventStore for Arc<dyn EventStore> {
 ///   change made elsewhere (the aggregate is then reloaded). [`Repository::load_cached`] reads
 ///   through the same cache: one round trip checks the cached copy against the aggregate's last
 ///   stored event, and only the events after it are read when it is behind.
+///
+/// ## Commands on one aggregate
+///
+/// Commands are queued per aggregate ([`Repository::execute`]): within a process they are
+/// decided one after another on the state in memory (no reload, no conflict between them) and
+/// committed in order; each caller gets its own outcome, and a command the aggregate refuses
+/// fails alone. While one append is on its way the next commands wait; when enough wait that
+/// one atomic append of all their events is cheaper than one append each (as measured on this
+/// connection), they go together as one group, still answered one by one. A lone command is
+/// one plain append, without delay.
+///
+/// - The queue of an aggregate holds at most [`Repository::with_queue_capacity`] commands; more
+///   callers wait for room.
+/// - An append whose outcome is unknown (no answer, a lost connection) is sent again unchanged
+///   until the server answers or [`Repository::with_outcome_deadline`] passes: the command is
+///   then either stored and answered, or failed, never both. Only after the deadline does a
+///   transient error ([`StoreError::is_transient`]) mean "not known".
+/// - A conflict with another process is read (the events after the state in memory) and the
+///   commands concerned decided again on the new state, with new event ids
+///   ([`Repository::execute_with_retry`]), or answered with the conflict
+///   ([`Repository::execute`]).
+/// - A caller that stops waiting (its future dropped) does not cancel a command already being
+///   decided or stored; a command still in the queue is dropped undecided.
 pub struct Repository<A: Aggregate> {
     store: Arc<dyn EventStore>,
     snapshots: Option<Arc<dyn SnapshotStore>>,
     snapshot_every: u64,
     cache: Option<Mutex<Cache<A>>>,
+    lanes: Mutex<HashMap<AggregateId, Arc<lane::Lane<A>>>>,
+    queue_capacity: usize,
+    outcome_deadline: Duration,
+    cost: lane::CommitCost,
     _aggregate: PhantomData<fn() -> A>,
 }
+
+/// Commands one aggregate's queue holds by default ([`Repository::with_queue_capacity`]).
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// How long an append with an unknown outcome is sent again by default
+/// ([`Repository::with_outcome_deadline`]).
+pub const DEFAULT_OUTCOME_DEADLINE: Duration = Duration::from_secs(60);
 
 impl<A: Aggregate> fmt::Debug for Repository<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -182,8 +223,28 @@ impl<A: Aggregate> Repository<A> {
             snapshots: None,
             snapshot_every: 0,
             cache: None,
+            lanes: Mutex::new(HashMap::new()),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            outcome_deadline: DEFAULT_OUTCOME_DEADLINE,
+            cost: lane::CommitCost::default(),
             _aggregate: PhantomData,
         }
+    }
+
+    /// Lets each aggregate's queue hold up to `capacity` commands (at least 1); callers beyond
+    /// wait for room. Default [`DEFAULT_QUEUE_CAPACITY`].
+    #[must_use]
+    pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// Sends an append whose outcome is unknown again for up to `deadline` before the command
+    /// fails with the transient error. Default [`DEFAULT_OUTCOME_DEADLINE`].
+    #[must_use]
+    pub fn with_outcome_deadline(mut self, deadline: Duration) -> Self {
+        self.outcome_deadline = deadline;
+        self
     }
 
     /// Keeps a snapshot every `every` events (at least 1) in `snapshots`; loads start from the
@@ -221,9 +282,43 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
-    /// Drops a cached aggregate (e.g. after learning it changed elsewhere).
+    /// Drops a cached aggregate (e.g. after learning it changed elsewhere); the next command
+    /// on it reads what it lacks.
     pub fn forget(&self, id: &AggregateId) {
         let _ = self.take_cached(id);
+        if let Some(lane) = self.lanes_lock().get(id) {
+            lane.mark_stale();
+        }
+    }
+
+    fn lanes_lock(&self) -> MutexGuard<'_, HashMap<AggregateId, Arc<lane::Lane<A>>>> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The aggregate's lane, made (with the cached state, if any) when it has none.
+    fn lane(&self, id: &AggregateId) -> Arc<lane::Lane<A>> {
+        let mut lanes = self.lanes_lock();
+        if let Some(lane) = lanes.get(id) {
+            return Arc::clone(lane);
+        }
+        let lane = Arc::new(lane::Lane::new(self.queue_capacity, self.take_cached(id)));
+        lanes.insert(id.clone(), Arc::clone(&lane));
+        lane
+    }
+
+    /// Removes an idle lane, keeping its state in the cache.
+    fn retire(&self, id: &AggregateId, lane: &Arc<lane::Lane<A>>) {
+        let mut lanes = self.lanes_lock();
+        if !lanes.get(id).is_some_and(|l| Arc::ptr_eq(l, lane)) {
+            return;
+        }
+        if let Some(state) = lane.retire() {
+            lanes.remove(id);
+            drop(lanes);
+            if let Some(state) = state {
+                self.put_cached(state);
+            }
+        }
     }
 
     /// Loads an aggregate from its latest usable snapshot and the events after it (all its
@@ -368,6 +463,7 @@ impl<A: Aggregate> Repository<A> {
         let state = match serde_json::to_vec(&loaded.state) {
             Ok(s) => Bytes::from(s),
             Err(e) => {
+                loaded.snapshot_version = loaded.version;
                 tracing::warn!(aggregate = A::TYPE, error = %e, "state does not serialise; no snapshot");
                 return;
             }
@@ -380,27 +476,38 @@ impl<A: Aggregate> Repository<A> {
             sequence: loaded.sequence,
             state,
         };
-        // A snapshot is a cache: failing to write one loses nothing.
-        match snapshots.save(snapshot).await {
-            Ok(()) => loaded.snapshot_version = loaded.version,
-            Err(e) => tracing::warn!(aggregate = A::TYPE, error = %e, "snapshot not saved"),
+        // A snapshot is a cache: failing to write one loses nothing. The next one is due
+        // `snapshot_every` events later either way, so that a state the store cannot keep is
+        // not serialised again on every command.
+        loaded.snapshot_version = loaded.version;
+        if let Err(e) = snapshots.save(snapshot).await {
+            tracing::warn!(aggregate = A::TYPE, error = %e, "snapshot not saved");
         }
     }
 
-    /// Loads the aggregate (from the cache when it has it), decides `command`, appends the
-    /// events with the loaded version as the expected version. One attempt: a conflict is
-    /// returned ([`CommandError::is_conflict`]) and the cached copy dropped.
+    /// Decides `command` on the aggregate's current state (see "Commands on one aggregate":
+    /// queued behind the commands on the same aggregate) and appends its events with that
+    /// state's version as the expected version. One attempt: a conflict with another process is
+    /// returned ([`CommandError::is_conflict`]).
     ///
     /// # Errors
     ///
     /// [`CommandError::Rejected`] with the aggregate's error; [`CommandError::Store`] for a
-    /// conflict or a store failure.
+    /// conflict or a store failure; [`CommandError::Panicked`] when the aggregate panicked.
     pub async fn execute(
         &self,
         id: &AggregateId,
         command: A::Command,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        self.run(id, command, None).await
+        self.submit(
+            id,
+            lane::Request {
+                source: lane::Source::Once(Some(command)),
+                identity: None,
+                retries: 0,
+            },
+        )
+        .await
     }
 
     /// [`Repository::execute`] on behalf of `identity`, the message that asked for the command:
@@ -417,43 +524,19 @@ impl<A: Aggregate> Repository<A> {
         command: A::Command,
         identity: &MessageIdentity,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        self.run(id, command, Some(identity)).await
+        self.submit(
+            id,
+            lane::Request {
+                source: lane::Source::Once(Some(command)),
+                identity: Some(identity.clone()),
+                retries: 0,
+            },
+        )
+        .await
     }
 
-    async fn run(
-        &self,
-        id: &AggregateId,
-        command: A::Command,
-        identity: Option<&MessageIdentity>,
-    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        let mut loaded = match self.take_cached(id) {
-            Some(l) => l,
-            None => self.load(id).await?,
-        };
-        let mut events = match loaded.state.handle(command) {
-            Ok(events) => events,
-            Err(e) => {
-                self.put_cached(loaded);
-                return Err(CommandError::Rejected(e));
-            }
-        };
-        match self.save(&mut loaded, &mut events, identity).await {
-            Ok(append) => {
-                let version = loaded.version;
-                self.put_cached(loaded);
-                Ok(CommandOutcome {
-                    events,
-                    append,
-                    version,
-                })
-            }
-            // The aggregate changed elsewhere (or the store failed): the copy is stale.
-            Err(e) => Err(CommandError::Store(e)),
-        }
-    }
-
-    /// [`Repository::execute`], reloading and deciding again on a conflict, up to `retries`
-    /// times. `command` makes the command for each attempt.
+    /// [`Repository::execute`], deciding again on the new state when another process appended
+    /// first, up to `retries` times. `command` makes the command for each attempt.
     ///
     /// # Errors
     ///
@@ -461,10 +544,18 @@ impl<A: Aggregate> Repository<A> {
     pub async fn execute_with_retry(
         &self,
         id: &AggregateId,
-        command: impl FnMut() -> A::Command + Send,
+        command: impl FnMut() -> A::Command + Send + 'static,
         retries: usize,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        self.run_with_retry(id, command, None, retries).await
+        self.submit(
+            id,
+            lane::Request {
+                source: lane::Source::Again(Box::new(command)),
+                identity: None,
+                retries,
+            },
+        )
+        .await
     }
 
     /// [`Repository::execute_with_retry`] on behalf of `identity` (see
@@ -476,27 +567,30 @@ impl<A: Aggregate> Repository<A> {
     pub async fn execute_with_retry_as(
         &self,
         id: &AggregateId,
-        command: impl FnMut() -> A::Command + Send,
+        command: impl FnMut() -> A::Command + Send + 'static,
         identity: &MessageIdentity,
         retries: usize,
     ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        self.run_with_retry(id, command, Some(identity), retries)
-            .await
+        self.submit(
+            id,
+            lane::Request {
+                source: lane::Source::Again(Box::new(command)),
+                identity: Some(identity.clone()),
+                retries,
+            },
+        )
+        .await
     }
 
-    async fn run_with_retry(
-        &self,
-        id: &AggregateId,
-        mut command: impl FnMut() -> A::Command + Send,
-        identity: Option<&MessageIdentity>,
-        retries: usize,
-    ) -> Result<CommandOutcome<A::Event>, CommandError<A::Error>> {
-        let mut attempt = 0;
-        loop {
-            match self.run(id, command(), identity).await {
-                Err(e) if e.is_conflict() && attempt < retries => attempt += 1,
-                other => return other,
-            }
-        }
+    /// Commands admitted to the aggregate's queue: waiting, being decided or being stored (at
+    /// most [`Repository::with_queue_capacity`]; more callers wait for room).
+    pub fn queue_depth(&self, id: &AggregateId) -> usize {
+        self.queued(id)
+    }
+
+    /// The moving averages the queues choose groups by: microseconds per single-event append
+    /// and per atomic (multi-event) append on this repository's store (0: not seen yet).
+    pub fn commit_cost_micros(&self) -> (u64, u64) {
+        self.commit_cost_micros_inner()
     }
 }
