@@ -474,8 +474,10 @@ impl Projection for Counter {
 /// The domain of [`ItemEvent`], for stores the counter reads.
 pub const DOMAIN: &str = "reliab";
 
-/// How many appends the store itself sent again because the client reconnected while they were
-/// in flight (counted from its debug log; [`count_store_resends`] installs the counter).
+/// How many appends were sent again because their outcome was unknown: by the store itself when
+/// the client reconnected while they were in flight, or by a repository's command lane after a
+/// timeout or a lost connection (counted from their debug logs; [`count_store_resends`] installs
+/// the counter).
 pub static STORE_RESENDS: AtomicU64 = AtomicU64::new(0);
 
 /// Counts the store's own resends into [`STORE_RESENDS`] (once per test binary).
@@ -496,8 +498,10 @@ pub fn count_store_resends() {
                     field: &tracing::field::Field,
                     value: &dyn std::fmt::Debug,
                 ) {
+                    let text = format!("{value:?}");
                     if field.name() == "message"
-                        && format!("{value:?}").contains("reconnected during an append")
+                        && (text.contains("reconnected during an append")
+                            || text.contains("append outcome unknown"))
                     {
                         self.0 = true;
                     }
