@@ -9,15 +9,16 @@ mod projection;
 mod read;
 mod reader;
 pub mod setup;
+mod snapshots;
 mod store;
 
 pub use crate::store::MAX_EVENTS_PER_APPEND;
 pub use config::{Storage, StoreConfig};
-pub use kv::KvSnapshotStore;
 pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
 pub use setup::{
     check_server_info, ServerVersion, SetupError, SetupErrorKind, ACCEPTED_SERVER_VERSIONS,
 };
+pub use snapshots::KvSnapshotStore;
 pub use store::JetStreamEventStore;
 pub mod subscriber;
 pub use subscriber::{
