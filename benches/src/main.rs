@@ -2,6 +2,7 @@
 //! on one server in one run, printed as a Markdown table of both figures and their ratio.
 
 mod harness;
+mod hot;
 mod project;
 mod sample;
 mod write;
@@ -28,11 +29,13 @@ struct Options {
 }
 
 /// The cases, by the names `--only` takes.
-const CASES: [&str; 10] = [
+const CASES: [&str; 12] = [
     "append",
     "pipelined",
     "batch",
     "commands",
+    "hot",
+    "growing",
     "load",
     "replay",
     "snapshot",
@@ -518,6 +521,18 @@ async fn main() {
     }
     if options.runs("commands") {
         write::commands(&client, reps, if quick { 3_200 } else { 32_000 }, &mut rows).await;
+    }
+    if options.runs("hot") {
+        hot::one_aggregate_32_tasks(
+            &client,
+            if quick { 50 } else { 250 },
+            Duration::from_secs(if quick { 1 } else { 5 }),
+            &mut rows,
+        )
+        .await;
+    }
+    if options.runs("growing") {
+        hot::growing_aggregate(&client, if quick { 5_000 } else { 100_000 }, &mut rows).await;
     }
     let big = if quick { 5_000 } else { 50_000 };
     if options.runs("load") {

@@ -69,6 +69,28 @@ pub(crate) async fn raw_append(
     .sequence
 }
 
+/// Raw async-nats appending the esrc way: one exact subject per aggregate, an exact-subject
+/// expectation and no message id (so no deduplication and no idempotent resend); returns the
+/// stream sequence.
+pub(crate) async fn raw_append_esrc(
+    js: &async_nats::jetstream::Context,
+    domain: &str,
+    aggregate: &str,
+    last: u64,
+    payload: Bytes,
+) -> u64 {
+    let mut headers = HeaderMap::new();
+    headers.insert(h::EVENT_TYPE, "Recorded");
+    headers.insert(h::EVENT_VERSION, "1");
+    headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
+    js.publish_with_headers(format!("{domain}.book.esrc.{aggregate}"), headers, payload)
+        .await
+        .expect("publish")
+        .await
+        .expect("stored")
+        .sequence
+}
+
 /// Raw async-nats: `n` events as one atomic batch (the first two published, the last a request
 /// that commits); returns the last stream sequence.
 async fn raw_batch(
@@ -316,32 +338,28 @@ pub(crate) async fn commands(
     let js = async_nats::jetstream::new(client.clone());
     let id = AggregateId::new("hot").expect("id");
     let (r_version, r_last) = (Cell::new(0u64), Cell::new(0u64));
-    let (f, r) = latency(
-        50,
-        reps,
-        |i| {
-            let (repo, id) = (&repo, &id);
-            async move {
-                repo.execute(id, i as i64 + 1).await.expect("command");
-            }
-        },
-        |_| {
-            let (js, v, last) = (&js, &r_version, &r_last);
-            async move {
-                let seq = raw_append(
-                    js,
-                    "ledger",
-                    "raw-hot",
-                    v.get() + 1,
-                    last.get(),
-                    ledger_payload(1),
-                )
-                .await;
-                v.set(v.get() + 1);
-                last.set(seq);
-            }
-        },
-    )
+    let one = |i: usize| {
+        let (repo, id) = (&repo, &id);
+        async move {
+            repo.execute(id, i as i64 + 1).await.expect("command");
+        }
+    };
+    let (f, r) = latency(50, reps, one, |_| {
+        let (js, v, last) = (&js, &r_version, &r_last);
+        async move {
+            let seq = raw_append(
+                js,
+                "ledger",
+                "raw-hot",
+                v.get() + 1,
+                last.get(),
+                ledger_payload(1),
+            )
+            .await;
+            v.set(v.get() + 1);
+            last.set(seq);
+        }
+    })
     .await;
     let case = "command through the repository, ONE aggregate, one at a time";
     rows.push(Row::throughput(
@@ -350,6 +368,24 @@ pub(crate) async fn commands(
         1.0 / f.mean().as_secs_f64(),
         1.0 / r.mean().as_secs_f64(),
     ));
+    let esrc_last = Cell::new(0u64);
+    let (f, e) = latency(50, reps, one, |_| {
+        let (js, last) = (&js, &esrc_last);
+        async move {
+            last.set(
+                raw_append_esrc(js, "ledger", "esrc-hot", last.get(), ledger_payload(1)).await,
+            );
+        }
+    })
+    .await;
+    let mut esrc = Row::throughput(
+        case,
+        "commands/s",
+        1.0 / f.mean().as_secs_f64(),
+        1.0 / e.mean().as_secs_f64(),
+    );
+    esrc.raw_label = Some(ESRC_STYLE);
+    rows.push(esrc);
     rows.push(Row::latency(
         case,
         "p50 µs",
@@ -368,57 +404,93 @@ pub(crate) async fn commands(
     const AGGREGATES: usize = 1000;
     let per_task = total / TASKS;
     let commands = (per_task * TASKS) as u64;
-    let measured = median_of_three(
-        |_| {
-            let repo = Arc::clone(&repo);
-            async move {
-                let t = Instant::now();
-                let mut set = tokio::task::JoinSet::new();
-                for task in 0..TASKS {
-                    let repo = Arc::clone(&repo);
-                    set.spawn(async move {
-                        let mine: Vec<usize> = (task..AGGREGATES).step_by(TASKS).collect();
-                        for k in 0..per_task {
-                            let a = mine[k % mine.len()];
-                            let id = AggregateId::new(format!("m{a}")).expect("id");
-                            repo.execute(&id, 1).await.expect("command");
-                        }
-                    });
-                }
-                while set.join_next().await.is_some() {}
-                Run::since(commands, t)
+    let mut framework = |_| {
+        let repo = Arc::clone(&repo);
+        async move {
+            let t = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for task in 0..TASKS {
+                let repo = Arc::clone(&repo);
+                set.spawn(async move {
+                    let mine: Vec<usize> = (task..AGGREGATES).step_by(TASKS).collect();
+                    for k in 0..per_task {
+                        let a = mine[k % mine.len()];
+                        let id = AggregateId::new(format!("m{a}")).expect("id");
+                        repo.execute(&id, 1).await.expect("command");
+                    }
+                });
             }
-        },
-        |round| {
-            let js = js.clone();
-            async move {
-                let t = Instant::now();
-                let mut set = tokio::task::JoinSet::new();
-                for task in 0..TASKS {
-                    let js = js.clone();
-                    set.spawn(async move {
-                        let mut state = std::collections::HashMap::<usize, (u64, u64)>::new();
-                        let mine: Vec<usize> = (task..AGGREGATES).step_by(TASKS).collect();
-                        for k in 0..per_task {
-                            let a = mine[k % mine.len()];
-                            let (v, last) = state.get(&a).copied().unwrap_or((0, 0));
-                            let name = format!("rm{a}-{round}");
-                            let seq =
-                                raw_append(&js, "ledger", &name, v + 1, last, ledger_payload(1))
-                                    .await;
-                            state.insert(a, (v + 1, seq));
-                        }
-                    });
-                }
-                while set.join_next().await.is_some() {}
-                Run::since(commands, t)
+            while set.join_next().await.is_some() {}
+            Run::since(commands, t)
+        }
+    };
+    let measured = median_of_three(&mut framework, |round| {
+        let js = js.clone();
+        async move {
+            let t = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for task in 0..TASKS {
+                let js = js.clone();
+                set.spawn(async move {
+                    let mut state = std::collections::HashMap::<usize, (u64, u64)>::new();
+                    let mine: Vec<usize> = (task..AGGREGATES).step_by(TASKS).collect();
+                    for k in 0..per_task {
+                        let a = mine[k % mine.len()];
+                        let (v, last) = state.get(&a).copied().unwrap_or((0, 0));
+                        let name = format!("rm{a}-{round}");
+                        let seq =
+                            raw_append(&js, "ledger", &name, v + 1, last, ledger_payload(1)).await;
+                        state.insert(a, (v + 1, seq));
+                    }
+                });
             }
-        },
-    )
+            while set.join_next().await.is_some() {}
+            Run::since(commands, t)
+        }
+    })
     .await;
+    let case = "commands through the repository, 1,000 aggregates, 32 tasks";
     rows.extend(measured.rows(
-        "commands through the repository, 1,000 aggregates, 32 tasks",
+        case,
         "commands/s (median of 3)",
         "client CPU µs per command (median of 3)",
     ));
+
+    // The same raw writes the esrc way, interleaved with the framework again.
+    let esrc = median_of_three(&mut framework, |round| {
+        let js = js.clone();
+        async move {
+            let t = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for task in 0..TASKS {
+                let js = js.clone();
+                set.spawn(async move {
+                    let mut last = std::collections::HashMap::<usize, u64>::new();
+                    let mine: Vec<usize> = (task..AGGREGATES).step_by(TASKS).collect();
+                    for k in 0..per_task {
+                        let a = mine[k % mine.len()];
+                        let name = format!("em{a}-{round}");
+                        let before = last.get(&a).copied().unwrap_or(0);
+                        let seq =
+                            raw_append_esrc(&js, "ledger", &name, before, ledger_payload(1)).await;
+                        last.insert(a, seq);
+                    }
+                });
+            }
+            while set.join_next().await.is_some() {}
+            Run::since(commands, t)
+        }
+    })
+    .await;
+    let [mut rate, mut cpu] = esrc.rows(
+        case,
+        "commands/s (median of 3)",
+        "client CPU µs per command (median of 3)",
+    );
+    rate.raw_label = Some(ESRC_STYLE);
+    cpu.raw_label = Some(ESRC_STYLE);
+    rows.extend([rate, cpu]);
 }
+
+/// What the esrc-style baseline rows compare with.
+const ESRC_STYLE: &str = "raw async-nats, esrc-style: exact subject, no msg id";

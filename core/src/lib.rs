@@ -63,7 +63,10 @@ pub use identity::{CausationId, CorrelationId, MessageId, MessageIdentity};
 pub use jetstream::{SetupError, SetupErrorKind, SubscriberError, SubscriberErrorKind};
 pub use projection::{replay, OnUnreadable, Projection, ProjectionError};
 pub use publisher::EventPublisher;
-pub use repository::{CommandError, CommandOutcome, IntoEventStore, Loaded, Repository};
+pub use repository::{
+    CommandError, CommandOutcome, CommitStats, IntoEventStore, Loaded, Repository,
+    DEFAULT_OUTCOME_DEADLINE, DEFAULT_QUEUE_CAPACITY,
+};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotStore};
 pub use store::{
     AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom, StoreError,

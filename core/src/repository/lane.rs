@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::{CommandError, CommandOutcome, Loaded, Repository};
+use super::{CommandError, CommandOutcome, CommitStats, Loaded, Repository};
 use crate::aggregate::Aggregate;
 use crate::encode::encode_events;
 use crate::identity::MessageIdentity;
@@ -99,6 +99,10 @@ struct LaneInner<A: Aggregate> {
     leading: bool,
     /// The committed state (`None`: to be loaded).
     state: Option<Loaded<A>>,
+    /// A copy of `state` with the events of the commands decided but not yet stored applied
+    /// (`None`: none made, or no longer valid), kept from group to group so that deciding a
+    /// group does not copy a large state each time.
+    work: Option<Loaded<A>>,
     /// Events may have been stored that `state` lacks: read them before the next decision.
     stale: bool,
     /// A group whose append was sent but not answered when its leader went away.
@@ -114,6 +118,7 @@ impl<A: Aggregate> Lane<A> {
                 queue: VecDeque::new(),
                 leading: false,
                 state,
+                work: None,
                 stale: false,
                 in_flight: None,
             }),
@@ -138,6 +143,7 @@ impl<A: Aggregate> Lane<A> {
         if inner.leading || !inner.queue.is_empty() || inner.in_flight.is_some() {
             return None;
         }
+        inner.work = None;
         let state = if inner.stale {
             None
         } else {
@@ -185,10 +191,14 @@ pub(super) struct CommitCost {
     single_ns: AtomicU64,
     batch_ns: AtomicU64,
     decisions: AtomicU64,
+    appends: AtomicU64,
+    commands: AtomicU64,
 }
 
 impl CommitCost {
-    fn record(&self, events: usize, took: Duration) {
+    fn record(&self, events: usize, commands: usize, took: Duration) {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(commands as u64, Ordering::Relaxed);
         let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
         let slot = if events == 1 {
             &self.single_ns
@@ -226,12 +236,13 @@ impl CommitCost {
         }
     }
 
-    /// The averages, in microseconds (single, batch), for logs.
-    fn micros(&self) -> (u64, u64) {
-        (
-            self.single_ns.load(Ordering::Relaxed) / 1000,
-            self.batch_ns.load(Ordering::Relaxed) / 1000,
-        )
+    fn stats(&self) -> CommitStats {
+        CommitStats {
+            appends: self.appends.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+            single_append_micros: self.single_ns.load(Ordering::Relaxed) / 1000,
+            group_append_micros: self.batch_ns.load(Ordering::Relaxed) / 1000,
+        }
     }
 }
 
@@ -349,7 +360,7 @@ impl<A: Aggregate> Repository<A> {
                 return;
             }
             let entries = lead.take_entries(self.cost.take(waiting));
-            let group = self.decide(&lead, entries);
+            let group = self.decide(&mut lead, entries);
             self.commit(&mut lead, group).await;
             if lead.answered(ticket) && lead.others_waiting() {
                 return;
@@ -360,6 +371,9 @@ impl<A: Aggregate> Repository<A> {
     /// Loads the state if the lane has none, and reads what it may lack.
     async fn refresh(&self, lead: &mut Leadership<'_, A>) -> Result<(), StoreError> {
         let stale = std::mem::take(&mut lead.lane.lock().stale);
+        if stale || lead.state.is_none() {
+            lead.work = None;
+        }
         match &mut lead.state {
             None => lead.state = Some(self.load(lead.id).await?),
             Some(state) if stale => {
@@ -374,13 +388,14 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Decides each entry on the state left by the ones before it: the first on the committed
-    /// state, the others on a copy that has the earlier commands' events applied.
-    fn decide(&self, lead: &Leadership<'_, A>, entries: Vec<Entry<A>>) -> Group<A> {
+    /// state, the others on the working copy, which has the earlier commands' events applied
+    /// (made when a group first needs it, then kept in step with the committed state).
+    fn decide(&self, lead: &mut Leadership<'_, A>, entries: Vec<Entry<A>>) -> Group<A> {
         let Some(committed) = lead.state.as_ref() else {
             unreachable!("the state is loaded before deciding")
         };
         let count = entries.len();
-        let mut work: Option<Loaded<A>> = None;
+        let work = &mut lead.work;
         let mut members = Vec::with_capacity(count);
         for (i, mut entry) in entries.into_iter().enumerate() {
             let current = work.as_ref().unwrap_or(committed);
@@ -407,7 +422,7 @@ impl<A: Aggregate> Repository<A> {
                                 Err(e) => Decided::Failed(CommandError::Store(e)),
                                 Ok(new) => {
                                     let first = current.version + 1;
-                                    if i + 1 < count {
+                                    if i + 1 < count || work.is_some() {
                                         let next = work.get_or_insert_with(|| committed.clone());
                                         for event in &events {
                                             next.state.apply(event);
@@ -445,6 +460,10 @@ impl<A: Aggregate> Repository<A> {
                 None => unreachable!("an append has events"),
             };
             let count = events.len();
+            let commands = group.members[start..end]
+                .iter()
+                .filter(|m| matches!(m.decided, Decided::Events { .. }))
+                .count();
             lead.group = Some(group);
             let started = Instant::now();
             let result = self.append_resending(lead.id, expected, events).await;
@@ -454,13 +473,14 @@ impl<A: Aggregate> Repository<A> {
             group = g;
             match result {
                 Ok(result) => {
-                    self.cost.record(count, started.elapsed());
+                    self.cost.record(count, commands, started.elapsed());
                     self.answer_settled(lead, &mut group, end, Some(result));
                     self.snapshot_if_due(lead).await;
                 }
                 Err(e) if is_conflict(&e) => {
                     // Another process appended first: what this group decided after the stored
                     // part is void. Read what it appended, then decide those commands again.
+                    lead.work = None;
                     if let Some(state) = &mut lead.state {
                         if self.catch_up(state).await.is_err() {
                             lead.state = None;
@@ -487,6 +507,7 @@ impl<A: Aggregate> Repository<A> {
                 Err(e) => {
                     // Not stored (or, after the resend deadline, not known): this group's
                     // remaining commands fail with the same error; the state stays as stored.
+                    lead.work = None;
                     if e.is_transient() {
                         lead.state = None;
                     }
@@ -587,10 +608,9 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
-    /// The averages the lanes choose groups by (µs per single-event append, per atomic
-    /// append), for diagnostics.
-    pub(super) fn commit_cost_micros_inner(&self) -> (u64, u64) {
-        self.cost.micros()
+    /// What the lanes appended so far, and the costs they choose groups by.
+    pub(super) fn commit_stats_inner(&self) -> CommitStats {
+        self.cost.stats()
     }
 }
 
@@ -634,6 +654,7 @@ struct Leadership<'a, A: Aggregate> {
     lane: &'a Arc<Lane<A>>,
     ticket: u64,
     state: Option<Loaded<A>>,
+    work: Option<Loaded<A>>,
     group: Option<Group<A>>,
 }
 
@@ -651,6 +672,7 @@ impl<'a, A: Aggregate> Leadership<'a, A> {
             lane,
             ticket,
             state: inner.state.take(),
+            work: inner.work.take(),
             group: inner.in_flight.take(),
         }
     }
@@ -690,10 +712,10 @@ impl<A: Aggregate> Drop for Leadership<'_, A> {
         {
             let mut inner = self.lane.lock();
             // A leader that panicked may have left the state half-applied: load it again.
-            inner.state = if std::thread::panicking() {
-                None
+            (inner.state, inner.work) = if std::thread::panicking() {
+                (None, None)
             } else {
-                self.state.take()
+                (self.state.take(), self.work.take())
             };
             if let Some(group) = self.group.take() {
                 inner.in_flight = Some(group);

@@ -196,6 +196,21 @@ pub struct Repository<A: Aggregate> {
     _aggregate: PhantomData<fn() -> A>,
 }
 
+/// What a repository's commands appended ([`Repository::commit_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommitStats {
+    /// Appends made for commands (each one plain append or one atomic batch).
+    pub appends: u64,
+    /// Commands with events those appends stored (more than `appends` when commands were
+    /// grouped).
+    pub commands: u64,
+    /// The moving average of a single-event append, in microseconds (0: none yet).
+    pub single_append_micros: u64,
+    /// The moving average of an atomic (multi-event) append, in microseconds (0: none yet).
+    pub group_append_micros: u64,
+}
+
 /// Commands one aggregate's queue holds by default ([`Repository::with_queue_capacity`]).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// How long an append with an unknown outcome is sent again by default
@@ -588,9 +603,9 @@ impl<A: Aggregate> Repository<A> {
         self.queued(id)
     }
 
-    /// The moving averages the queues choose groups by: microseconds per single-event append
-    /// and per atomic (multi-event) append on this repository's store (0: not seen yet).
-    pub fn commit_cost_micros(&self) -> (u64, u64) {
-        self.commit_cost_micros_inner()
+    /// What this repository's commands appended so far, and the costs its queues choose groups
+    /// by: for metrics, and to see how commands were grouped (`commands / appends`).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.commit_stats_inner()
     }
 }
