@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{CommandError, CommandOutcome, CommitStats, Loaded, Repository};
 use crate::aggregate::Aggregate;
@@ -73,10 +73,91 @@ pub(super) enum Note<A: Aggregate> {
     Lead,
 }
 
+/// Where a waiting caller is told its answer, or that the lane is its to lead: one small
+/// allocation per command (a channel would allocate a block of slots for at most two notes).
+pub(super) struct Reply<A: Aggregate> {
+    slot: Mutex<Slot<A>>,
+    wake: Notify,
+}
+
+struct Slot<A: Aggregate> {
+    answer: Option<Answer<A>>,
+    /// An answer was given (and maybe taken).
+    answered: bool,
+    lead: bool,
+    /// The caller went away.
+    closed: bool,
+}
+
+impl<A: Aggregate> Reply<A> {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            slot: Mutex::new(Slot {
+                answer: None,
+                answered: false,
+                lead: false,
+                closed: false,
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot<A>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the caller; `false` when it went away.
+    fn send(&self, note: Note<A>) -> bool {
+        {
+            let mut slot = self.lock();
+            if slot.closed {
+                return false;
+            }
+            match note {
+                Note::Done(answer) => {
+                    slot.answer = Some(answer);
+                    slot.answered = true;
+                }
+                Note::Lead => slot.lead = true,
+            }
+        }
+        // One waiter: a wake-up given before it waits is kept for it.
+        self.wake.notify_one();
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// The next note: the answer first, else the lead.
+    async fn recv(&self) -> Note<A> {
+        loop {
+            {
+                let mut slot = self.lock();
+                if let Some(answer) = slot.answer.take() {
+                    return Note::Done(answer);
+                }
+                if std::mem::take(&mut slot.lead) {
+                    return Note::Lead;
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    /// Marks the caller gone; `true` when the lane had been handed to it unread.
+    fn close(&self) -> bool {
+        let mut slot = self.lock();
+        slot.closed = true;
+        std::mem::take(&mut slot.lead)
+    }
+}
+
 struct Entry<A: Aggregate> {
     ticket: u64,
     request: Request<A>,
-    reply: mpsc::UnboundedSender<Note<A>>,
+    reply: Arc<Reply<A>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -84,6 +165,20 @@ impl<A: Aggregate> Entry<A> {
     fn answer(&self, answer: Answer<A>) {
         // A caller that went away does not need its answer.
         let _ = self.reply.send(Note::Done(answer));
+    }
+}
+
+impl<A: Aggregate> Drop for Entry<A> {
+    fn drop(&mut self) {
+        // A command dropped unanswered (its leader panicked while deciding) fails rather than
+        // leaving its caller waiting.
+        if !self.reply.lock().answered {
+            self.answer(Err(CommandError::Store(StoreError::new(
+                StoreErrorKind::UnexpectedAnswer(
+                    "the command was dropped before it was answered".to_owned(),
+                ),
+            ))));
+        }
     }
 }
 
@@ -250,28 +345,21 @@ impl<A: Aggregate> Repository<A> {
     /// Queues `request` on the aggregate's lane (waiting while the lane is full), leads the
     /// lane when it is idle, and returns the command's answer.
     pub(super) async fn submit(&self, id: &AggregateId, request: Request<A>) -> Answer<A> {
-        let (lane, notes, ticket, lead) = self.enqueue(id, request).await;
-        let mut waiter = Waiter {
+        let (lane, reply, ticket, lead) = self.enqueue(id, request).await;
+        let waiter = Waiter {
             repository: self,
             id,
             lane: &lane,
             ticket,
-            notes,
+            reply,
         };
         if lead {
             self.lead(id, &lane, ticket).await;
         }
         loop {
-            match waiter.notes.recv().await {
-                Some(Note::Done(answer)) => return answer,
-                Some(Note::Lead) => self.lead(id, &lane, ticket).await,
-                None => {
-                    return Err(CommandError::Store(StoreError::new(
-                        StoreErrorKind::UnexpectedAnswer(
-                            "the command's lane was dropped before it answered".to_owned(),
-                        ),
-                    )))
-                }
+            match waiter.reply.recv().await {
+                Note::Done(answer) => return answer,
+                Note::Lead => self.lead(id, &lane, ticket).await,
             }
         }
     }
@@ -301,7 +389,7 @@ impl<A: Aggregate> Repository<A> {
         &self,
         id: &AggregateId,
         request: Request<A>,
-    ) -> (Arc<Lane<A>>, mpsc::UnboundedReceiver<Note<A>>, u64, bool) {
+    ) -> (Arc<Lane<A>>, Arc<Reply<A>>, u64, bool) {
         let mut request = Some(request);
         loop {
             let lane = self.lane(id);
@@ -316,14 +404,14 @@ impl<A: Aggregate> Repository<A> {
             let Some(request) = request.take() else {
                 unreachable!("the request is queued once")
             };
-            let (reply, notes) = mpsc::unbounded_channel();
+            let reply = Reply::new();
             let ticket = lane.tickets.fetch_add(1, Ordering::Relaxed);
             let lead = {
                 let mut inner = lane.lock();
                 inner.queue.push_back(Entry {
                     ticket,
                     request,
-                    reply,
+                    reply: Arc::clone(&reply),
                     _permit: permit,
                 });
                 let lead = !inner.leading;
@@ -331,7 +419,7 @@ impl<A: Aggregate> Repository<A> {
                 lead
             };
             drop(lanes);
-            return (lane, notes, ticket, lead);
+            return (lane, reply, ticket, lead);
         }
     }
 
@@ -732,17 +820,12 @@ struct Waiter<'a, A: Aggregate> {
     id: &'a AggregateId,
     lane: &'a Arc<Lane<A>>,
     ticket: u64,
-    notes: mpsc::UnboundedReceiver<Note<A>>,
+    reply: Arc<Reply<A>>,
 }
 
 impl<A: Aggregate> Drop for Waiter<'_, A> {
     fn drop(&mut self) {
-        self.notes.close();
-        let mut lead = false;
-        while let Ok(note) = self.notes.try_recv() {
-            lead |= matches!(note, Note::Lead);
-        }
-        if lead {
+        if self.reply.close() {
             self.repository.pass_on(self.id, self.lane, self.ticket);
         }
     }
@@ -757,7 +840,7 @@ fn hand_over<A: Aggregate>(inner: &mut LaneInner<A>, from: u64) -> bool {
             .members
             .iter()
             .filter(|m| m.entry.ticket != from)
-            .any(|m| m.entry.reply.send(Note::Lead).is_ok())
+            .any(|m| m.entry.reply.send(Note::Lead))
         {
             return true;
         }
@@ -767,7 +850,7 @@ fn hand_over<A: Aggregate>(inner: &mut LaneInner<A>, from: u64) -> bool {
         let entry = &inner.queue[i];
         if entry.ticket == from {
             i += 1;
-        } else if entry.reply.send(Note::Lead).is_ok() {
+        } else if entry.reply.send(Note::Lead) {
             return true;
         } else {
             inner.queue.remove(i);
