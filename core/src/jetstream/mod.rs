@@ -7,6 +7,7 @@ mod kv;
 mod order;
 mod projection;
 mod read;
+mod read_model;
 mod reader;
 pub mod setup;
 mod snapshots;
@@ -15,6 +16,10 @@ mod store;
 pub use crate::store::MAX_EVENTS_PER_APPEND;
 pub use config::{Storage, StoreConfig};
 pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
+pub use read_model::{
+    KeyedProjection, Pointer, ReadModel, ReadModelHandle, ReadModelOptions, ReadModelRunner,
+    RowChange, Rows, CHECKPOINT_KEY, MAX_ROWS_PER_COMMIT,
+};
 pub use setup::{
     check_server_info, ServerVersion, SetupError, SetupErrorKind, ACCEPTED_SERVER_VERSIONS,
 };

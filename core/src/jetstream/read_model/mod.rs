@@ -1,0 +1,909 @@
+//! Read models kept per key in a JetStream KV bucket: a [`KeyedProjection`] says how an event
+//! changes rows; the runner ([`ReadModelRunner`]) applies events, collects the rows they changed
+//! and commits those rows **and** its checkpoint in one JetStream atomic batch on the bucket's
+//! stream, fenced by an expectation on the checkpoint key. Any NATS client reads the model with a
+//! plain KV get or watch; [`ReadModel`] is the typed reader, from any process.
+//!
+//! # Wire format
+//!
+//! - The live bucket of read model `NAME` is named by the key `NAME` of the bucket
+//!   `READ_MODELS` (the pointer, JSON `{"bucket": "RM_NAME_V1", "version": 1}`); version `V` of
+//!   the model lives in the bucket `RM_NAME_V{V}` (prefix [`ReadModelOptions::prefix`]).
+//! - Row `id` of table `table` is the key `{table}.r.{id}`, or `{table}.h.x{hex of id}` when the id
+//!   has characters KV keys do not allow; its value is the row as JSON. A deleted row is a KV
+//!   delete (`KV-Operation: DEL`).
+//! - The checkpoint is the key `_cim.checkpoint`: JSON `{"name", "version", "sequence",
+//!   "skipped", "writer"}`, `sequence` being the last event stream sequence the rows reflect.
+//!
+//! # Consistency
+//!
+//! One commit is one atomic batch: its rows and its checkpoint are stored together or not at
+//! all, and a batch whose fence (the checkpoint key's last sequence) is stale is refused whole,
+//! so a second runner that lost the race writes nothing. A batch holds at most 1,000 messages
+//! (the server's limit): the checkpoint and 999 rows. The runner commits at event boundaries, so
+//! between two batches a reader sees the model as of a checkpoint; an event that changes more
+//! than 999 rows stops the runner with [`ProjectionError::Apply`] (it could not be committed
+//! atomically).
+
+mod commit;
+mod reader;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use async_trait::async_trait;
+use lru::LruCache;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::envelope::{Envelope, StreamSequence};
+use crate::event::NatsEvent;
+use crate::jetstream::kv::row_key;
+use crate::jetstream::order::VersionOrder;
+use crate::jetstream::read::decode_in_order;
+use crate::jetstream::reader::{OrderedReader, Progress, ReadSpec, Start};
+use crate::jetstream::store::JetStreamEventStore;
+use crate::projection::{OnUnreadable, ProjectionError};
+use crate::store::{StoreError, StoreErrorKind};
+use crate::typed::decode_envelope;
+
+pub use commit::MAX_ROWS_PER_COMMIT;
+pub use reader::{ReadModel, RowChange};
+
+use commit::Committer;
+
+/// The checkpoint's key in a read model's bucket.
+pub const CHECKPOINT_KEY: &str = "_cim.checkpoint";
+
+/// A read model kept per key: how each event changes its rows.
+///
+/// `apply` is called once per event, in stream order; it reads rows with [`Rows::get`] (the
+/// rows as the events before this one left them) and writes with [`Rows::put`] and
+/// [`Rows::delete`]. The runner commits the rows an event changed together with the checkpoint
+/// after it, so each event's effect is stored exactly once, even across crashes. Bump
+/// [`KeyedProjection::VERSION`] when `apply` changes meaning: the new version is built into a new
+/// bucket while readers keep the old one, and they switch when it has caught up.
+#[async_trait]
+pub trait KeyedProjection: Send + Sync + 'static {
+    /// The domain events it reads.
+    type Event: NatsEvent;
+    /// A row, stored as JSON.
+    type Row: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
+    /// Its name (letters, digits, `-` and `_`): part of its bucket's name and its pointer key.
+    const NAME: &'static str;
+    /// Its version; a new one is built into a bucket of its own.
+    const VERSION: u32 = 1;
+
+    /// Applies one event to the rows.
+    ///
+    /// # Errors
+    ///
+    /// A reason to stop the runner (the event is not considered applied; nothing of it is
+    /// stored).
+    async fn apply(
+        &self,
+        event: &Envelope<Self::Event>,
+        rows: &mut Rows<'_, Self::Row>,
+    ) -> Result<(), ProjectionError>;
+}
+
+/// A change one event made to a row: the new row, or `None` for a delete.
+type Change<R> = Option<R>;
+
+/// The rows as an event sees them: what earlier events left (committed or not), and the
+/// changes it makes.
+pub struct Rows<'a, R> {
+    rows: &'a mut RowState<R>,
+    sequence: u64,
+}
+
+impl<R> fmt::Debug for Rows<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rows")
+            .field("sequence", &self.sequence)
+            .field("changed", &self.rows.event.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The runner's view of the rows: changes of the current event, changes not yet committed, and
+/// a bounded cache of committed rows (the runner is the only writer, so the cache stays true).
+struct RowState<R> {
+    bucket: kv::Store,
+    event: HashMap<String, Change<R>>,
+    /// Changes not committed yet: the row, and its JSON (made when the event was applied, so
+    /// that a row too large is found at its event).
+    pending: HashMap<String, (Change<R>, Option<bytes::Bytes>)>,
+    cache: LruCache<String, Change<R>>,
+    name: &'static str,
+}
+
+impl<R: Serialize + DeserializeOwned + Clone> Rows<'_, R> {
+    fn key(&self, table: &str, id: &str) -> Result<String, ProjectionError> {
+        row_key(table, id).ok_or_else(|| ProjectionError::Apply {
+            projection: self.rows.name.to_owned(),
+            sequence: self.sequence,
+            reason: format!(
+                "table name {table:?} is not made of letters, digits, '-', '_' and '=' (or starts \
+                 with '_', which is reserved)"
+            ),
+        })
+    }
+
+    /// The row `id` of `table`, as the events before this one (and this one so far) left it.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Apply`] for a table name KV keys cannot hold;
+    /// [`ProjectionError::Store`] if the row cannot be read.
+    pub async fn get(&mut self, table: &str, id: &str) -> Result<Option<R>, ProjectionError> {
+        let key = self.key(table, id)?;
+        let rows = &mut *self.rows;
+        if let Some(change) = rows
+            .event
+            .get(&key)
+            .or_else(|| rows.pending.get(&key).map(|(row, _)| row))
+        {
+            return Ok(change.clone());
+        }
+        if let Some(row) = rows.cache.get(&key) {
+            return Ok(row.clone());
+        }
+        let stored = rows
+            .bucket
+            .get(&key)
+            .await
+            .map_err(|e| ProjectionError::Store {
+                projection: rows.name.to_owned(),
+                source: StoreError::with_source(StoreErrorKind::Connection, e),
+            })?;
+        let row =
+            match stored {
+                None => None,
+                Some(bytes) => Some(serde_json::from_slice::<R>(&bytes).map_err(|e| {
+                    ProjectionError::Apply {
+                        projection: rows.name.to_owned(),
+                        sequence: self.sequence,
+                        reason: format!("row {key} does not decode: {e}"),
+                    }
+                })?),
+            };
+        rows.cache.put(key, row.clone());
+        Ok(row)
+    }
+
+    /// Sets row `id` of `table` to `row`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Apply`] for a table name KV keys cannot hold.
+    pub fn put(&mut self, table: &str, id: &str, row: R) -> Result<(), ProjectionError> {
+        let key = self.key(table, id)?;
+        self.rows.event.insert(key, Some(row));
+        Ok(())
+    }
+
+    /// Deletes row `id` of `table` (nothing if there is none).
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Apply`] for a table name KV keys cannot hold.
+    pub fn delete(&mut self, table: &str, id: &str) -> Result<(), ProjectionError> {
+        let key = self.key(table, id)?;
+        self.rows.event.insert(key, None);
+        Ok(())
+    }
+
+    /// The stream sequence of the event being applied.
+    pub fn sequence(&self) -> StreamSequence {
+        StreamSequence(self.sequence)
+    }
+}
+
+/// How a read-model runner names its buckets, commits and treats unreadable events.
+#[derive(Debug, Clone)]
+pub struct ReadModelOptions {
+    /// The prefix of the model's buckets: version `V` of model `NAME` is `{prefix}_{NAME}_V{V}`.
+    pub prefix: String,
+    /// The bucket of pointers to each model's live bucket (key: the model's name).
+    pub pointer_bucket: String,
+    /// Commit after this many events...
+    pub commit_every: u64,
+    /// ... or after this long with uncommitted events, whichever comes first (and at once when
+    /// a caller waits for a sequence: [`ReadModelHandle::wait_for`]).
+    pub commit_interval: Duration,
+    /// Skip-and-record or stop on an event that cannot be read or decoded.
+    pub on_unreadable: OnUnreadable,
+    /// Committed rows kept in memory for `apply`'s reads.
+    pub cached_rows: usize,
+    /// How long the bucket of the version a new one replaced is kept after the switch, for
+    /// readers still on it to follow the pointer.
+    pub retire_after: Duration,
+}
+
+impl Default for ReadModelOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "RM".to_owned(),
+            pointer_bucket: "READ_MODELS".to_owned(),
+            commit_every: 1000,
+            commit_interval: Duration::from_millis(200),
+            on_unreadable: OnUnreadable::Stop,
+            cached_rows: 100_000,
+            retire_after: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ReadModelOptions {
+    /// The bucket of version `version` of model `name`.
+    pub fn bucket(&self, name: &str, version: u32) -> String {
+        format!("{}_{name}_V{version}", self.prefix)
+    }
+}
+
+/// The checkpoint as stored under [`CHECKPOINT_KEY`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) sequence: u64,
+    #[serde(default)]
+    pub(crate) skipped: Vec<crate::jetstream::Skipped>,
+    /// The runner instance that wrote it (to recognise its own commit after a lost answer).
+    #[serde(default)]
+    pub(crate) writer: String,
+}
+
+/// The pointer to a model's live bucket, stored in [`ReadModelOptions::pointer_bucket`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pointer {
+    /// The live bucket.
+    pub bucket: String,
+    /// Its model version.
+    pub version: u32,
+}
+
+/// Starts read models on a [`JetStreamEventStore`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReadModelRunner;
+
+/// A running read model: its progress, waiting for a sequence, stopping it.
+pub struct ReadModelHandle<P: KeyedProjection> {
+    committed: watch::Receiver<u64>,
+    progress: watch::Receiver<Progress>,
+    live: watch::Receiver<bool>,
+    wanted: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+    stopped: Arc<std::sync::Mutex<Option<Arc<ProjectionError>>>>,
+    bucket: String,
+    task: JoinHandle<()>,
+    _projection: std::marker::PhantomData<fn() -> P>,
+}
+
+impl<P: KeyedProjection> fmt::Debug for ReadModelHandle<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadModelHandle")
+            .field("name", &P::NAME)
+            .field("bucket", &self.bucket)
+            .field("committed", &*self.committed.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+fn setup_error(name: &str, bucket: &str, e: impl fmt::Display) -> ProjectionError {
+    ProjectionError::Store {
+        projection: name.to_owned(),
+        source: StoreError::with_source(
+            StoreErrorKind::Bucket {
+                bucket: bucket.to_owned(),
+            },
+            e.to_string(),
+        ),
+    }
+}
+
+/// Opens (creating it if needed) a read model's bucket and makes sure its stream takes atomic
+/// batches (`kv::Config` has no such field, and async-nats's KV updates clear it).
+async fn open_model_bucket(
+    context: &jetstream::Context,
+    name: &str,
+    bucket: &str,
+    replicas: usize,
+) -> Result<kv::Store, ProjectionError> {
+    let store = crate::jetstream::kv::open_bucket(
+        context,
+        bucket,
+        "read model rows and checkpoint (cim-nats)",
+        replicas,
+    )
+    .await
+    .map_err(|e| setup_error(name, bucket, e))?;
+    let stream_name = format!("KV_{bucket}");
+    let mut stream = context
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| setup_error(name, bucket, e))?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| setup_error(name, bucket, e))?
+        .config
+        .clone();
+    if !config.allow_atomic_publish {
+        config.allow_atomic_publish = true;
+        context
+            .update_stream(&config)
+            .await
+            .map_err(|e| setup_error(name, bucket, format!("enabling atomic batches: {e}")))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| setup_error(name, bucket, e))?;
+        if !info.config.allow_atomic_publish {
+            return Err(setup_error(
+                name,
+                bucket,
+                "the server did not enable atomic batches on the bucket's stream",
+            ));
+        }
+    }
+    Ok(store)
+}
+
+impl ReadModelRunner {
+    /// Starts read model `P`: opens (creating them if needed) its bucket for
+    /// [`KeyedProjection::VERSION`] and the pointer bucket, resumes from the checkpoint in its
+    /// bucket (or the start of the stream), then follows new events as they are stored.
+    ///
+    /// When the pointer names no bucket yet, it is pointed at this one at once. When it names an
+    /// older version, this one is built beside it and the pointer moves when it has caught up
+    /// (readers switch then); the old bucket is then deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Store`] if a bucket or the consumer cannot be set up;
+    /// [`ProjectionError::Apply`] if `P::NAME` cannot name a bucket;
+    /// [`ProjectionError::Contended`] if a newer version of the model is already live.
+    pub async fn start<P: KeyedProjection>(
+        store: &JetStreamEventStore,
+        projection: P,
+        options: ReadModelOptions,
+    ) -> Result<ReadModelHandle<P>, ProjectionError> {
+        let name = P::NAME;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        {
+            return Err(ProjectionError::Apply {
+                projection: name.to_owned(),
+                sequence: 0,
+                reason: "a read model's name is made of letters, digits, '-' and '_'".to_owned(),
+            });
+        }
+        let context = store.context().clone();
+        let replicas = store.config().replicas;
+        let bucket_name = options.bucket(name, P::VERSION);
+        let pointers = crate::jetstream::kv::open_bucket(
+            &context,
+            &options.pointer_bucket,
+            "read model pointers: the live bucket of each model (cim-nats)",
+            replicas,
+        )
+        .await
+        .map_err(|e| setup_error(name, &options.pointer_bucket, e))?;
+        let pointer = reader::read_pointer(&pointers, name)
+            .await
+            .map_err(|e| setup_error(name, &options.pointer_bucket, e))?;
+        if let Some((p, _)) = &pointer {
+            if p.version > P::VERSION {
+                return Err(ProjectionError::Contended(format!(
+                    "{name}: version {} is live, newer than this runner's {}",
+                    p.version,
+                    P::VERSION
+                )));
+            }
+        }
+        let bucket = open_model_bucket(&context, name, &bucket_name, replicas).await?;
+        let live = match &pointer {
+            None => {
+                write_pointer(&pointers, name, &bucket_name, P::VERSION, None).await?;
+                true
+            }
+            Some((p, _)) => p.version == P::VERSION,
+        };
+        let checkpoint = reader::read_checkpoint(&bucket)
+            .await
+            .map_err(|e| setup_error(name, &bucket_name, e))?;
+        let (start, revision, skipped) = match checkpoint {
+            Some((c, revision)) => (c.sequence, revision, c.skipped),
+            None => (0, 0, Vec::new()),
+        };
+        context
+            .get_stream_no_info(store.stream_name())
+            .await
+            .map_err(|e| ProjectionError::Store {
+                projection: name.to_owned(),
+                source: StoreError::with_source(StoreErrorKind::StreamNotFound, e),
+            })?;
+        let reader = OrderedReader::start(
+            store.client().clone(),
+            ReadSpec {
+                stream: store.stream_name().to_owned(),
+                filter: Some(<P::Event as NatsEvent>::DOMAIN_WILDCARD.to_owned()),
+                start: Start::Sequence(start + 1),
+                follow: true,
+                timeout: store.request_timeout(),
+            },
+        );
+        let progress = reader.progress();
+        // A version built beside a live one goes live once it has read what the stream held now.
+        let target = crate::store::EventStore::last_sequence(store)
+            .await
+            .map_err(|e| ProjectionError::Store {
+                projection: name.to_owned(),
+                source: e,
+            })?
+            .0;
+        let committer = Committer::new(
+            crate::jetstream::api::Conn::new(store.client().clone()),
+            &bucket,
+            &bucket_name,
+            name,
+            P::VERSION,
+            revision,
+            store.request_timeout(),
+        )
+        .await?;
+        let (committed_tx, committed) = watch::channel(start);
+        let (live_tx, live_rx) = watch::channel(live);
+        let (wanted, wanted_rx) = watch::channel(0u64);
+        let (stop, stop_rx) = watch::channel(false);
+        let stopped = Arc::new(std::sync::Mutex::new(None));
+        let run = Run {
+            projection,
+            rows: RowState {
+                bucket,
+                event: HashMap::new(),
+                pending: HashMap::new(),
+                cache: LruCache::new(
+                    NonZeroUsize::new(options.cached_rows.max(1)).unwrap_or(NonZeroUsize::MIN),
+                ),
+                name,
+            },
+            committer,
+            skipped,
+            options: options.clone(),
+            committed: committed_tx,
+            live: live_tx,
+            pointers,
+            pointer_old: pointer.filter(|(p, _)| p.version != P::VERSION),
+            target,
+            retire: None,
+            context,
+            bucket_name: bucket_name.clone(),
+        };
+        let stopped_in_task = Arc::clone(&stopped);
+        let task = tokio::spawn(async move {
+            let mut run = run;
+            if let Err(e) = run.run(reader, stop_rx, wanted_rx, start).await {
+                tracing::error!(read_model = P::NAME, error = %e, "read model runner stopped");
+                if let Ok(mut slot) = stopped_in_task.lock() {
+                    *slot = Some(Arc::new(e));
+                }
+            }
+            drop(run);
+        });
+        Ok(ReadModelHandle {
+            committed,
+            progress,
+            live: live_rx,
+            wanted,
+            stop,
+            stopped,
+            bucket: bucket_name,
+            task,
+            _projection: std::marker::PhantomData,
+        })
+    }
+}
+
+async fn write_pointer(
+    pointers: &kv::Store,
+    name: &str,
+    bucket: &str,
+    version: u32,
+    revision: Option<u64>,
+) -> Result<u64, ProjectionError> {
+    let value = serde_json::to_vec(&Pointer {
+        bucket: bucket.to_owned(),
+        version,
+    })
+    .map_err(|e| ProjectionError::Store {
+        projection: name.to_owned(),
+        source: StoreError::with_source(StoreErrorKind::Encode, e),
+    })?;
+    let written = match revision {
+        None => pointers
+            .create(name, value.into())
+            .await
+            .map_err(|e| e.to_string()),
+        Some(r) => pointers
+            .update(name, value.into(), r)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    written.map_err(|e| {
+        ProjectionError::Contended(format!(
+            "{name}: the pointer to the live bucket changed underneath ({e})"
+        ))
+    })
+}
+
+struct Run<P: KeyedProjection> {
+    projection: P,
+    rows: RowState<P::Row>,
+    committer: Committer,
+    skipped: Vec<crate::jetstream::Skipped>,
+    options: ReadModelOptions,
+    committed: watch::Sender<u64>,
+    live: watch::Sender<bool>,
+    pointers: kv::Store,
+    /// The pointer as found at start, when it named another version (with its revision).
+    pointer_old: Option<(Pointer, u64)>,
+    /// The stream's last sequence when the runner started.
+    target: u64,
+    /// The replaced version's bucket, and when to delete it.
+    retire: Option<(String, tokio::time::Instant)>,
+    context: jetstream::Context,
+    bucket_name: String,
+}
+
+impl<P: KeyedProjection> Run<P> {
+    async fn run(
+        &mut self,
+        mut reader: OrderedReader,
+        mut stop: watch::Receiver<bool>,
+        mut wanted: watch::Receiver<u64>,
+        start: u64,
+    ) -> Result<(), ProjectionError> {
+        let mut last = start;
+        let mut written = start;
+        let mut order = VersionOrder::default();
+        let progress = reader.progress();
+        let mut tick = tokio::time::interval(self.options.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    if last > written {
+                        self.commit(last).await?;
+                    }
+                    return Ok(());
+                }
+                _ = wanted.changed() => {
+                    let want = *wanted.borrow_and_update();
+                    if want > written && last >= want {
+                        self.commit(last).await?;
+                        written = last;
+                    }
+                }
+                _ = tick.tick() => {
+                    if last > written {
+                        self.commit(last).await?;
+                        written = last;
+                    }
+                    self.maybe_go_live(written, &progress).await?;
+                }
+                chunk = reader.next() => {
+                    let Some(chunk) = chunk else {
+                        return Err(ProjectionError::Aborted(P::NAME.to_owned()));
+                    };
+                    let chunk = chunk.map_err(|e| ProjectionError::Store {
+                        projection: P::NAME.to_owned(),
+                        source: e,
+                    })?;
+                    for raw in chunk {
+                        let sequence = raw.sequence;
+                        if sequence <= last {
+                            continue;
+                        }
+                        match decode_in_order(raw, &mut order).and_then(decode_envelope::<P::Event>) {
+                            Ok(envelope) => {
+                                let mut rows = Rows { rows: &mut self.rows, sequence };
+                                if let Err(e) = self.projection.apply(&envelope, &mut rows).await {
+                                    self.rows.event.clear();
+                                    if last > written {
+                                        self.commit(last).await?;
+                                    }
+                                    return Err(e);
+                                }
+                                let changed = self.rows.event.len();
+                                if changed > MAX_ROWS_PER_COMMIT {
+                                    self.rows.event.clear();
+                                    if last > written {
+                                        self.commit(last).await?;
+                                    }
+                                    return Err(ProjectionError::Apply {
+                                        projection: P::NAME.to_owned(),
+                                        sequence,
+                                        reason: format!(
+                                            "the event changes {changed} rows; one atomic commit \
+                                             holds at most {MAX_ROWS_PER_COMMIT}"
+                                        ),
+                                    });
+                                }
+                                let merged = self.rows.pending.len()
+                                    + self
+                                        .rows
+                                        .event
+                                        .keys()
+                                        .filter(|k| !self.rows.pending.contains_key(*k))
+                                        .count();
+                                if merged > MAX_ROWS_PER_COMMIT {
+                                    // Commit what the events before this one changed first.
+                                    let event = std::mem::take(&mut self.rows.event);
+                                    self.commit(last).await?;
+                                    written = last;
+                                    self.rows.event = event;
+                                }
+                                if let Err(e) = self.take_event(sequence) {
+                                    // The events before it are committed; nothing of it is.
+                                    if last > written {
+                                        self.commit(last).await?;
+                                    }
+                                    return Err(e);
+                                }
+                            }
+                            Err(e) => match (self.options.on_unreadable, e.kind()) {
+                                (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { .. }) => {
+                                    let reason = e.to_string();
+                                    tracing::warn!(read_model = P::NAME, sequence, %reason,
+                                        "skipping an unreadable event");
+                                    if self.skipped.len() < 1000 {
+                                        self.skipped.push(crate::jetstream::Skipped { sequence, reason });
+                                    }
+                                }
+                                _ => {
+                                    if last > written {
+                                        self.commit(last).await?;
+                                    }
+                                    return Err(ProjectionError::Unreadable {
+                                        projection: P::NAME.to_owned(),
+                                        source: e,
+                                    });
+                                }
+                            },
+                        }
+                        last = sequence;
+                        let want = *wanted.borrow();
+                        if last - written >= self.options.commit_every
+                            || self.rows.pending.len() >= MAX_ROWS_PER_COMMIT
+                            || (want > written && last >= want)
+                        {
+                            self.commit(last).await?;
+                            written = last;
+                        }
+                    }
+                    if progress.borrow().pending == 0 && last > written {
+                        // Caught up: what is read is committed without waiting for the tick.
+                        self.commit(last).await?;
+                        written = last;
+                    }
+                    self.maybe_go_live(written, &progress).await?;
+                }
+            }
+        }
+    }
+
+    /// Moves the changes of the event at `sequence` into the pending ones, encoded: a row too
+    /// large to store stops the runner here, naming it and the event.
+    fn take_event(&mut self, sequence: u64) -> Result<(), ProjectionError> {
+        let max = self.committer.max_value();
+        let mut encoded = Vec::with_capacity(self.rows.event.len());
+        for (key, row) in std::mem::take(&mut self.rows.event) {
+            let json = match &row {
+                None => None,
+                Some(row) => {
+                    let json = serde_json::to_vec(row).map_err(|e| ProjectionError::Apply {
+                        projection: P::NAME.to_owned(),
+                        sequence,
+                        reason: format!("row {key} does not encode: {e}"),
+                    })?;
+                    if json.len() > max {
+                        return Err(ProjectionError::Apply {
+                            projection: P::NAME.to_owned(),
+                            sequence,
+                            reason: format!(
+                                "row {key} is {} bytes, over the {max} the bucket {} and the \
+                                 server take; nothing of this event is stored",
+                                json.len(),
+                                self.bucket_name
+                            ),
+                        });
+                    }
+                    Some(bytes::Bytes::from(json))
+                }
+            };
+            encoded.push((key, (row, json)));
+        }
+        self.rows.pending.extend(encoded);
+        Ok(())
+    }
+
+    /// Commits the pending rows with the checkpoint at `sequence`.
+    async fn commit(&mut self, sequence: u64) -> Result<(), ProjectionError> {
+        let pending = std::mem::take(&mut self.rows.pending);
+        let encoded: Vec<(String, Option<bytes::Bytes>)> = pending
+            .iter()
+            .map(|(key, (_, json))| (key.clone(), json.clone()))
+            .collect();
+        self.committer
+            .commit(&encoded, sequence, &self.skipped)
+            .await?;
+        for (key, (row, _)) in pending {
+            self.rows.cache.put(key, row);
+        }
+        let _ = self.committed.send(sequence);
+        Ok(())
+    }
+
+    /// A model built beside an older live version goes live once it has caught up: the pointer
+    /// moves to its bucket (readers follow), and the old bucket is deleted
+    /// [`ReadModelOptions::retire_after`] later.
+    async fn maybe_go_live(
+        &mut self,
+        written: u64,
+        progress: &watch::Receiver<Progress>,
+    ) -> Result<(), ProjectionError> {
+        if let Some((old, at)) = &self.retire {
+            if tokio::time::Instant::now() >= *at {
+                if let Err(e) = self.context.delete_key_value(old).await {
+                    tracing::warn!(read_model = P::NAME, bucket = %old, error = %e,
+                        "the replaced version's bucket could not be deleted");
+                }
+                self.retire = None;
+            }
+        }
+        let Some((old, revision)) = self.pointer_old.as_ref() else {
+            return Ok(());
+        };
+        let caught_up = {
+            let p = progress.borrow();
+            written >= self.target && p.pending == 0 && p.sequence <= written
+        };
+        if !caught_up {
+            return Ok(());
+        }
+        write_pointer(
+            &self.pointers,
+            P::NAME,
+            &self.bucket_name,
+            P::VERSION,
+            Some(*revision),
+        )
+        .await?;
+        tracing::info!(read_model = P::NAME, from = %old.bucket, to = %self.bucket_name,
+            "read model caught up: readers switched to the new version");
+        self.retire = Some((
+            old.bucket.clone(),
+            tokio::time::Instant::now() + self.options.retire_after,
+        ));
+        self.pointer_old = None;
+        let _ = self.live.send(true);
+        Ok(())
+    }
+}
+
+impl<P: KeyedProjection> ReadModelHandle<P> {
+    /// The stream sequence up to which the rows are committed (what readers see).
+    pub fn committed(&self) -> StreamSequence {
+        StreamSequence(*self.committed.borrow())
+    }
+
+    /// Events of the model's domain stored after the last one the runner read, as the server
+    /// last said (0 when caught up).
+    pub fn pending(&self) -> u64 {
+        self.progress.borrow().pending
+    }
+
+    /// Is this version the one readers use (the pointer names its bucket)?
+    pub fn is_live(&self) -> bool {
+        *self.live.borrow()
+    }
+
+    /// This version's bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Why the runner stopped, if it stopped with an error.
+    pub fn error(&self) -> Option<Arc<ProjectionError>> {
+        self.stopped.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Waits until the rows are committed up to `sequence` (e.g. the sequence an append
+    /// returned), asking the runner to commit at once when it has read that far.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Timeout`] after `timeout`; [`ProjectionError::Stopped`] with the cause
+    /// if the runner stopped with an error; [`ProjectionError::Aborted`] if it ended otherwise.
+    pub async fn wait_for(
+        &self,
+        sequence: StreamSequence,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
+        self.wanted.send_if_modified(|w| {
+            let raise = *w < sequence.0;
+            if raise {
+                *w = sequence.0;
+            }
+            raise
+        });
+        let mut rx = self.committed.clone();
+        let reached = tokio::time::timeout(timeout, async move {
+            rx.wait_for(|s| *s >= sequence.0).await.map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(match self.error() {
+                Some(cause) => ProjectionError::Stopped {
+                    projection: P::NAME.to_owned(),
+                    cause,
+                },
+                None => ProjectionError::Aborted(P::NAME.to_owned()),
+            }),
+            Err(_) => Err(ProjectionError::Timeout {
+                projection: P::NAME.to_owned(),
+                wanted: sequence.0,
+                reached: *self.committed.borrow(),
+            }),
+        }
+    }
+
+    /// Stops the runner after the event in hand, commits what it applied, and returns how it
+    /// ended.
+    ///
+    /// # Errors
+    ///
+    /// The error the runner stopped with, if any.
+    pub async fn shutdown(self) -> Result<(), ProjectionError> {
+        let _ = self.stop.send(true);
+        if self.task.await.is_err() {
+            return Err(ProjectionError::Aborted(P::NAME.to_owned()));
+        }
+        let cause = self.stopped.lock().ok().and_then(|mut s| s.take());
+        match cause {
+            None => Ok(()),
+            Some(cause) => {
+                Err(
+                    Arc::try_unwrap(cause).unwrap_or_else(|cause| ProjectionError::Stopped {
+                        projection: P::NAME.to_owned(),
+                        cause,
+                    }),
+                )
+            }
+        }
+    }
+
+    /// Kills the runner at once, without committing, as a crash would, and returns once its
+    /// task is gone.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Has the runner ended?
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}

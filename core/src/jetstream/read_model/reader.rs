@@ -1,0 +1,372 @@
+//! [`ReadModel`]: typed reads of a read model from any process, following its pointer to the
+//! live bucket.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+
+use super::{Checkpoint, Pointer, ReadModelOptions, CHECKPOINT_KEY};
+use crate::envelope::StreamSequence;
+use crate::jetstream::kv::{row_id, row_key};
+use crate::projection::ProjectionError;
+use crate::store::{StoreError, StoreErrorKind};
+
+/// The pointer of model `name` and its revision, if there is one.
+pub(super) async fn read_pointer(
+    pointers: &kv::Store,
+    name: &str,
+) -> Result<Option<(Pointer, u64)>, String> {
+    let entry = pointers.entry(name).await.map_err(|e| e.to_string())?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let pointer = serde_json::from_slice::<Pointer>(&entry.value)
+                .map_err(|e| format!("the pointer of {name} does not decode: {e}"))?;
+            Ok(Some((pointer, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The checkpoint of a model's bucket and its revision, if there is one.
+pub(super) async fn read_checkpoint(
+    bucket: &kv::Store,
+) -> Result<Option<(Checkpoint, u64)>, String> {
+    let entry = bucket
+        .entry(CHECKPOINT_KEY)
+        .await
+        .map_err(|e| e.to_string())?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let checkpoint = serde_json::from_slice::<Checkpoint>(&entry.value)
+                .map_err(|e| format!("the checkpoint does not decode: {e}"))?;
+            Ok(Some((checkpoint, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A change to a row, as [`ReadModel::watch`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowChange<R> {
+    /// The row was written.
+    Put {
+        /// The row's id.
+        id: String,
+        /// The row.
+        row: R,
+    },
+    /// The row was deleted.
+    Deleted {
+        /// The row's id.
+        id: String,
+    },
+}
+
+/// Typed reads of read model `name` with rows of type `R`, from any process: the live bucket is
+/// found through the pointer (and found again by [`ReadModel::refresh`] after a version switch).
+pub struct ReadModel<R> {
+    name: String,
+    client: async_nats::Client,
+    pointers: kv::Store,
+    context: jetstream::Context,
+    pointer: Pointer,
+    bucket: kv::Store,
+    _row: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for ReadModel<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadModel")
+            .field("name", &self.name)
+            .field("bucket", &self.pointer.bucket)
+            .field("version", &self.pointer.version)
+            .finish_non_exhaustive()
+    }
+}
+
+fn error(name: &str, bucket: &str, e: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Store {
+        projection: name.to_owned(),
+        source: StoreError::with_source(
+            StoreErrorKind::Bucket {
+                bucket: bucket.to_owned(),
+            },
+            e.to_string(),
+        ),
+    }
+}
+
+impl<R: DeserializeOwned> ReadModel<R> {
+    /// Opens read model `name` (its live version, as the pointer in
+    /// [`ReadModelOptions::pointer_bucket`] says).
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Store`] when the pointer or the bucket cannot be read, or the model
+    /// has no live version yet.
+    pub async fn open(
+        client: async_nats::Client,
+        name: &str,
+        options: &ReadModelOptions,
+    ) -> Result<Self, ProjectionError> {
+        let context = jetstream::new(client.clone());
+        let pointers = context
+            .get_key_value(&options.pointer_bucket)
+            .await
+            .map_err(|e| error(name, &options.pointer_bucket, e))?;
+        let (pointer, bucket) = Self::follow(&context, &pointers, name).await?;
+        Ok(Self {
+            name: name.to_owned(),
+            client,
+            pointers,
+            context,
+            pointer,
+            bucket,
+            _row: PhantomData,
+        })
+    }
+
+    async fn follow(
+        context: &jetstream::Context,
+        pointers: &kv::Store,
+        name: &str,
+    ) -> Result<(Pointer, kv::Store), ProjectionError> {
+        let (pointer, _) = read_pointer(pointers, name)
+            .await
+            .map_err(|e| error(name, "pointer", e))?
+            .ok_or_else(|| {
+                error(
+                    name,
+                    "pointer",
+                    format!("read model {name} has no live version"),
+                )
+            })?;
+        let bucket = context
+            .get_key_value(&pointer.bucket)
+            .await
+            .map_err(|e| error(name, &pointer.bucket, e))?;
+        Ok((pointer, bucket))
+    }
+
+    /// Follows the pointer again (after a new version went live); `true` when it moved.
+    ///
+    /// # Errors
+    ///
+    /// As [`ReadModel::open`].
+    pub async fn refresh(&mut self) -> Result<bool, ProjectionError> {
+        let (pointer, bucket) = Self::follow(&self.context, &self.pointers, &self.name).await?;
+        let moved = pointer != self.pointer;
+        self.pointer = pointer;
+        self.bucket = bucket;
+        Ok(moved)
+    }
+
+    /// The pointer this reader follows: the live bucket and its version.
+    pub fn pointer(&self) -> &Pointer {
+        &self.pointer
+    }
+
+    fn key(&self, table: &str, id: &str) -> Result<String, ProjectionError> {
+        row_key(table, id).ok_or_else(|| {
+            error(
+                &self.name,
+                &self.pointer.bucket,
+                format!("{table:?} cannot be a table name"),
+            )
+        })
+    }
+
+    /// Row `id` of `table`, as last committed.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Store`] when it cannot be read or does not decode as `R`.
+    pub async fn get(&self, table: &str, id: &str) -> Result<Option<R>, ProjectionError> {
+        let key = self.key(table, id)?;
+        let value = match self.bucket.get(&key).await {
+            Ok(value) => value,
+            Err(first) => {
+                // The bucket may have been retired under this reader by a new version: read
+                // through the pointer as it is now ([`ReadModel::refresh`] keeps it).
+                let (pointer, bucket) =
+                    Self::follow(&self.context, &self.pointers, &self.name).await?;
+                if pointer == self.pointer {
+                    return Err(error(&self.name, &self.pointer.bucket, first));
+                }
+                bucket
+                    .get(&key)
+                    .await
+                    .map_err(|e| error(&self.name, &pointer.bucket, e))?
+            }
+        };
+        value
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|e| {
+                    error(
+                        &self.name,
+                        &self.pointer.bucket,
+                        format!("row {key} does not decode: {e}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// The ids of the rows of `table`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Store`] when the keys cannot be listed.
+    pub async fn ids(&self, table: &str) -> Result<Vec<String>, ProjectionError> {
+        self.key(table, "x")?;
+        let bucket = &self.pointer.bucket;
+        let fail = |e: &dyn std::fmt::Display| error(&self.name, bucket, e);
+        // The last message of each key of the table (headers only), as `kv::Store::keys` reads
+        // the whole bucket, with a filter.
+        let consumer = self
+            .bucket
+            .stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some("read model keys (cim-nats)".to_owned()),
+                filter_subject: format!("$KV.{bucket}.{table}.>"),
+                headers_only: true,
+                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(&e))?;
+        let mut ids = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(ids);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| fail(&e))?;
+        let prefix = format!("$KV.{bucket}.");
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| fail(&e))?;
+            let pending = message.info().map_err(|e| fail(&e))?.pending;
+            let deleted = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() != "PUT");
+            if !deleted {
+                if let Some(id) = message
+                    .subject
+                    .as_str()
+                    .strip_prefix(&prefix)
+                    .and_then(|key| row_id(table, key))
+                {
+                    ids.push(id);
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Changes to the rows of `table` from now on.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Store`] when the watch cannot be set up.
+    pub async fn watch(
+        &self,
+        table: &str,
+    ) -> Result<impl Stream<Item = Result<RowChange<R>, ProjectionError>> + Send, ProjectionError>
+    where
+        R: Send + 'static,
+    {
+        let filter = format!("{table}.>");
+        self.key(table, "x")?;
+        let watch = self
+            .bucket
+            .watch(filter)
+            .await
+            .map_err(|e| error(&self.name, &self.pointer.bucket, e))?;
+        let (name, bucket, table) = (
+            self.name.clone(),
+            self.pointer.bucket.clone(),
+            table.to_owned(),
+        );
+        Ok(watch.filter_map(move |entry| {
+            let (name, bucket, table) = (name.clone(), bucket.clone(), table.clone());
+            async move {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => return Some(Err(error(&name, &bucket, e))),
+                };
+                let id = row_id(&table, &entry.key)?;
+                Some(match entry.operation {
+                    kv::Operation::Put => serde_json::from_slice(&entry.value)
+                        .map(|row| RowChange::Put { id, row })
+                        .map_err(|e| error(&name, &bucket, e)),
+                    _ => Ok(RowChange::Deleted { id }),
+                })
+            }
+        }))
+    }
+
+    /// The stream sequence the rows reflect (0: nothing committed yet).
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Store`] when the checkpoint cannot be read.
+    pub async fn checkpoint(&self) -> Result<StreamSequence, ProjectionError> {
+        let checkpoint = read_checkpoint(&self.bucket)
+            .await
+            .map_err(|e| error(&self.name, &self.pointer.bucket, e))?;
+        Ok(StreamSequence(checkpoint.map_or(0, |(c, _)| c.sequence)))
+    }
+
+    /// Waits until the rows reflect the event at `sequence` (read your own writes, from any
+    /// process), watching the checkpoint key.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Timeout`] after `timeout`; [`ProjectionError::Store`] when the
+    /// checkpoint cannot be watched.
+    pub async fn wait_for(
+        &self,
+        sequence: StreamSequence,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
+        let mut watch = self
+            .bucket
+            .watch_with_history(CHECKPOINT_KEY)
+            .await
+            .map_err(|e| error(&self.name, &self.pointer.bucket, e))?;
+        let mut reached = 0;
+        let waited = tokio::time::timeout(timeout, async {
+            while let Some(entry) = watch.next().await {
+                let entry = entry.map_err(|e| error(&self.name, &self.pointer.bucket, e))?;
+                if let Ok(c) = serde_json::from_slice::<Checkpoint>(&entry.value) {
+                    reached = c.sequence;
+                    if c.sequence >= sequence.0 {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(error(
+                &self.name,
+                &self.pointer.bucket,
+                "the checkpoint watch ended",
+            ))
+        })
+        .await;
+        match waited {
+            Ok(result) => result,
+            Err(_) => Err(ProjectionError::Timeout {
+                projection: self.name.clone(),
+                wanted: sequence.0,
+                reached,
+            }),
+        }
+    }
+}
