@@ -4,6 +4,7 @@
 mod harness;
 mod hot;
 mod project;
+mod read_model;
 mod sample;
 mod write;
 
@@ -29,7 +30,7 @@ struct Options {
 }
 
 /// The cases, by the names `--only` takes.
-const CASES: [&str; 12] = [
+const CASES: [&str; 13] = [
     "append",
     "pipelined",
     "batch",
@@ -38,6 +39,7 @@ const CASES: [&str; 12] = [
     "growing",
     "load",
     "replay",
+    "readmodel",
     "snapshot",
     "subscriber",
     "topology",
@@ -535,6 +537,20 @@ async fn main() {
     }
     if options.runs("replay") {
         replay_case(&client, "large", &mut rows).await;
+    }
+    if options.runs("readmodel") {
+        // Reads the large stream the load case fills.
+        if !options.runs("load") && !options.runs("replay") {
+            load_case(&client, "large", big, reps, &mut rows).await;
+        }
+        read_model::rebuild(&client, &mut rows).await;
+        read_model::checkpoint_cost(
+            &client,
+            if quick { 10_000 } else { 100_000 },
+            reps / 10,
+            &mut rows,
+        )
+        .await;
     }
     if options.runs("snapshot") {
         snapshot_case(&client, reps, &mut rows).await;

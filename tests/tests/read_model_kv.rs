@@ -175,6 +175,8 @@ async fn rows_and_checkpoint_commit_together_and_any_kv_client_reads_them() {
         .await
         .expect("caught up");
     assert!(handle.is_live());
+    let lag = handle.lag();
+    assert!(lag.committed >= last && lag.read >= last, "{lag:?}");
 
     // A plain KV client: the pointer names the bucket; rows are JSON under documented keys.
     let js = async_nats::jetstream::new(client.clone());

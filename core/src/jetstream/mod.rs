@@ -17,7 +17,7 @@ pub use crate::store::MAX_EVENTS_PER_APPEND;
 pub use config::{Storage, StoreConfig};
 pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
 pub use read_model::{
-    KeyedProjection, Pointer, ReadModel, ReadModelHandle, ReadModelOptions, ReadModelRunner,
+    KeyedProjection, Lag, Pointer, ReadModel, ReadModelHandle, ReadModelOptions, ReadModelRunner,
     RowChange, Rows, CHECKPOINT_KEY, MAX_ROWS_PER_COMMIT,
 };
 pub use setup::{

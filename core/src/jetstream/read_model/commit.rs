@@ -99,7 +99,7 @@ impl Committer {
     /// [`ProjectionError::Store`] when the server keeps refusing or cannot be reached.
     pub(super) async fn commit(
         &mut self,
-        rows: &[(String, Option<Bytes>)],
+        rows: Vec<(String, Option<Bytes>)>,
         sequence: u64,
         skipped: &[Skipped],
     ) -> Result<(), ProjectionError> {
@@ -114,7 +114,7 @@ impl Committer {
             .map_err(|e| self.error(StoreError::with_source(StoreErrorKind::Encode, e)))?;
         let mut messages: Vec<(String, Option<Bytes>)> = Vec::with_capacity(rows.len() + 1);
         messages.push((CHECKPOINT_KEY.to_owned(), Some(Bytes::from(checkpoint))));
-        messages.extend(rows.iter().cloned());
+        messages.extend(rows);
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut pause = Duration::from_millis(50);
         loop {

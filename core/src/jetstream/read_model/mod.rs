@@ -120,7 +120,21 @@ struct RowState<R> {
     /// that a row too large is found at its event).
     pending: HashMap<String, (Change<R>, Option<bytes::Bytes>)>,
     cache: LruCache<String, Change<R>>,
+    /// Does the cache hold every row there is (the model started empty and nothing was evicted)?
+    /// Then a row it lacks does not exist, and is not asked for.
+    complete: bool,
     name: &'static str,
+}
+
+impl<R> RowState<R> {
+    /// Keeps a committed row in the cache; an eviction ends `complete`.
+    fn remember(&mut self, key: String, row: Change<R>) {
+        if let Some((evicted, _)) = self.cache.push(key.clone(), row) {
+            if evicted != key {
+                self.complete = false;
+            }
+        }
+    }
 }
 
 impl<R: Serialize + DeserializeOwned + Clone> Rows<'_, R> {
@@ -154,6 +168,9 @@ impl<R: Serialize + DeserializeOwned + Clone> Rows<'_, R> {
         if let Some(row) = rows.cache.get(&key) {
             return Ok(row.clone());
         }
+        if rows.complete {
+            return Ok(None);
+        }
         let stored = rows
             .bucket
             .get(&key)
@@ -173,7 +190,7 @@ impl<R: Serialize + DeserializeOwned + Clone> Rows<'_, R> {
                     }
                 })?),
             };
-        rows.cache.put(key, row.clone());
+        rows.remember(key, row.clone());
         Ok(row)
     }
 
@@ -267,6 +284,17 @@ pub struct Pointer {
     pub bucket: String,
     /// Its model version.
     pub version: u32,
+}
+
+/// How far a read model is behind its stream ([`ReadModelHandle::lag`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag {
+    /// The last stream sequence the runner read.
+    pub read: StreamSequence,
+    /// The sequence its rows are committed up to (what readers see).
+    pub committed: StreamSequence,
+    /// Events of the model's domain stored after `read`, as the server last said.
+    pub pending: u64,
 }
 
 /// Starts read models on a [`JetStreamEventStore`].
@@ -421,6 +449,15 @@ impl ReadModelRunner {
         let checkpoint = reader::read_checkpoint(&bucket)
             .await
             .map_err(|e| setup_error(name, &bucket_name, e))?;
+        // A model with no checkpoint and no rows starts empty: rows it has not written do not
+        // exist.
+        let fresh = checkpoint.is_none()
+            && bucket
+                .status()
+                .await
+                .map_err(|e| setup_error(name, &bucket_name, e))?
+                .values()
+                == 0;
         let (start, revision, skipped) = match checkpoint {
             Some((c, revision)) => (c.sequence, revision, c.skipped),
             None => (0, 0, Vec::new()),
@@ -475,6 +512,7 @@ impl ReadModelRunner {
                 cache: LruCache::new(
                     NonZeroUsize::new(options.cached_rows.max(1)).unwrap_or(NonZeroUsize::MIN),
                 ),
+                complete: fresh,
                 name,
             },
             committer,
@@ -486,6 +524,7 @@ impl ReadModelRunner {
             pointer_old: pointer.filter(|(p, _)| p.version != P::VERSION),
             target,
             retire: None,
+            progress: progress.clone(),
             context,
             bucket_name: bucket_name.clone(),
         };
@@ -561,6 +600,8 @@ struct Run<P: KeyedProjection> {
     target: u64,
     /// The replaced version's bucket, and when to delete it.
     retire: Option<(String, tokio::time::Instant)>,
+    /// The reader's progress (for the lag in traces).
+    progress: watch::Receiver<Progress>,
     context: jetstream::Context,
     bucket_name: String,
 }
@@ -741,16 +782,26 @@ impl<P: KeyedProjection> Run<P> {
     /// Commits the pending rows with the checkpoint at `sequence`.
     async fn commit(&mut self, sequence: u64) -> Result<(), ProjectionError> {
         let pending = std::mem::take(&mut self.rows.pending);
-        let encoded: Vec<(String, Option<bytes::Bytes>)> = pending
-            .iter()
-            .map(|(key, (_, json))| (key.clone(), json.clone()))
-            .collect();
-        self.committer
-            .commit(&encoded, sequence, &self.skipped)
-            .await?;
-        for (key, (row, _)) in pending {
-            self.rows.cache.put(key, row);
+        let mut encoded = Vec::with_capacity(pending.len());
+        let mut committed = Vec::with_capacity(pending.len());
+        for (key, (row, json)) in pending {
+            encoded.push((key.clone(), json));
+            committed.push((key, row));
         }
+        self.committer
+            .commit(encoded, sequence, &self.skipped)
+            .await?;
+        let rows = committed.len();
+        for (key, row) in committed {
+            self.rows.remember(key, row);
+        }
+        tracing::debug!(
+            read_model = P::NAME,
+            committed = sequence,
+            rows,
+            behind = self.progress.borrow().pending,
+            "read model committed"
+        );
         let _ = self.committed.send(sequence);
         Ok(())
     }
@@ -812,6 +863,18 @@ impl<P: KeyedProjection> ReadModelHandle<P> {
     /// last said (0 when caught up).
     pub fn pending(&self) -> u64 {
         self.progress.borrow().pending
+    }
+
+    /// How far the model is behind the stream: the last sequence the runner read, the sequence
+    /// its rows are committed up to, and the events stored after the last one read (for the
+    /// operations tooling; also in the runner's `debug` traces at each commit).
+    pub fn lag(&self) -> Lag {
+        let progress = *self.progress.borrow();
+        Lag {
+            read: StreamSequence(progress.sequence),
+            committed: self.committed(),
+            pending: progress.pending,
+        }
     }
 
     /// Is this version the one readers use (the pointer names its bucket)?
