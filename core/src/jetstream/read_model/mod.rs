@@ -119,6 +119,8 @@ struct RowState<R> {
     /// Changes not committed yet: the row, and its JSON (made when the event was applied, so
     /// that a row too large is found at its event).
     pending: HashMap<String, (Change<R>, Option<bytes::Bytes>)>,
+    /// Changes sent in the commit on its way.
+    in_flight: HashMap<String, Change<R>>,
     cache: LruCache<String, Change<R>>,
     /// Does the cache hold every row there is (the model started empty and nothing was evicted)?
     /// Then a row it lacks does not exist, and is not asked for.
@@ -162,6 +164,7 @@ impl<R: Serialize + DeserializeOwned + Clone> Rows<'_, R> {
             .event
             .get(&key)
             .or_else(|| rows.pending.get(&key).map(|(row, _)| row))
+            .or_else(|| rows.in_flight.get(&key))
         {
             return Ok(change.clone());
         }
@@ -509,13 +512,16 @@ impl ReadModelRunner {
                 bucket,
                 event: HashMap::new(),
                 pending: HashMap::new(),
+                in_flight: HashMap::new(),
                 cache: LruCache::new(
                     NonZeroUsize::new(options.cached_rows.max(1)).unwrap_or(NonZeroUsize::MIN),
                 ),
                 complete: fresh,
                 name,
             },
-            committer,
+            max_value: committer.max_value(),
+            committer: Some(committer),
+            sending: None,
             skipped,
             options: options.clone(),
             committed: committed_tx,
@@ -585,10 +591,19 @@ async fn write_pointer(
     })
 }
 
+/// A commit on its way: the committer (given back with the outcome) and the sequence.
+type Sending = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Committer, Result<(), ProjectionError>)> + Send>,
+>;
+
 struct Run<P: KeyedProjection> {
     projection: P,
     rows: RowState<P::Row>,
-    committer: Committer,
+    /// `None` while a commit is on its way (`sending`).
+    committer: Option<Committer>,
+    sending: Option<(Sending, u64)>,
+    /// The largest row value the bucket and the server take.
+    max_value: usize,
     skipped: Vec<crate::jetstream::Skipped>,
     options: ReadModelOptions,
     committed: watch::Sender<u64>,
@@ -627,21 +642,32 @@ impl<P: KeyedProjection> Run<P> {
                     if last > written {
                         self.commit(last).await?;
                     }
-                    return Ok(());
+                    return self.finish().await;
+                }
+                (committer, result) = async {
+                    match &mut self.sending {
+                        Some((sending, _)) => sending.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.sending.is_some() => {
+                    let sequence = self.sending.take().map_or(0, |(_, s)| s);
+                    self.committer = Some(committer);
+                    self.stored(sequence, result)?;
+                    self.maybe_go_live(&progress).await?;
                 }
                 _ = wanted.changed() => {
                     let want = *wanted.borrow_and_update();
                     if want > written && last >= want {
-                        self.commit(last).await?;
+                        self.send_commit(last).await?;
                         written = last;
                     }
                 }
                 _ = tick.tick() => {
                     if last > written {
-                        self.commit(last).await?;
+                        self.send_commit(last).await?;
                         written = last;
                     }
-                    self.maybe_go_live(written, &progress).await?;
+                    self.maybe_go_live(&progress).await?;
                 }
                 chunk = reader.next() => {
                     let Some(chunk) = chunk else {
@@ -691,7 +717,7 @@ impl<P: KeyedProjection> Run<P> {
                                 if merged > MAX_ROWS_PER_COMMIT {
                                     // Commit what the events before this one changed first.
                                     let event = std::mem::take(&mut self.rows.event);
-                                    self.commit(last).await?;
+                                    self.send_commit(last).await?;
                                     written = last;
                                     self.rows.event = event;
                                 }
@@ -729,16 +755,16 @@ impl<P: KeyedProjection> Run<P> {
                             || self.rows.pending.len() >= MAX_ROWS_PER_COMMIT
                             || (want > written && last >= want)
                         {
-                            self.commit(last).await?;
+                            self.send_commit(last).await?;
                             written = last;
                         }
                     }
                     if progress.borrow().pending == 0 && last > written {
                         // Caught up: what is read is committed without waiting for the tick.
-                        self.commit(last).await?;
+                        self.send_commit(last).await?;
                         written = last;
                     }
-                    self.maybe_go_live(written, &progress).await?;
+                    self.maybe_go_live(&progress).await?;
                 }
             }
         }
@@ -747,7 +773,7 @@ impl<P: KeyedProjection> Run<P> {
     /// Moves the changes of the event at `sequence` into the pending ones, encoded: a row too
     /// large to store stops the runner here, naming it and the event.
     fn take_event(&mut self, sequence: u64) -> Result<(), ProjectionError> {
-        let max = self.committer.max_value();
+        let max = self.max_value;
         let mut encoded = Vec::with_capacity(self.rows.event.len());
         for (key, row) in std::mem::take(&mut self.rows.event) {
             let json = match &row {
@@ -779,20 +805,48 @@ impl<P: KeyedProjection> Run<P> {
         Ok(())
     }
 
-    /// Commits the pending rows with the checkpoint at `sequence`.
-    async fn commit(&mut self, sequence: u64) -> Result<(), ProjectionError> {
+    /// Sends the pending rows with the checkpoint at `sequence` as the next commit, once the
+    /// one on its way is stored; does not wait for it: the runner applies the next events
+    /// meanwhile (the commit's rows stay readable to them until it is stored).
+    async fn send_commit(&mut self, sequence: u64) -> Result<(), ProjectionError> {
+        self.finish().await?;
         let pending = std::mem::take(&mut self.rows.pending);
         let mut encoded = Vec::with_capacity(pending.len());
-        let mut committed = Vec::with_capacity(pending.len());
         for (key, (row, json)) in pending {
             encoded.push((key.clone(), json));
-            committed.push((key, row));
+            self.rows.in_flight.insert(key, row);
         }
-        self.committer
-            .commit(encoded, sequence, &self.skipped)
-            .await?;
-        let rows = committed.len();
-        for (key, row) in committed {
+        let Some(mut committer) = self.committer.take() else {
+            unreachable!("the committer is back once the commit on its way is finished")
+        };
+        let skipped = self.skipped.clone();
+        let sending: Sending = Box::pin(async move {
+            let result = committer.commit(encoded, sequence, &skipped).await;
+            (committer, result)
+        });
+        self.sending = Some((sending, sequence));
+        Ok(())
+    }
+
+    /// Waits for the commit on its way, if any.
+    async fn finish(&mut self) -> Result<(), ProjectionError> {
+        if let Some((sending, sequence)) = self.sending.take() {
+            let (committer, result) = sending.await;
+            self.committer = Some(committer);
+            self.stored(sequence, result)?;
+        }
+        Ok(())
+    }
+
+    /// A commit's outcome: its rows join the cache and readers see `sequence`.
+    fn stored(
+        &mut self,
+        sequence: u64,
+        result: Result<(), ProjectionError>,
+    ) -> Result<(), ProjectionError> {
+        result?;
+        let rows = self.rows.in_flight.len();
+        for (key, row) in std::mem::take(&mut self.rows.in_flight) {
             self.rows.remember(key, row);
         }
         tracing::debug!(
@@ -806,14 +860,20 @@ impl<P: KeyedProjection> Run<P> {
         Ok(())
     }
 
+    /// Commits the pending rows with the checkpoint at `sequence` and waits until it is stored.
+    async fn commit(&mut self, sequence: u64) -> Result<(), ProjectionError> {
+        self.send_commit(sequence).await?;
+        self.finish().await
+    }
+
     /// A model built beside an older live version goes live once it has caught up: the pointer
     /// moves to its bucket (readers follow), and the old bucket is deleted
     /// [`ReadModelOptions::retire_after`] later.
     async fn maybe_go_live(
         &mut self,
-        written: u64,
         progress: &watch::Receiver<Progress>,
     ) -> Result<(), ProjectionError> {
+        let written = *self.committed.borrow();
         if let Some((old, at)) = &self.retire {
             if tokio::time::Instant::now() >= *at {
                 if let Err(e) = self.context.delete_key_value(old).await {
