@@ -237,10 +237,10 @@ fn plan() -> Result<Plan, Error> {
 
 fn print_table(topology: &Topology) {
     println!(
-        "\n{:<10} {:<15} {:<15} {:>5} {:>8}  {:<28} {:<10}",
+        "\n{:<10} {:<15} {:<15} {:>5} {:>8}  {:<28} {:>5}  software (version)",
         "hostname", "type", "system", "cpus", "memory", "networks", "links"
     );
-    println!("{}", "-".repeat(100));
+    println!("{}", "-".repeat(120));
     let mut resources = topology.active_compute_resources();
     resources.sort_by(|a, b| a.hostname.as_str().cmp(b.hostname.as_str()));
     for r in resources {
@@ -254,10 +254,10 @@ fn print_table(topology: &Topology) {
         let software: Vec<String> = topology
             .software_on(r.id)
             .iter()
-            .map(|s| s.name.clone())
+            .map(|s| format!("{} ({})", s.name, s.version))
             .collect();
         println!(
-            "{:<10} {:<15} {:<15} {:>5} {:>6}GB  {:<28} {:<3} {}",
+            "{:<10} {:<15} {:<15} {:>5} {:>6}GB  {:<28} {:>5}  {}",
             r.hostname.as_str(),
             format!("{:?}", r.resource_type),
             r.system.to_string(),
@@ -404,9 +404,16 @@ async fn main() -> Result<(), Error> {
         outcome.version
     );
     print_table(&live);
-    std::fs::write("topology.dot", live.to_dot())?;
-    std::fs::write("topology.mmd", live.to_mermaid())?;
-    println!("\nwrote topology.dot (Graphviz: dot -Tsvg topology.dot) and topology.mmd (Mermaid)");
+    let here = std::env::current_dir()?;
+    let (dot, mmd) = (here.join("topology.dot"), here.join("topology.mmd"));
+    std::fs::write(&dot, live.to_dot())?;
+    std::fs::write(&mmd, live.to_mermaid())?;
+    println!(
+        "\nwrote {} (Graphviz: dot -Tsvg {} -o topology.svg)\nwrote {} (Mermaid)",
+        dot.display(),
+        dot.display(),
+        mmd.display()
+    );
 
     // Replay: a fresh read model from every stored event, streamed from the store.
     let replay_started = Instant::now();

@@ -245,11 +245,12 @@ fn test(bin: &Path, args: &[OsString]) -> Result<(), String> {
 }
 
 fn demo(bin: &Path, args: &[OsString]) -> Result<(), String> {
+    // Not quiet: the first build takes minutes, and cargo's progress shows it is working.
+    println!("building and running the demo (the first build takes a few minutes)");
     let mut cmd = cargo();
     cmd.env("NATS_SERVER_BIN", bin)
         .args([
             "run",
-            "--quiet",
             "--package",
             "cim-nats-examples",
             "--example",
