@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use cim_domain_infrastructure::{
     Cidr, ComputeResourceSpec, ComputeType, ConnectionKind, ConnectionSpec, Hostname,
     InfrastructureAggregate, InfrastructureCommand, InfrastructureEvent, InfrastructureId,
@@ -413,6 +415,48 @@ async fn main() -> Result<(), Error> {
         dot.display(),
         dot.display(),
         mmd.display()
+    );
+
+    // The same model as any NATS client sees it: plain KV reads, no cim-nats code.
+    let kv = async_nats::jetstream::new(client.clone());
+    let pointer = kv
+        .get_key_value("READ_MODELS")
+        .await?
+        .get("topology")
+        .await?
+        .ok_or("no pointer to the topology's bucket")?;
+    let pointer: serde_json::Value = serde_json::from_slice(&pointer)?;
+    let bucket_name = pointer["bucket"]
+        .as_str()
+        .ok_or("a pointer without a bucket")?;
+    let bucket = kv.get_key_value(bucket_name).await?;
+    let mut keys = bucket.keys().await?;
+    let mut tables = std::collections::BTreeMap::<String, usize>::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        match key.split_once('.') {
+            Some((table, _)) if !table.starts_with('_') => {
+                *tables.entry(table.to_owned()).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    let web = live
+        .resource_by_hostname("web-01")
+        .ok_or("web-01 is not in the topology")?;
+    let row = bucket
+        .get(format!("compute.r.{}", web.id))
+        .await?
+        .ok_or("web-01 has no row")?;
+    println!(
+        "read back with a plain KV client from bucket {bucket_name}: {}\n  compute.r.{} = {}",
+        tables
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        web.id,
+        String::from_utf8_lossy(&row)
     );
 
     // Replay: a fresh read model from every stored event, streamed from the store.

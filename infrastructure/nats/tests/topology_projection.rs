@@ -681,6 +681,41 @@ async fn seed_program_on_a_live_server() -> TestResult {
     let live = manager.get_topology().await;
     assert_eq!(live, expected);
     assert_eq!(live.active_compute_resources().len(), 4);
+
+    // The same model, read by a plain KV client: one row per machine, network and connection.
+    let js = async_nats::jetstream::new(client.clone());
+    let pointer: serde_json::Value = serde_json::from_slice(
+        &js.get_key_value("READ_MODELS")
+            .await?
+            .get("topology")
+            .await?
+            .ok_or("no pointer")?,
+    )?;
+    let bucket = js
+        .get_key_value(pointer["bucket"].as_str().ok_or("no bucket")?)
+        .await?;
+    for resource in live.active_compute_resources() {
+        let row: serde_json::Value = serde_json::from_slice(
+            &bucket
+                .get(format!("compute.r.{}", resource.id))
+                .await?
+                .ok_or("no row")?,
+        )?;
+        assert_eq!(row["hostname"], resource.hostname.as_str());
+        assert_eq!(row["status"], "active");
+    }
+    for network in live.active_networks() {
+        assert!(bucket
+            .get(format!("network.r.{}", network.id))
+            .await?
+            .is_some());
+    }
+    for connection in live.active_connections() {
+        assert!(bucket
+            .get(format!("connection.r.{}", connection.id))
+            .await?
+            .is_some());
+    }
     assert_eq!(live.active_networks().len(), 2);
     assert_eq!(live.active_connections().len(), 3);
 

@@ -43,7 +43,6 @@ use tokio::task::JoinHandle;
 
 use crate::envelope::{Envelope, StreamSequence};
 use crate::event::NatsEvent;
-use crate::jetstream::kv::row_key;
 use crate::jetstream::order::VersionOrder;
 use crate::jetstream::read::decode_in_order;
 use crate::jetstream::reader::{OrderedReader, Progress, ReadSpec, Start};
@@ -59,6 +58,21 @@ use commit::Committer;
 
 /// The checkpoint's key in a read model's bucket.
 pub const CHECKPOINT_KEY: &str = "_cim.checkpoint";
+
+/// The KV key of row `id` of `table` (see the module's wire format); `None` for a table name KV
+/// keys cannot hold or that starts with `_`.
+pub fn row_key(table: &str, id: &str) -> Option<String> {
+    crate::jetstream::kv::row_key(table, id)
+}
+
+/// The table and row id of a read model's key (`None` for the checkpoint and foreign keys).
+pub fn parse_row_key(key: &str) -> Option<(String, String)> {
+    let (table, _) = key.split_once('.')?;
+    if table.starts_with('_') {
+        return None;
+    }
+    crate::jetstream::kv::row_id(table, key).map(|id| (table.to_owned(), id))
+}
 
 /// A read model kept per key: how each event changes its rows.
 ///

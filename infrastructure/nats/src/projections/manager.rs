@@ -1,11 +1,12 @@
-//! [`ProjectionManager`]: holds the topology read model, rebuilt on request or kept live by a
-//! projection runner.
+//! [`ProjectionManager`]: holds the topology read model, rebuilt on request or kept live as a
+//! read model in JetStream KV.
 
 use std::time::Duration;
 
 use cim_domain_infrastructure::InfrastructureEvent;
 use cim_nats::jetstream::{
-    JetStreamEventStore, ProjectionHandle, ProjectionOptions, ProjectionRunner,
+    JetStreamEventStore, KeyedProjection, ProjectionOptions, ReadModelHandle, ReadModelOptions,
+    ReadModelRunner,
 };
 use cim_nats::{
     decode_envelope, replay, EventStore, OnUnreadable, Projection, ProjectionError, ReadFrom,
@@ -13,6 +14,7 @@ use cim_nats::{
 };
 use tokio::sync::{watch, RwLock};
 
+use super::kv_topology::{LiveTopology, TopologyModel};
 use super::topology::{Topology, TopologyProjection};
 
 /// Holds the [`Topology`] read model and answers queries on it.
@@ -88,8 +90,11 @@ enum Mode {
         state: RwLock<TopologyProjection>,
         applied: watch::Sender<u64>,
     },
-    /// Kept by a projection runner.
-    Live(ProjectionHandle<TopologyProjection>),
+    /// Kept live: the KV read model, and the copy in memory fed by a watch of its bucket.
+    Live {
+        handle: ReadModelHandle<TopologyModel>,
+        live: LiveTopology,
+    },
 }
 
 impl Default for ProjectionManager {
@@ -109,25 +114,43 @@ impl ProjectionManager {
         }
     }
 
-    /// A live manager: starts a [`ProjectionRunner`] for [`TopologyProjection`] on `store`,
-    /// which catches up from its checkpoint and then follows new events.
+    /// A live manager: starts a [`ReadModelRunner`] for [`TopologyModel`] on `store` (a row per
+    /// machine, network, connection, software and policy in JetStream KV, readable by any NATS
+    /// client), which catches up from its checkpoint and then follows new events, and serves a
+    /// copy of the topology in memory, kept from a watch of the model's bucket.
+    ///
+    /// `options` sets how often the model commits (`checkpoint_every`, `checkpoint_interval`)
+    /// and what it does with an unreadable event; the model's buckets are named by
+    /// [`ReadModelOptions`]' defaults (`RM_topology_V1`, pointer key `topology` in
+    /// `READ_MODELS`), not by `options.bucket`.
     ///
     /// # Errors
     ///
-    /// [`ProjectionError::Store`] if the checkpoint bucket or the consumer cannot be set up.
+    /// [`ProjectionError::Store`] if a bucket or the consumer cannot be set up.
     pub async fn start(
         store: &JetStreamEventStore,
         options: ProjectionOptions,
     ) -> Result<Self, ProjectionError> {
-        let handle = ProjectionRunner::start::<TopologyProjection>(store, options).await?;
+        let handle = ReadModelRunner::start(
+            store,
+            TopologyModel,
+            ReadModelOptions {
+                commit_every: options.checkpoint_every,
+                commit_interval: options.checkpoint_interval,
+                on_unreadable: options.on_unreadable,
+                ..ReadModelOptions::default()
+            },
+        )
+        .await?;
+        let live = LiveTopology::start(store.client().clone(), handle.bucket()).await?;
         Ok(Self {
-            mode: Mode::Live(handle),
+            mode: Mode::Live { handle, live },
         })
     }
 
     /// Is the topology kept live by a runner ([`ProjectionManager::start`])?
     pub fn is_live(&self) -> bool {
-        matches!(self.mode, Mode::Live(_))
+        matches!(self.mode, Mode::Live { .. })
     }
 
     /// Replaces the topology with the one built from `events`, decoded and applied in the
@@ -191,7 +214,7 @@ impl ProjectionManager {
     pub async fn get_topology(&self) -> Topology {
         match &self.mode {
             Mode::OnRequest { state, .. } => state.read().await.topology().clone(),
-            Mode::Live(handle) => handle.read().await.topology().clone(),
+            Mode::Live { live, .. } => live.state.read().await.clone(),
         }
     }
 
@@ -201,7 +224,7 @@ impl ProjectionManager {
     pub async fn read_topology<R>(&self, read: impl FnOnce(&Topology) -> R) -> R {
         match &self.mode {
             Mode::OnRequest { state, .. } => read(state.read().await.topology()),
-            Mode::Live(handle) => read(handle.read().await.topology()),
+            Mode::Live { live, .. } => read(&*live.state.read().await),
         }
     }
 
@@ -209,7 +232,7 @@ impl ProjectionManager {
     pub async fn last_sequence(&self) -> StreamSequence {
         match &self.mode {
             Mode::OnRequest { state, .. } => state.read().await.last_sequence(),
-            Mode::Live(handle) => handle.applied(),
+            Mode::Live { live, .. } => StreamSequence(*live.seen.borrow()),
         }
     }
 
@@ -227,7 +250,26 @@ impl ProjectionManager {
         timeout: Duration,
     ) -> Result<(), ProjectionError> {
         match &self.mode {
-            Mode::Live(handle) => handle.wait_for(sequence, timeout).await,
+            Mode::Live { handle, live } => {
+                let started = std::time::Instant::now();
+                handle.wait_for(sequence, timeout).await?;
+                // Committed; now in the copy in memory.
+                let left = timeout.saturating_sub(started.elapsed());
+                let mut rx = live.seen.clone();
+                let seen = tokio::time::timeout(left, async move {
+                    rx.wait_for(|s| *s >= sequence.0).await.map(|_| ())
+                })
+                .await;
+                match seen {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(ProjectionError::Aborted(TopologyModel::NAME.to_owned())),
+                    Err(_) => Err(ProjectionError::Timeout {
+                        projection: TopologyModel::NAME.to_owned(),
+                        wanted: sequence.0,
+                        reached: *live.seen.borrow(),
+                    }),
+                }
+            }
             Mode::OnRequest { applied, .. } => {
                 let mut rx = applied.subscribe();
                 let reached = tokio::time::timeout(timeout, async move {
@@ -249,10 +291,10 @@ impl ProjectionManager {
         }
     }
 
-    /// The runner's handle, if the manager is live: its skipped events, whether it ended.
-    pub fn handle(&self) -> Option<&ProjectionHandle<TopologyProjection>> {
+    /// The read model's handle, if the manager is live: its lag, its bucket, whether it ended.
+    pub fn handle(&self) -> Option<&ReadModelHandle<TopologyModel>> {
         match &self.mode {
-            Mode::Live(handle) => Some(handle),
+            Mode::Live { handle, .. } => Some(handle),
             Mode::OnRequest { .. } => None,
         }
     }
@@ -265,7 +307,11 @@ impl ProjectionManager {
     /// The error the runner stopped with, if any.
     pub async fn shutdown(self) -> Result<(), ProjectionError> {
         match self.mode {
-            Mode::Live(handle) => handle.shutdown().await,
+            Mode::Live { handle, live } => {
+                let stopped = handle.shutdown().await;
+                drop(live);
+                stopped
+            }
             Mode::OnRequest { .. } => Ok(()),
         }
     }

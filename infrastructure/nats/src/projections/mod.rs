@@ -9,8 +9,12 @@
 //!   applies [`InfrastructureEvent`](cim_domain_infrastructure::InfrastructureEvent)s to a
 //!   topology; `Default + Serialize + Deserialize`, so a
 //!   [`ProjectionRunner`] keeps it with its checkpoint in JetStream KV.
+//! - [`TopologyModel`]: the same topology as a read model kept per key in JetStream KV (a row
+//!   per machine, network, connection, software and policy), readable by any NATS client.
 //! - [`ProjectionManager`]: rebuilds the topology from stored events on request (the seed's
-//!   `rebuild(events)`), or keeps it live with a runner ([`ProjectionManager::start`]).
+//!   `rebuild(events)`), or keeps it live ([`ProjectionManager::start`]): a
+//!   [`ReadModelRunner`] keeps [`TopologyModel`] in KV and
+//!   the manager serves an in-memory copy fed by a watch of its bucket.
 //!
 //! ```no_run
 //! use cim_infrastructure_nats::{
@@ -29,14 +33,19 @@
 //! ```
 
 mod export;
+mod kv_topology;
 mod manager;
 mod topology;
 
+pub use kv_topology::TopologyModel;
 pub use manager::ProjectionManager;
 pub use topology::{
     ComputeResourceView, ConnectionView, NetworkView, PolicyView, SoftwareView, Topology,
     TopologyProjection,
 };
 
-pub use cim_nats::jetstream::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
+pub use cim_nats::jetstream::{
+    ProjectionHandle, ProjectionOptions, ProjectionRunner, ReadModelHandle, ReadModelOptions,
+    ReadModelRunner, Skipped,
+};
 pub use cim_nats::{OnUnreadable, Projection, ProjectionError};

@@ -280,6 +280,47 @@ impl Topology {
         }
     }
 
+    /// Puts a row of the KV model's `table` (its JSON) in place; `false` for an unknown table or
+    /// a row that does not decode.
+    pub(crate) fn put_row(&mut self, table: &str, json: &[u8]) -> bool {
+        fn put<K: Ord, V: serde::de::DeserializeOwned>(
+            map: &mut BTreeMap<K, V>,
+            json: &[u8],
+            key: impl Fn(&V) -> K,
+        ) -> bool {
+            match serde_json::from_slice::<V>(json) {
+                Ok(view) => {
+                    map.insert(key(&view), view);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+        match table {
+            "compute" => put(&mut self.resources, json, |v: &ComputeResourceView| v.id),
+            "network" => put(&mut self.networks, json, |v: &NetworkView| v.id),
+            "connection" => put(&mut self.connections, json, |v: &ConnectionView| v.id),
+            "software" => put(&mut self.software, json, |v: &SoftwareView| v.id),
+            "policy" => put(&mut self.policies, json, |v: &PolicyView| v.id),
+            _ => false,
+        }
+    }
+
+    /// Removes row `id` of the KV model's `table`; `false` when there was none.
+    pub(crate) fn remove_row(&mut self, table: &str, id: &str) -> bool {
+        fn remove<K: Ord + std::str::FromStr, V>(map: &mut BTreeMap<K, V>, id: &str) -> bool {
+            id.parse::<K>().ok().and_then(|k| map.remove(&k)).is_some()
+        }
+        match table {
+            "compute" => remove(&mut self.resources, id),
+            "network" => remove(&mut self.networks, id),
+            "connection" => remove(&mut self.connections, id),
+            "software" => remove(&mut self.software, id),
+            "policy" => remove(&mut self.policies, id),
+            _ => false,
+        }
+    }
+
     /// Nothing known yet?
     pub fn is_empty(&self) -> bool {
         self.resources.is_empty()
