@@ -30,7 +30,7 @@ struct Options {
 }
 
 /// The cases, by the names `--only` takes.
-const CASES: [&str; 13] = [
+const CASES: [&str; 14] = [
     "append",
     "pipelined",
     "batch",
@@ -40,6 +40,7 @@ const CASES: [&str; 13] = [
     "load",
     "replay",
     "readmodel",
+    "topologykv",
     "snapshot",
     "subscriber",
     "topology",
@@ -537,6 +538,9 @@ async fn main() {
     }
     if options.runs("replay") {
         replay_case(&client, "large", &mut rows).await;
+    }
+    if options.runs("topologykv") {
+        read_model::topology_live(if quick { 101 } else { 1_011 }, &mut rows).await;
     }
     if options.runs("readmodel") {
         // Reads the large stream the load case fills.

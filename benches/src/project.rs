@@ -23,7 +23,10 @@ use crate::harness::{latency, median_of_three, Row, Run};
 
 /// Fills INFRASTRUCTURE_EVENTS with `infrastructures` × 100 real domain events (a network and
 /// 99 machines each), made by the aggregate and published raw, pipelined, in the wire format.
-async fn fill_infrastructure(client: &async_nats::Client, infrastructures: usize) -> u64 {
+pub(crate) async fn fill_infrastructure(
+    client: &async_nats::Client,
+    infrastructures: usize,
+) -> u64 {
     let js = async_nats::jetstream::new(client.clone());
     let mut acks = futures::stream::FuturesUnordered::new();
     let mut total = 0;

@@ -52,7 +52,7 @@ use crate::store::{StoreError, StoreErrorKind};
 use crate::typed::decode_envelope;
 
 pub use commit::MAX_ROWS_PER_COMMIT;
-pub use reader::{ReadModel, RowChange};
+pub use reader::{follow_bucket, BucketEntry, ReadModel, RowChange};
 
 use commit::Committer;
 

@@ -48,6 +48,68 @@ pub(super) async fn read_checkpoint(
     }
 }
 
+/// One message of a read model's bucket, as [`follow_bucket`] reads it.
+#[derive(Debug, Clone)]
+pub struct BucketEntry {
+    /// The key (`_cim.checkpoint`, or a row's key: [`super::parse_row_key`]).
+    pub key: String,
+    /// The value; `None` for a deleted row.
+    pub value: Option<bytes::Bytes>,
+    /// The message's stream sequence in the bucket.
+    pub revision: u64,
+}
+
+/// Every message of read-model bucket `bucket` from its first, in order and without a gap, then
+/// each new one as it is stored: with history 1, that is every row as it stands, then its
+/// changes. Read through the same ordered reader as the event streams (pull-based, gap-checked,
+/// resumed after a reconnection), not a push watch.
+pub fn follow_bucket(
+    client: async_nats::Client,
+    bucket: &str,
+    timeout: Duration,
+) -> impl Stream<Item = Result<BucketEntry, StoreError>> + Send + 'static {
+    let prefix = format!("$KV.{bucket}.");
+    let reader = crate::jetstream::reader::OrderedReader::start(
+        client,
+        crate::jetstream::reader::ReadSpec {
+            stream: format!("KV_{bucket}"),
+            filter: None,
+            start: crate::jetstream::reader::Start::Sequence(1),
+            follow: true,
+            timeout,
+        },
+    );
+    futures::stream::unfold(reader, |mut reader| async move {
+        let chunk = reader.next().await?;
+        Some((chunk, reader))
+    })
+    .flat_map(move |chunk| {
+        let prefix = prefix.clone();
+        let entries: Vec<Result<BucketEntry, StoreError>> = match chunk {
+            Err(e) => vec![Err(e)],
+            Ok(messages) => messages
+                .into_iter()
+                .map(|m| {
+                    let deleted = m
+                        .headers
+                        .get("KV-Operation")
+                        .is_some_and(|op| op.as_str() != "PUT");
+                    Ok(BucketEntry {
+                        key: m
+                            .subject
+                            .strip_prefix(&prefix)
+                            .unwrap_or(&m.subject)
+                            .to_owned(),
+                        value: (!deleted).then_some(m.payload),
+                        revision: m.sequence,
+                    })
+                })
+                .collect(),
+        };
+        futures::stream::iter(entries)
+    })
+}
+
 /// A change to a row, as [`ReadModel::watch`] sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowChange<R> {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cim_domain_infrastructure::{InfrastructureEvent, ResourceStatus};
-use cim_nats::jetstream::{parse_row_key, KeyedProjection, Rows, CHECKPOINT_KEY};
+use cim_nats::jetstream::{follow_bucket, parse_row_key, KeyedProjection, Rows, CHECKPOINT_KEY};
 use cim_nats::{Envelope, ProjectionError, StoreError, StoreErrorKind};
 use futures::StreamExt;
 use serde::Serialize;
@@ -173,19 +173,25 @@ impl TopologyModel {
     }
 }
 
-/// The topology in memory, kept from a watch of the model's bucket: what
+/// The topology in memory, kept from an ordered read of the model's bucket: what
 /// [`ProjectionManager::get_topology`](super::ProjectionManager::get_topology) serves.
 #[derive(Debug)]
 pub(crate) struct LiveTopology {
     pub(crate) state: Arc<RwLock<Topology>>,
     /// The checkpoint whose rows are all in `state`.
     pub(crate) seen: watch::Receiver<u64>,
+    /// The bucket's last message applied to `state` (its stream sequence).
+    applied: watch::Receiver<u64>,
+    /// Publishes `seen`; the last checkpoint applied (its rows may still come).
+    seen_tx: Arc<watch::Sender<u64>>,
+    latest: Arc<std::sync::atomic::AtomicU64>,
+    bucket: async_nats::jetstream::kv::Store,
     task: JoinHandle<()>,
 }
 
 impl LiveTopology {
-    /// Watches `bucket` (every key's last value, then changes) and returns once what it held is
-    /// in memory.
+    /// Reads `bucket` (every row as it stands, then each change, in order) and returns once what
+    /// it held is in memory.
     pub(crate) async fn start(
         client: async_nats::Client,
         bucket: &str,
@@ -199,63 +205,119 @@ impl LiveTopology {
                 e.to_string(),
             ),
         };
-        let kv = async_nats::jetstream::new(client)
+        let kv = async_nats::jetstream::new(client.clone())
             .get_key_value(bucket)
             .await
             .map_err(|e| fail(&e))?;
-        let empty = kv.status().await.map_err(|e| fail(&e))?.values() == 0;
-        let mut entries = kv.watch_with_history(">").await.map_err(|e| fail(&e))?;
+        let mut entries = Box::pin(follow_bucket(
+            client,
+            bucket,
+            std::time::Duration::from_secs(5),
+        ));
         let state = Arc::new(RwLock::new(Topology::new()));
         let (seen_tx, seen) = watch::channel(0u64);
-        let (ready_tx, ready) = tokio::sync::oneshot::channel::<()>();
+        let seen_tx = Arc::new(seen_tx);
+        let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (task_seen, task_latest) = (Arc::clone(&seen_tx), Arc::clone(&latest));
+        let (applied_tx, applied) = watch::channel(0u64);
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
-            let mut ready_tx = (!empty).then_some(ready_tx);
-            // A batch stores its checkpoint first: it counts once its rows are in.
-            let mut held: Option<u64> = None;
+            // A batch stores its checkpoint first: it counts once its rows are in (at the next
+            // checkpoint, or when a reader finds the copy caught up with the bucket).
             while let Some(entry) = entries.next().await {
                 let entry = match entry {
                     Ok(entry) => entry,
                     Err(e) => {
-                        tracing::warn!(error = %e, "topology watch failed");
+                        tracing::warn!(error = %e, "reading the topology's bucket failed");
                         break;
                     }
                 };
                 if entry.key == CHECKPOINT_KEY {
-                    if let Some(sequence) = held.take() {
-                        seen_tx.send_replace(sequence);
+                    let previous = task_latest.load(std::sync::atomic::Ordering::Acquire);
+                    if previous > 0 {
+                        task_seen.send_replace(previous);
                     }
-                    held = serde_json::from_slice::<serde_json::Value>(&entry.value)
-                        .ok()
+                    let sequence = entry
+                        .value
+                        .as_ref()
+                        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
                         .and_then(|c| c["sequence"].as_u64());
+                    if let Some(sequence) = sequence {
+                        task_latest.store(sequence, std::sync::atomic::Ordering::Release);
+                    }
                 } else if let Some((table, id)) = parse_row_key(&entry.key) {
                     let mut topology = shared.write().await;
-                    match entry.operation {
-                        async_nats::jetstream::kv::Operation::Put => {
-                            if !topology.put_row(&table, &entry.value) {
+                    match &entry.value {
+                        Some(value) => {
+                            if !topology.put_row(&table, value) {
                                 tracing::warn!(key = %entry.key, "topology row not understood");
                             }
                         }
-                        _ => {
+                        None => {
                             topology.remove_row(&table, &id);
                         }
                     }
                 }
-                if entry.delta == 0 {
-                    if let Some(sequence) = held.take() {
-                        seen_tx.send_replace(sequence);
-                    }
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
+                applied_tx.send_replace(entry.revision);
             }
         });
-        if !empty {
-            // The rows the bucket held are in memory before the manager serves them.
-            let _ = ready.await;
+        let live = Self {
+            state,
+            seen,
+            applied,
+            seen_tx,
+            latest,
+            bucket: kv,
+            task,
+        };
+        // The rows the bucket holds are in memory before the manager serves them.
+        live.caught_up(std::time::Duration::from_secs(60)).await?;
+        Ok(live)
+    }
+
+    /// Waits until every message the bucket holds now is applied to the copy in memory (the
+    /// watch delivers them in order).
+    pub(crate) async fn caught_up(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<(), ProjectionError> {
+        let bucket = self.bucket.name.clone();
+        // Fresh from the server (`kv::Store::status` answers from what it read when opened).
+        let mut stream = self.bucket.stream.clone();
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| ProjectionError::Store {
+                projection: TopologyModel::NAME.to_owned(),
+                source: StoreError::with_source(StoreErrorKind::Bucket { bucket }, e.to_string()),
+            })?
+            .state
+            .last_sequence;
+        let mut rx = self.applied.clone();
+        let reached = tokio::time::timeout(timeout, async move {
+            rx.wait_for(|applied| *applied >= last).await.map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => {
+                // Every message so far is in: so are the last checkpoint's rows.
+                let latest = self.latest.load(std::sync::atomic::Ordering::Acquire);
+                self.seen_tx.send_if_modified(|seen| {
+                    let newer = latest > *seen;
+                    if newer {
+                        *seen = latest;
+                    }
+                    newer
+                });
+                Ok(())
+            }
+            Ok(Err(_)) => Err(ProjectionError::Aborted(TopologyModel::NAME.to_owned())),
+            Err(_) => Err(ProjectionError::Timeout {
+                projection: TopologyModel::NAME.to_owned(),
+                wanted: last,
+                reached: *self.applied.borrow(),
+            }),
         }
-        Ok(Self { state, seen, task })
     }
 }
 

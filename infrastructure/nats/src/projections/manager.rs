@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use cim_domain_infrastructure::InfrastructureEvent;
 use cim_nats::jetstream::{
-    JetStreamEventStore, KeyedProjection, ProjectionOptions, ReadModelHandle, ReadModelOptions,
-    ReadModelRunner,
+    JetStreamEventStore, ProjectionOptions, ReadModelHandle, ReadModelOptions, ReadModelRunner,
 };
 use cim_nats::{
     decode_envelope, replay, EventStore, OnUnreadable, Projection, ProjectionError, ReadFrom,
@@ -90,10 +89,10 @@ enum Mode {
         state: RwLock<TopologyProjection>,
         applied: watch::Sender<u64>,
     },
-    /// Kept live: the KV read model, and the copy in memory fed by a watch of its bucket.
+    /// Kept live: the KV read model, and the copy in memory fed by a read of its bucket.
     Live {
-        handle: ReadModelHandle<TopologyModel>,
-        live: LiveTopology,
+        handle: Box<ReadModelHandle<TopologyModel>>,
+        live: Box<LiveTopology>,
     },
 }
 
@@ -144,7 +143,10 @@ impl ProjectionManager {
         .await?;
         let live = LiveTopology::start(store.client().clone(), handle.bucket()).await?;
         Ok(Self {
-            mode: Mode::Live { handle, live },
+            mode: Mode::Live {
+                handle: Box::new(handle),
+                live: Box::new(live),
+            },
         })
     }
 
@@ -253,22 +255,9 @@ impl ProjectionManager {
             Mode::Live { handle, live } => {
                 let started = std::time::Instant::now();
                 handle.wait_for(sequence, timeout).await?;
-                // Committed; now in the copy in memory.
-                let left = timeout.saturating_sub(started.elapsed());
-                let mut rx = live.seen.clone();
-                let seen = tokio::time::timeout(left, async move {
-                    rx.wait_for(|s| *s >= sequence.0).await.map(|_| ())
-                })
-                .await;
-                match seen {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(ProjectionError::Aborted(TopologyModel::NAME.to_owned())),
-                    Err(_) => Err(ProjectionError::Timeout {
-                        projection: TopologyModel::NAME.to_owned(),
-                        wanted: sequence.0,
-                        reached: *live.seen.borrow(),
-                    }),
-                }
+                // Committed; now in the copy in memory: every message of the bucket so far.
+                live.caught_up(timeout.saturating_sub(started.elapsed()))
+                    .await
             }
             Mode::OnRequest { applied, .. } => {
                 let mut rx = applied.subscribe();
@@ -294,7 +283,7 @@ impl ProjectionManager {
     /// The read model's handle, if the manager is live: its lag, its bucket, whether it ended.
     pub fn handle(&self) -> Option<&ReadModelHandle<TopologyModel>> {
         match &self.mode {
-            Mode::Live { handle, .. } => Some(handle),
+            Mode::Live { handle, .. } => Some(&**handle),
             Mode::OnRequest { .. } => None,
         }
     }
