@@ -241,7 +241,7 @@ async fn two_processes_of_32_tasks_on_one_aggregate_answer_every_command_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_group_leaves_each_command_stored_and_answered_or_failed() {
-    const PER_TASK: usize = 60;
+    const PER_TASK: usize = 100;
     support::reliability::count_store_resends();
     let mut server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let client = server.connect().await.expect("connect");
@@ -312,11 +312,11 @@ async fn a_server_killed_mid_group_leaves_each_command_stored_and_answered_or_fa
     )
     .await;
     // A kill can land between two appends (the next one then waits in the client until it
-    // reconnects): kill again, up to five times, until one lands on an append in flight.
+    // reconnects): kill again, up to twelve times, until one lands on an append in flight.
     let in_flight_at_kill = total - answered.load(Ordering::Relaxed);
     let mut kills = 0;
     let mut down = Duration::ZERO;
-    while kills < 5
+    while kills < 12
         && answered.load(Ordering::Relaxed) < total
         && support::reliability::STORE_RESENDS.load(Ordering::Relaxed) == 0
     {
@@ -341,9 +341,10 @@ async fn a_server_killed_mid_group_leaves_each_command_stored_and_answered_or_fa
         lines.extend(done.expect("task"));
     }
     let resent = support::reliability::STORE_RESENDS.load(Ordering::Relaxed);
+    let interrupted = lines.iter().filter(|l| l.result == "error").count();
     assert!(
-        in_flight_at_kill > 0 && resent > 0,
-        "the kill interrupted no append: it tested nothing"
+        in_flight_at_kill > 0 && (resent > 0 || interrupted > 0),
+        "the kills interrupted no append (none sent again, none failed): they tested nothing"
     );
     assert_eq!(lines.len(), total, "every command answered once");
 
