@@ -242,7 +242,6 @@ async fn two_processes_of_32_tasks_on_one_aggregate_answer_every_command_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_group_leaves_each_command_stored_and_answered_or_failed() {
     const PER_TASK: usize = 100;
-    support::reliability::count_store_resends();
     let mut server = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
     let client = server.connect().await.expect("connect");
     let store = Arc::new(
@@ -271,6 +270,7 @@ async fn a_server_killed_mid_group_leaves_each_command_stored_and_answered_or_fa
                     spec,
                     identity: MessageIdentity::new_from_user("ops"),
                 };
+                let sent = Instant::now();
                 let line = match repo.execute(&id, command).await {
                     Ok(outcome) => Line {
                         hostname,
@@ -295,7 +295,7 @@ async fn a_server_killed_mid_group_leaves_each_command_stored_and_answered_or_fa
                     },
                 };
                 answered.fetch_add(1, Ordering::Relaxed);
-                lines.push(line);
+                lines.push((line, sent, Instant::now()));
             }
             lines
         });
@@ -311,41 +311,52 @@ async fn a_server_killed_mid_group_leaves_each_command_stored_and_answered_or_fa
         },
     )
     .await;
-    // A kill can land between two appends (the next one then waits in the client until it
-    // reconnects): kill again, up to twelve times, until one lands on an append in flight.
-    let in_flight_at_kill = total - answered.load(Ordering::Relaxed);
-    let mut kills = 0;
-    let mut down = Duration::ZERO;
-    while kills < 12
-        && answered.load(Ordering::Relaxed) < total
-        && support::reliability::STORE_RESENDS.load(Ordering::Relaxed) == 0
-    {
-        let killed = Instant::now();
-        server = tokio::task::spawn_blocking(move || {
-            server.kill();
-            // Down long enough that what was in flight is lost with the connection.
-            std::thread::sleep(Duration::from_millis(500));
-            server
-                .restart()
-                .expect("restart on the same port and store");
-            server
-        })
-        .await
-        .expect("kill and restart");
-        down = killed.elapsed();
-        kills += 1;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // Pause the server (SIGSTOP) until no command is answered any more: an append is then
+    // surely on its way, unanswered. Kill it there (SIGKILL), and restart it on the same store.
+    let pid = server.pid().expect("running").to_string();
+    let paused = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill -STOP");
+    assert!(paused.success(), "the server could not be paused");
+    let mut before = answered.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = answered.load(Ordering::Relaxed);
+        if now == before {
+            break;
+        }
+        before = now;
     }
-    let mut lines = Vec::new();
+    let in_flight_at_kill = total - before;
+    let killed = Instant::now();
+    let mut server = tokio::task::spawn_blocking(move || {
+        server.kill();
+        // Down long enough that what was in flight is lost with the connection.
+        std::thread::sleep(Duration::from_millis(500));
+        server
+            .restart()
+            .expect("restart on the same port and store");
+        server
+    })
+    .await
+    .expect("kill and restart");
+    let down = killed.elapsed();
+    let back = Instant::now();
+    let mut timed = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        lines.extend(done.expect("task"));
+        timed.extend(done.expect("task"));
     }
-    let resent = support::reliability::STORE_RESENDS.load(Ordering::Relaxed);
-    let interrupted = lines.iter().filter(|l| l.result == "error").count();
+    // Commands sent before the pause and answered after the restart: in flight across the kill.
+    let across = timed
+        .iter()
+        .filter(|(_, sent, done)| *sent < killed && *done > back)
+        .count();
     assert!(
-        in_flight_at_kill > 0 && (resent > 0 || interrupted > 0),
-        "the kills interrupted no append (none sent again, none failed): they tested nothing"
+        in_flight_at_kill > 0 && across > 0,
+        "no command was in flight across the kill: it tested nothing"
     );
+    let lines: Vec<Line> = timed.into_iter().map(|(line, _, _)| line).collect();
     assert_eq!(lines.len(), total, "every command answered once");
 
     let stored = store.read_aggregate(&id, 0).await.expect("read");
@@ -353,10 +364,9 @@ async fn a_server_killed_mid_group_leaves_each_command_stored_and_answered_or_fa
     check_answers(&lines, &rows);
     let failed: Vec<_> = lines.iter().filter(|l| l.result != "ok").collect();
     println!(
-        "server killed {kills} times from {} of {total} commands unanswered, back after {} ms, {} appends sent again: {} stored and answered, {} failed ({:?})",
+        "server paused and killed with {} of {total} commands unanswered ({across} in flight across it), back after {} ms: {} stored and answered, {} failed ({:?})",
         in_flight_at_kill,
         down.as_millis(),
-        resent,
         rows.len(),
         failed.len(),
         failed.iter().map(|l| &l.error).take(3).collect::<Vec<_>>()

@@ -294,6 +294,12 @@ impl NatsServer {
         &self.binary
     }
 
+    /// The server's OS process id while it runs (to pause it with `SIGSTOP`, say, so that
+    /// requests are surely in flight when it is killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Is the process running?
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
