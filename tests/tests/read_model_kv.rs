@@ -586,3 +586,50 @@ async fn an_event_changing_999_rows_commits_in_one_batch_and_one_changing_1000_s
     );
     let _ = handle.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_user_may_not_publish_stops_the_runner_naming_the_bucket() {
+    let server = cim_nats::testing::NatsServerBuilder::new()
+        .config(
+            "authorization {\n  users: [\n    { user: admin, password: admin }\n    \
+             { user: limited, password: limited, permissions: { publish: { deny: \
+             [\"$KV.RM_balances_V1.>\"] } } }\n  ]\n}",
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let connect = |user: &'static str| {
+        let url = server.url();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+                .connect(url)
+                .await
+                .expect("connect")
+        }
+    };
+    let admin = JetStreamEventStore::new(connect("admin").await, StoreConfig::for_domain("bank"))
+        .await
+        .expect("store");
+    let repo = Repository::<Account>::new(admin);
+    let last = fill(&repo, 2, 1).await;
+    let limited =
+        JetStreamEventStore::new(connect("limited").await, StoreConfig::for_domain("bank"))
+            .await
+            .expect("store");
+    let started = std::time::Instant::now();
+    let handle = ReadModelRunner::start(&limited, Balances, ReadModelOptions::default())
+        .await
+        .expect("start");
+    let err = handle
+        .wait_for(last, Duration::from_secs(60))
+        .await
+        .expect_err("the rows cannot be written");
+    let text = err.to_string();
+    assert!(
+        text.contains("RM_balances_V1") && text.to_lowercase().contains("permission"),
+        "{text}"
+    );
+    println!(
+        "refused in {:.1} s: {text}",
+        started.elapsed().as_secs_f64()
+    );
+}
