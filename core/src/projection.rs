@@ -68,6 +68,34 @@ pub enum ProjectionError {
     },
 }
 
+#[cfg(feature = "jetstream")]
+impl ProjectionError {
+    /// How a runner that ended is reported to a waiter: its cause (as
+    /// [`ProjectionError::Stopped`]), or [`ProjectionError::Aborted`] when it has none.
+    pub(crate) fn ended(projection: &str, cause: Option<std::sync::Arc<Self>>) -> Self {
+        match cause {
+            Some(cause) => Self::Stopped {
+                projection: projection.to_owned(),
+                cause,
+            },
+            None => Self::Aborted(projection.to_owned()),
+        }
+    }
+
+    /// A runner's shutdown: `Ok`, or the error it stopped with (itself when nothing else holds
+    /// it, else wrapped in [`ProjectionError::Stopped`]).
+    pub(crate) fn shutdown(
+        projection: &str,
+        cause: Option<std::sync::Arc<Self>>,
+    ) -> Result<(), Self> {
+        match cause {
+            None => Ok(()),
+            Some(cause) => Err(std::sync::Arc::try_unwrap(cause)
+                .unwrap_or_else(|cause| Self::ended(projection, Some(cause)))),
+        }
+    }
+}
+
 /// What a runner does with a stored event it cannot read or decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnUnreadable {

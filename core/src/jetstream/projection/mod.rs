@@ -430,13 +430,7 @@ impl<P> ProjectionHandle<P> {
     where
         P: Projection,
     {
-        match self.error() {
-            Some(cause) => ProjectionError::Stopped {
-                projection: P::NAME.to_owned(),
-                cause,
-            },
-            None => ProjectionError::Aborted(P::NAME.to_owned()),
-        }
+        ProjectionError::ended(P::NAME, self.error())
     }
 
     /// Stops the runner after the event in hand, writes a last checkpoint, and returns how it
@@ -455,17 +449,7 @@ impl<P> ProjectionHandle<P> {
             return Err(ProjectionError::Aborted(P::NAME.to_owned()));
         }
         let cause = self.shared.stopped.lock().ok().and_then(|mut s| s.take());
-        match cause {
-            None => Ok(()),
-            Some(cause) => {
-                Err(
-                    Arc::try_unwrap(cause).unwrap_or_else(|cause| ProjectionError::Stopped {
-                        projection: P::NAME.to_owned(),
-                        cause,
-                    }),
-                )
-            }
-        }
+        ProjectionError::shutdown(P::NAME, cause)
     }
 
     /// Kills the runner at once, without a last checkpoint, as a crash would, and returns once

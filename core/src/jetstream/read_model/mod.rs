@@ -992,13 +992,7 @@ impl<P: KeyedProjection> ReadModelHandle<P> {
         .await;
         match reached {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(match self.error() {
-                Some(cause) => ProjectionError::Stopped {
-                    projection: P::NAME.to_owned(),
-                    cause,
-                },
-                None => ProjectionError::Aborted(P::NAME.to_owned()),
-            }),
+            Ok(Err(_)) => Err(ProjectionError::ended(P::NAME, self.error())),
             Err(_) => Err(ProjectionError::Timeout {
                 projection: P::NAME.to_owned(),
                 wanted: sequence.0,
@@ -1019,17 +1013,7 @@ impl<P: KeyedProjection> ReadModelHandle<P> {
             return Err(ProjectionError::Aborted(P::NAME.to_owned()));
         }
         let cause = self.stopped.lock().ok().and_then(|mut s| s.take());
-        match cause {
-            None => Ok(()),
-            Some(cause) => {
-                Err(
-                    Arc::try_unwrap(cause).unwrap_or_else(|cause| ProjectionError::Stopped {
-                        projection: P::NAME.to_owned(),
-                        cause,
-                    }),
-                )
-            }
-        }
+        ProjectionError::shutdown(P::NAME, cause)
     }
 
     /// Kills the runner at once, without committing, as a crash would, and returns once its

@@ -64,15 +64,7 @@ impl KeyedProjection for TopologyModel {
                 rows,
                 "compute",
                 resource.id,
-                &ComputeResourceView {
-                    id: resource.id,
-                    infrastructure,
-                    hostname: resource.hostname.clone(),
-                    resource_type: resource.resource_type,
-                    system: resource.system,
-                    capabilities: resource.capabilities.clone(),
-                    status: ResourceStatus::Active,
-                },
+                &ComputeResourceView::registered(infrastructure, resource),
             ),
             E::ComputeResourceDecommissioned { resource_id, .. } => {
                 self.change(rows, *resource_id, |view| {
@@ -94,26 +86,14 @@ impl KeyedProjection for TopologyModel {
                 rows,
                 "network",
                 network.id,
-                &NetworkView {
-                    id: network.id,
-                    infrastructure,
-                    name: network.name.clone(),
-                    cidr: network.cidr,
-                },
+                &NetworkView::defined(infrastructure, network),
             ),
             E::NetworkRemoved { network_id, .. } => rows.delete("network", &network_id.to_string()),
             E::ConnectionEstablished { connection, .. } => put(
                 rows,
                 "connection",
                 connection.id,
-                &ConnectionView {
-                    id: connection.id,
-                    infrastructure,
-                    from: connection.from,
-                    to: connection.to,
-                    network: connection.network,
-                    kind: connection.kind,
-                },
+                &ConnectionView::established(infrastructure, connection),
             ),
             E::ConnectionSevered { connection_id, .. } => {
                 rows.delete("connection", &connection_id.to_string())
@@ -122,14 +102,7 @@ impl KeyedProjection for TopologyModel {
                 rows,
                 "software",
                 software.id,
-                &SoftwareView {
-                    id: software.id,
-                    infrastructure,
-                    resource: software.resource,
-                    name: software.name.clone(),
-                    version: software.version.clone(),
-                    settings: software.settings.clone(),
-                },
+                &SoftwareView::configured(infrastructure, software),
             ),
             E::SoftwareRemoved { software_id, .. } => {
                 rows.delete("software", &software_id.to_string())
@@ -138,13 +111,7 @@ impl KeyedProjection for TopologyModel {
                 rows,
                 "policy",
                 policy.id,
-                &PolicyView {
-                    id: policy.id,
-                    infrastructure,
-                    name: policy.name.clone(),
-                    scope: policy.scope,
-                    rule: policy.rule.clone(),
-                },
+                &PolicyView::set(infrastructure, policy),
             ),
             E::PolicyRemoved { policy_id, .. } => rows.delete("policy", &policy_id.to_string()),
         }

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use cim_domain_infrastructure::{
-    Cidr, ComputeType, ConnectionId, ConnectionKind, Hostname, InfrastructureEvent,
-    InfrastructureId, NetworkId, PolicyId, PolicyScope, ResourceCapabilities, ResourceId,
-    ResourceStatus, SoftwareId, SystemArchitecture,
+    Cidr, ComputeResourceSpec, ComputeType, ConnectionId, ConnectionKind, ConnectionSpec, Hostname,
+    InfrastructureEvent, InfrastructureId, NetworkId, NetworkSpec, PolicyId, PolicyRule,
+    PolicyScope, ResourceCapabilities, ResourceId, ResourceStatus, SoftwareConfiguration,
+    SoftwareId, SystemArchitecture,
 };
 use cim_nats::{Envelope, Projection, ProjectionError, StreamSequence};
 use serde::{Deserialize, Serialize};
@@ -159,6 +160,84 @@ pub struct Topology {
     policies: BTreeMap<PolicyId, PolicyView>,
 }
 
+/// The views an event's subject becomes, shared by [`Topology::apply`] and the KV model.
+impl ComputeResourceView {
+    /// A resource as registered in `infrastructure`: active.
+    pub(crate) fn registered(
+        infrastructure: InfrastructureId,
+        resource: &ComputeResourceSpec,
+    ) -> Self {
+        Self {
+            id: resource.id,
+            infrastructure,
+            hostname: resource.hostname.clone(),
+            resource_type: resource.resource_type,
+            system: resource.system,
+            capabilities: resource.capabilities.clone(),
+            status: ResourceStatus::Active,
+        }
+    }
+}
+
+impl NetworkView {
+    /// A network as defined in `infrastructure`.
+    pub(crate) fn defined(infrastructure: InfrastructureId, network: &NetworkSpec) -> Self {
+        Self {
+            id: network.id,
+            infrastructure,
+            name: network.name.clone(),
+            cidr: network.cidr,
+        }
+    }
+}
+
+impl ConnectionView {
+    /// A connection as established in `infrastructure`.
+    pub(crate) fn established(
+        infrastructure: InfrastructureId,
+        connection: &ConnectionSpec,
+    ) -> Self {
+        Self {
+            id: connection.id,
+            infrastructure,
+            from: connection.from,
+            to: connection.to,
+            network: connection.network,
+            kind: connection.kind,
+        }
+    }
+}
+
+impl SoftwareView {
+    /// Software as configured in `infrastructure`.
+    pub(crate) fn configured(
+        infrastructure: InfrastructureId,
+        software: &SoftwareConfiguration,
+    ) -> Self {
+        Self {
+            id: software.id,
+            infrastructure,
+            resource: software.resource,
+            name: software.name.clone(),
+            version: software.version.clone(),
+            settings: software.settings.clone(),
+        }
+    }
+}
+
+impl PolicyView {
+    /// A policy as set in `infrastructure`.
+    pub(crate) fn set(infrastructure: InfrastructureId, policy: &PolicyRule) -> Self {
+        Self {
+            id: policy.id,
+            infrastructure,
+            name: policy.name.clone(),
+            scope: policy.scope,
+            rule: policy.rule.clone(),
+        }
+    }
+}
+
 impl Topology {
     /// An empty topology.
     pub fn new() -> Self {
@@ -182,15 +261,7 @@ impl Topology {
             E::ComputeResourceRegistered { resource, .. } => {
                 self.resources.insert(
                     resource.id,
-                    ComputeResourceView {
-                        id: resource.id,
-                        infrastructure,
-                        hostname: resource.hostname.clone(),
-                        resource_type: resource.resource_type,
-                        system: resource.system,
-                        capabilities: resource.capabilities.clone(),
-                        status: ResourceStatus::Active,
-                    },
+                    ComputeResourceView::registered(infrastructure, resource),
                 );
             }
             E::ComputeResourceDecommissioned { resource_id, .. } => {
@@ -213,15 +284,8 @@ impl Topology {
                 }
             }
             E::NetworkDefined { network, .. } => {
-                self.networks.insert(
-                    network.id,
-                    NetworkView {
-                        id: network.id,
-                        infrastructure,
-                        name: network.name.clone(),
-                        cidr: network.cidr,
-                    },
-                );
+                self.networks
+                    .insert(network.id, NetworkView::defined(infrastructure, network));
             }
             E::NetworkRemoved { network_id, .. } => {
                 let id = *network_id;
@@ -233,14 +297,7 @@ impl Topology {
             E::ConnectionEstablished { connection, .. } => {
                 self.connections.insert(
                     connection.id,
-                    ConnectionView {
-                        id: connection.id,
-                        infrastructure,
-                        from: connection.from,
-                        to: connection.to,
-                        network: connection.network,
-                        kind: connection.kind,
-                    },
+                    ConnectionView::established(infrastructure, connection),
                 );
             }
             E::ConnectionSevered { connection_id, .. } => {
@@ -249,30 +306,15 @@ impl Topology {
             E::SoftwareConfigured { software, .. } => {
                 self.software.insert(
                     software.id,
-                    SoftwareView {
-                        id: software.id,
-                        infrastructure,
-                        resource: software.resource,
-                        name: software.name.clone(),
-                        version: software.version.clone(),
-                        settings: software.settings.clone(),
-                    },
+                    SoftwareView::configured(infrastructure, software),
                 );
             }
             E::SoftwareRemoved { software_id, .. } => {
                 self.software.remove(software_id);
             }
             E::PolicySet { policy, .. } => {
-                self.policies.insert(
-                    policy.id,
-                    PolicyView {
-                        id: policy.id,
-                        infrastructure,
-                        name: policy.name.clone(),
-                        scope: policy.scope,
-                        rule: policy.rule.clone(),
-                    },
-                );
+                self.policies
+                    .insert(policy.id, PolicyView::set(infrastructure, policy));
             }
             E::PolicyRemoved { policy_id, .. } => {
                 self.policies.remove(policy_id);
