@@ -118,13 +118,16 @@ async fn raw_commit(
     let batch = uuid::Uuid::new_v4().simple().to_string();
     let total = rows.len() + 1;
     let checkpoint = Bytes::from(format!("{{\"sequence\":{sequence}}}"));
-    let messages = std::iter::once(("_cim.checkpoint".to_owned(), checkpoint)).chain(
-        rows.iter()
-            .map(|(id, n)| (format!("item.r.{id}"), Bytes::from(n.to_string()))),
-    );
+    let messages = rows
+        .iter()
+        .map(|(id, n)| (format!("item.r.{id}"), Bytes::from(n.to_string())))
+        .chain(std::iter::once((
+            "_cim.checkpoint.0".to_owned(),
+            checkpoint,
+        )));
     for (i, (key, value)) in messages.enumerate() {
         let mut headers = HeaderMap::new();
-        if i == 0 {
+        if i + 1 == total {
             headers.insert(
                 h::EXPECTED_LAST_SUBJECT_SEQUENCE,
                 revision.to_string().as_str(),

@@ -44,6 +44,17 @@ pub enum ProjectionError {
     /// Another process runs the same projection (its checkpoint moved under this one).
     #[error("projection {0:?} is run by another process: its checkpoint changed underneath")]
     Contended(String),
+    /// A newer version of the read model is live: this version's runner does not (or no
+    /// longer) work it.
+    #[error("read model {projection:?} version {version} is replaced: version {live} is live")]
+    Superseded {
+        /// The read model's name.
+        projection: String,
+        /// This runner's version.
+        version: u32,
+        /// The live version.
+        live: u32,
+    },
     /// The projection did not reach the sequence in time.
     #[error("projection {projection:?} did not reach sequence {wanted} in time (at {reached})")]
     Timeout {

@@ -211,13 +211,15 @@ async fn rows_and_checkpoint_commit_together_and_any_kv_client_reads_them() {
     );
     let checkpoint: serde_json::Value = serde_json::from_slice(
         &bucket
-            .get("_cim.checkpoint")
+            .get("_cim.checkpoint.0")
             .await
             .expect("get")
             .expect("a checkpoint"),
     )
     .expect("json");
     assert!(checkpoint["sequence"].as_u64().unwrap() >= last.0);
+    assert_eq!(checkpoint["partition"], 0);
+    assert_eq!(checkpoint["partitions"], 1);
     // The owner index has ids with a space and angle brackets: hex-encoded keys.
     let owner_key = format!(
         "owner.h.x{}",
@@ -450,11 +452,35 @@ async fn a_new_version_builds_beside_the_live_one_and_readers_switch_when_it_cau
         },
     )
     .await;
+    // v1's runner saw the pointer move and stopped by itself, saying why.
+    support::wait_until(Duration::from_secs(10), "v1 to stop", || {
+        let finished = v1.is_finished();
+        async move { finished }
+    })
+    .await;
+    assert!(!v1.is_live());
+    assert!(
+        matches!(
+            v1.shutdown().await,
+            Err(ProjectionError::Superseded {
+                version: 1,
+                live: 2,
+                ..
+            })
+        ),
+        "v1 ends replaced by v2"
+    );
     v2.shutdown().await.expect("v2 stops cleanly");
-    // v1's runner finds a newer version live when it next commits or restarts.
+    // A runner of the old version refuses to start.
     let restarted = ReadModelRunner::start(&store, Balances, options).await;
-    assert!(matches!(restarted, Err(ProjectionError::Contended(_))));
-    v1.abort().await;
+    assert!(matches!(
+        restarted,
+        Err(ProjectionError::Superseded {
+            version: 1,
+            live: 2,
+            ..
+        })
+    ));
 }
 
 /// A model whose rows grow with every deposit: one of 2 MB is over the server's 1 MiB.
@@ -632,4 +658,73 @@ async fn a_commit_the_user_may_not_publish_stops_the_runner_naming_the_bucket() 
         "refused in {:.1} s: {text}",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A model worked as several partitions (here written by a plain KV client, as a runner of
+/// another language would): readers see the smallest of the partitions' checkpoints, and a
+/// single runner refuses to work it as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_model_reflects_its_slowest_partition() {
+    let (_server, client, store, _repo) = setup().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = |bucket: &str| async_nats::jetstream::kv::Config {
+        bucket: bucket.to_owned(),
+        ..Default::default()
+    };
+    let pointers = js
+        .create_key_value(kv("READ_MODELS"))
+        .await
+        .expect("pointers");
+    let bucket = js
+        .create_key_value(kv("RM_balances_V1"))
+        .await
+        .expect("bucket");
+    pointers
+        .put(
+            "balances",
+            r#"{"bucket":"RM_balances_V1","version":1}"#.into(),
+        )
+        .await
+        .expect("pointer");
+    let put_checkpoint = |partition: u32, sequence: u64| {
+        let bucket = bucket.clone();
+        async move {
+            let value = serde_json::json!({"name": "balances", "version": 1,
+                "partition": partition, "partitions": 2, "sequence": sequence});
+            bucket
+                .put(
+                    format!("_cim.checkpoint.{partition}"),
+                    serde_json::to_vec(&value).expect("json").into(),
+                )
+                .await
+                .expect("checkpoint");
+        }
+    };
+    put_checkpoint(0, 30).await;
+    let reader = ReadModel::<Balance>::open(client, "balances", &ReadModelOptions::default())
+        .await
+        .expect("reader");
+    assert_eq!(
+        reader.checkpoint().await.expect("checkpoint"),
+        StreamSequence(0)
+    );
+    put_checkpoint(1, 12).await;
+    assert_eq!(
+        reader.checkpoint().await.expect("checkpoint"),
+        StreamSequence(12)
+    );
+    let waiting = tokio::spawn(async move {
+        reader
+            .wait_for(StreamSequence(20), Duration::from_secs(10))
+            .await
+    });
+    put_checkpoint(1, 25).await;
+    waiting
+        .await
+        .expect("join")
+        .expect("both partitions past 20");
+    let refused = ReadModelRunner::start(&store, Balances, ReadModelOptions::default())
+        .await
+        .expect_err("a single runner does not work a partitioned model");
+    assert!(refused.to_string().contains("2 partitions"), "{refused}");
 }

@@ -17,9 +17,9 @@ pub use crate::store::MAX_EVENTS_PER_APPEND;
 pub use config::{Storage, StoreConfig};
 pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
 pub use read_model::{
-    follow_bucket, parse_row_key, row_key, BucketEntry, KeyedProjection, Lag, Pointer, ReadModel,
-    ReadModelHandle, ReadModelOptions, ReadModelRunner, RowChange, Rows, CHECKPOINT_KEY,
-    MAX_ROWS_PER_COMMIT,
+    checkpoint_key, checkpoint_partition, follow_bucket, parse_row_key, row_key, BucketEntry,
+    Checkpoint, CheckpointFront, KeyedProjection, Lag, Pointer, ReadModel, ReadModelHandle,
+    ReadModelOptions, ReadModelRunner, RowChange, Rows, CHECKPOINT_PREFIX, MAX_ROWS_PER_COMMIT,
 };
 pub use setup::{
     check_server_info, ServerVersion, SetupError, SetupErrorKind, ACCEPTED_SERVER_VERSIONS,

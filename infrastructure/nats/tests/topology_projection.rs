@@ -759,3 +759,95 @@ async fn seed_program_on_a_live_server() -> TestResult {
     resumed.shutdown().await?;
     Ok(())
 }
+
+/// Version 2 of the topology model (the same rows), to bump the model's version.
+struct TopologyV2;
+
+#[async_trait::async_trait]
+impl cim_nats::jetstream::KeyedProjection for TopologyV2 {
+    type Event = InfrastructureEvent;
+    type Row = serde_json::Value;
+    const NAME: &'static str = "topology";
+    const VERSION: u32 = 2;
+
+    async fn apply(
+        &self,
+        envelope: &cim_nats::Envelope<InfrastructureEvent>,
+        rows: &mut cim_nats::jetstream::Rows<'_, serde_json::Value>,
+    ) -> Result<(), ProjectionError> {
+        cim_infrastructure_nats::projections::TopologyModel
+            .apply(envelope, rows)
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_topology_follows_a_new_version_of_the_model() -> TestResult {
+    use cim_nats::jetstream::{ReadModelOptions, ReadModelRunner};
+    let server = NatsServer::start()?;
+    let client = server.connect().await?;
+    let store = JetStreamEventStore::new(client.clone(), EventStoreConfig::default()).await?;
+    let manager = ProjectionManager::start(&store, ProjectionOptions::default()).await?;
+    let mut infra = Infra::new();
+    let ids = data_centre(&mut infra);
+    let last = append_all(&store, &infra).await;
+    manager.wait_for(last, Duration::from_secs(10)).await?;
+    assert_eq!(manager.served_bucket().as_deref(), Some("RM_topology_V1"));
+    let expected = infra.topology();
+
+    // Version 2 builds in another bucket; the manager serves version 1 meanwhile.
+    let v2 = ReadModelRunner::start(
+        &store,
+        TopologyV2,
+        ReadModelOptions {
+            retire_after: Duration::from_millis(300),
+            ..ReadModelOptions::default()
+        },
+    )
+    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !v2.is_live() {
+        assert_eq!(manager.get_topology().await, expected);
+        assert!(std::time::Instant::now() < deadline, "v2 never went live");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cim_nats::testing::wait_until(Duration::from_secs(10), "the manager to serve v2", || {
+        let served = manager.served_bucket();
+        async move { served.as_deref() == Some("RM_topology_V2") }
+    })
+    .await;
+    assert_eq!(manager.get_topology().await, expected);
+    // The manager's own runner (version 1) saw the switch and stopped.
+    cim_nats::testing::wait_until(Duration::from_secs(10), "the v1 runner to stop", || {
+        let finished = manager.handle().is_some_and(|h| h.is_finished());
+        async move { finished }
+    })
+    .await;
+
+    // New events reach the served copy through version 2's runner.
+    let before = infra.commands.len();
+    infra.run(|a, i| a.handle_decommission_compute_resource(ids.db, i));
+    let newer = Infra {
+        id: infra.id,
+        aggregate: InfrastructureAggregate::default(),
+        commands: infra.commands[before..].to_vec(),
+    };
+    let last = append_all(&store, &newer).await;
+    manager.wait_for(last, Duration::from_secs(10)).await?;
+    assert_eq!(manager.get_topology().await, infra.topology());
+    assert!(manager
+        .get_topology()
+        .await
+        .resource_by_hostname("db")
+        .is_none());
+    v2.shutdown().await?;
+    assert!(matches!(
+        manager.shutdown().await,
+        Err(ProjectionError::Superseded {
+            version: 1,
+            live: 2,
+            ..
+        })
+    ));
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! One commit of a read model: the changed rows and the checkpoint in one atomic batch on the
-//! bucket's stream, the checkpoint first and fenced by the expected last sequence of its key.
+//! bucket's stream, the checkpoint last (a reader in order has the commit's rows when it sees it)
+//! and fenced by the expected last sequence of its key.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use async_nats::jetstream::kv;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
-use super::{Checkpoint, CHECKPOINT_KEY};
+use super::{checkpoint_key, Checkpoint};
 use crate::headers as h;
 use crate::jetstream::api::{self, codes, Answer, Conn, Published};
 use crate::jetstream::Skipped;
@@ -32,6 +33,11 @@ pub(super) struct Committer {
     bucket: String,
     name: &'static str,
     version: u32,
+    /// The partition it commits, and of how many.
+    partition: u32,
+    partitions: u32,
+    /// The partition's checkpoint key.
+    key: String,
     /// The checkpoint key's last stream sequence (0: none yet): the fence.
     revision: u64,
     /// Who this runner is, in its checkpoints.
@@ -46,12 +52,13 @@ impl Committer {
     pub(super) async fn new(
         conn: Conn,
         store: &kv::Store,
-        bucket: &str,
         name: &'static str,
         version: u32,
+        (partition, partitions): (u32, u32),
         revision: u64,
         timeout: Duration,
     ) -> Result<Self, ProjectionError> {
+        let bucket = store.name.as_str();
         let server_max = conn.server_info().max_payload;
         let mut stream = store.stream.clone();
         let bucket_max = stream
@@ -70,6 +77,9 @@ impl Committer {
             conn,
             name,
             version,
+            partition,
+            partitions,
+            key: checkpoint_key(partition),
             revision,
             writer: uuid::Uuid::new_v4().to_string(),
             max_value,
@@ -106,15 +116,16 @@ impl Committer {
         let checkpoint = Checkpoint {
             name: self.name.to_owned(),
             version: self.version,
+            partition: self.partition,
+            partitions: self.partitions,
             sequence,
             skipped: skipped.to_vec(),
             writer: self.writer.clone(),
         };
         let checkpoint = serde_json::to_vec(&checkpoint)
             .map_err(|e| self.error(StoreError::with_source(StoreErrorKind::Encode, e)))?;
-        let mut messages: Vec<(String, Option<Bytes>)> = Vec::with_capacity(rows.len() + 1);
-        messages.push((CHECKPOINT_KEY.to_owned(), Some(Bytes::from(checkpoint))));
-        messages.extend(rows);
+        let mut messages = rows;
+        messages.push((self.key.clone(), Some(Bytes::from(checkpoint))));
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut pause = Duration::from_millis(50);
         loop {
@@ -128,8 +139,8 @@ impl Committer {
                             ),
                         ))));
                     }
-                    // The checkpoint is the batch's first message.
-                    self.revision = seq + 1 - n;
+                    // The checkpoint is the batch's last message.
+                    self.revision = seq;
                     return Ok(());
                 }
                 Ok(Answer::Got(Published::Refused(e)))
@@ -173,7 +184,7 @@ impl Committer {
     async fn ours_stored(&self, sequence: u64) -> Result<Option<u64>, ProjectionError> {
         let entry = self
             .store
-            .entry(CHECKPOINT_KEY)
+            .entry(&self.key)
             .await
             .map_err(|e| self.error(StoreError::with_source(StoreErrorKind::Connection, e)))?;
         Ok(entry.and_then(|entry| {
@@ -193,7 +204,7 @@ impl Committer {
         let count = messages.len();
         for (i, (key, value)) in messages.iter().enumerate() {
             let mut headers = HeaderMap::new();
-            if i == 0 {
+            if i + 1 == count {
                 headers.insert(
                     h::EXPECTED_LAST_SUBJECT_SEQUENCE,
                     self.revision.to_string().as_str(),

@@ -12,18 +12,25 @@
 //! - Row `id` of table `table` is the key `{table}.r.{id}`, or `{table}.h.x{hex of id}` when the id
 //!   has characters KV keys do not allow; its value is the row as JSON. A deleted row is a KV
 //!   delete (`KV-Operation: DEL`).
-//! - The checkpoint is the key `_cim.checkpoint`: JSON `{"name", "version", "sequence",
-//!   "skipped", "writer"}`, `sequence` being the last event stream sequence the rows reflect.
+//! - The checkpoint of partition `p` is the key `_cim.checkpoint.{p}` ([`checkpoint_key`]): JSON
+//!   `{"name", "version", "partition", "partitions", "sequence", "skipped", "writer"}`
+//!   ([`Checkpoint`]), `sequence` being the last event stream sequence whose effect that
+//!   partition's rows hold. A model is worked as `partitions` partitions, each committing its own
+//!   rows fenced by its own checkpoint key; a model run by one runner is one partition, key
+//!   `_cim.checkpoint.0` with `"partitions": 1`. The model reflects every event up to the
+//!   smallest `sequence` of its `partitions` checkpoints (a missing one counts as 0):
+//!   [`CheckpointFront`].
 //!
 //! # Consistency
 //!
-//! One commit is one atomic batch: its rows and its checkpoint are stored together or not at
-//! all, and a batch whose fence (the checkpoint key's last sequence) is stale is refused whole,
-//! so a second runner that lost the race writes nothing. A batch holds at most 1,000 messages
-//! (the server's limit): the checkpoint and 999 rows. The runner commits at event boundaries, so
-//! between two batches a reader sees the model as of a checkpoint; an event that changes more
-//! than 999 rows stops the runner with [`ProjectionError::Apply`] (it could not be committed
-//! atomically).
+//! One commit is one atomic batch: its rows, then its checkpoint, stored together or not at
+//! all; a batch whose fence (the expected last sequence of the checkpoint key) is stale is
+//! refused whole, so a second runner that lost the race writes nothing. A reader of the bucket's
+//! messages in order (a KV watch, [`follow_bucket`]) has every row of a commit once it sees the
+//! commit's checkpoint. A batch holds at most 1,000 messages (the server's limit): 999 rows and
+//! the checkpoint. The runner commits at event boundaries, so between two batches a reader sees
+//! the model as of a checkpoint; an event that changes more than 999 rows stops the runner with
+//! [`ProjectionError::Apply`] (it could not be committed atomically).
 
 mod commit;
 mod reader;
@@ -36,6 +43,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
+use futures::StreamExt;
 use lru::LruCache;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::watch;
@@ -56,8 +64,22 @@ pub use reader::{follow_bucket, BucketEntry, ReadModel, RowChange};
 
 use commit::Committer;
 
-/// The checkpoint's key in a read model's bucket.
-pub const CHECKPOINT_KEY: &str = "_cim.checkpoint";
+/// The prefix of the checkpoint keys in a read model's bucket: partition `p`'s is
+/// `{CHECKPOINT_PREFIX}.{p}` ([`checkpoint_key`]).
+pub const CHECKPOINT_PREFIX: &str = "_cim.checkpoint";
+
+/// The checkpoint key of partition `partition` (`_cim.checkpoint.0` for a model run as one).
+pub fn checkpoint_key(partition: u32) -> String {
+    format!("{CHECKPOINT_PREFIX}.{partition}")
+}
+
+/// The partition whose checkpoint `key` is (`None` for a row's key).
+pub fn checkpoint_partition(key: &str) -> Option<u32> {
+    key.strip_prefix(CHECKPOINT_PREFIX)?
+        .strip_prefix('.')?
+        .parse()
+        .ok()
+}
 
 /// The KV key of row `id` of `table` (see the module's wire format); `None` for a table name KV
 /// keys cannot hold or that starts with `_`.
@@ -281,17 +303,65 @@ impl ReadModelOptions {
     }
 }
 
-/// The checkpoint as stored under [`CHECKPOINT_KEY`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Checkpoint {
-    pub(crate) name: String,
-    pub(crate) version: u32,
-    pub(crate) sequence: u64,
+/// A partition's checkpoint, as stored under [`checkpoint_key`] (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The read model's name.
+    pub name: String,
+    /// Its version.
+    pub version: u32,
+    /// The partition this checkpoint is of.
     #[serde(default)]
-    pub(crate) skipped: Vec<crate::jetstream::Skipped>,
-    /// The runner instance that wrote it (to recognise its own commit after a lost answer).
+    pub partition: u32,
+    /// How many partitions the model is worked as.
+    #[serde(default = "one")]
+    pub partitions: u32,
+    /// The last event stream sequence whose effect the partition's rows hold.
+    pub sequence: u64,
+    /// Events skipped as unreadable ([`OnUnreadable::SkipAndRecord`]): the last 1,000.
     #[serde(default)]
-    pub(crate) writer: String,
+    pub skipped: Vec<crate::jetstream::Skipped>,
+    /// The runner instance that wrote it (a runner recognises its own commit by it after a lost
+    /// answer).
+    #[serde(default)]
+    pub writer: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The sequence a model reflects, from its partitions' checkpoints as they come (a KV watch
+/// of `_cim.checkpoint.>`, or [`follow_bucket`]): the smallest of them, once each partition has
+/// one.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointFront {
+    partitions: u32,
+    sequences: std::collections::BTreeMap<u32, u64>,
+}
+
+impl CheckpointFront {
+    /// Takes a partition's checkpoint; returns the sequence the whole model now reflects, when
+    /// every partition has a checkpoint.
+    pub fn observe(&mut self, checkpoint: &Checkpoint) -> Option<u64> {
+        if checkpoint.partitions != self.partitions {
+            // Another partitioning: the checkpoints of the former one no longer count.
+            self.partitions = checkpoint.partitions;
+            self.sequences.clear();
+        }
+        self.sequences
+            .insert(checkpoint.partition, checkpoint.sequence);
+        self.sequence()
+    }
+
+    /// The sequence the whole model reflects: the smallest of its partitions' checkpoints;
+    /// `None` while a partition has none.
+    pub fn sequence(&self) -> Option<u64> {
+        if self.partitions == 0 || self.sequences.len() < self.partitions as usize {
+            return None;
+        }
+        self.sequences.values().copied().min()
+    }
 }
 
 /// The pointer to a model's live bucket, stored in [`ReadModelOptions::pointer_bucket`].
@@ -414,7 +484,8 @@ impl ReadModelRunner {
     ///
     /// [`ProjectionError::Store`] if a bucket or the consumer cannot be set up;
     /// [`ProjectionError::Apply`] if `P::NAME` cannot name a bucket;
-    /// [`ProjectionError::Contended`] if a newer version of the model is already live.
+    /// [`ProjectionError::Superseded`] if a newer version of the model is already live (a
+    /// running runner stops with it too when a newer version goes live).
     pub async fn start<P: KeyedProjection>(
         store: &JetStreamEventStore,
         projection: P,
@@ -448,13 +519,18 @@ impl ReadModelRunner {
             .map_err(|e| setup_error(name, &options.pointer_bucket, e))?;
         if let Some((p, _)) = &pointer {
             if p.version > P::VERSION {
-                return Err(ProjectionError::Contended(format!(
-                    "{name}: version {} is live, newer than this runner's {}",
-                    p.version,
-                    P::VERSION
-                )));
+                return Err(ProjectionError::Superseded {
+                    projection: name.to_owned(),
+                    version: P::VERSION,
+                    live: p.version,
+                });
             }
         }
+        // The pointer as it is and each change: a newer version going live stops this runner.
+        let pointer_watch = pointers
+            .watch_with_history(name)
+            .await
+            .map_err(|e| setup_error(name, &options.pointer_bucket, e))?;
         let bucket = open_model_bucket(&context, name, &bucket_name, replicas).await?;
         let live = match &pointer {
             None => {
@@ -463,9 +539,21 @@ impl ReadModelRunner {
             }
             Some((p, _)) => p.version == P::VERSION,
         };
-        let checkpoint = reader::read_checkpoint(&bucket)
+        let checkpoint = reader::read_checkpoint(&bucket, 0)
             .await
             .map_err(|e| setup_error(name, &bucket_name, e))?;
+        if let Some((c, _)) = &checkpoint {
+            if c.partitions != 1 {
+                return Err(setup_error(
+                    name,
+                    &bucket_name,
+                    format!(
+                        "the model is worked as {} partitions; a single runner works it as one",
+                        c.partitions
+                    ),
+                ));
+            }
+        }
         // A model with no checkpoint and no rows starts empty: rows it has not written do not
         // exist.
         let fresh = checkpoint.is_none()
@@ -508,9 +596,9 @@ impl ReadModelRunner {
         let committer = Committer::new(
             crate::jetstream::api::Conn::new(store.client().clone()),
             &bucket,
-            &bucket_name,
             name,
             P::VERSION,
+            (0, 1),
             revision,
             store.request_timeout(),
         )
@@ -541,6 +629,7 @@ impl ReadModelRunner {
             committed: committed_tx,
             live: live_tx,
             pointers,
+            pointer_watch: Some(pointer_watch),
             pointer_old: pointer.filter(|(p, _)| p.version != P::VERSION),
             target,
             retire: None,
@@ -623,6 +712,8 @@ struct Run<P: KeyedProjection> {
     committed: watch::Sender<u64>,
     live: watch::Sender<bool>,
     pointers: kv::Store,
+    /// The pointer's changes (`None` after a failure, set up again at the next tick).
+    pointer_watch: Option<kv::Watch>,
     /// The pointer as found at start, when it named another version (with its revision).
     pointer_old: Option<(Pointer, u64)>,
     /// The stream's last sequence when the runner started.
@@ -669,6 +760,39 @@ impl<P: KeyedProjection> Run<P> {
                     self.stored(sequence, result)?;
                     self.maybe_go_live(&progress).await?;
                 }
+                entry = async {
+                    match &mut self.pointer_watch {
+                        Some(watch) => watch.next().await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.pointer_watch.is_some() => {
+                    match entry {
+                        Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
+                            if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
+                                if pointer.version > P::VERSION {
+                                    // Readers moved on; what this version has not committed
+                                    // has no reader: finish the commit on its way and stop.
+                                    let _ = self.live.send(false);
+                                    tracing::info!(read_model = P::NAME, version = P::VERSION,
+                                        live = pointer.version, "a newer version is live: stopping");
+                                    self.finish().await?;
+                                    return Err(ProjectionError::Superseded {
+                                        projection: P::NAME.to_owned(),
+                                        version: P::VERSION,
+                                        live: pointer.version,
+                                    });
+                                }
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(read_model = P::NAME, error = %e,
+                                "watching the pointer failed; watching again");
+                            self.pointer_watch = None;
+                        }
+                        None => self.pointer_watch = None,
+                    }
+                }
                 _ = wanted.changed() => {
                     let want = *wanted.borrow_and_update();
                     if want > written && last >= want {
@@ -677,6 +801,9 @@ impl<P: KeyedProjection> Run<P> {
                     }
                 }
                 _ = tick.tick() => {
+                    if self.pointer_watch.is_none() {
+                        self.pointer_watch = self.pointers.watch_with_history(P::NAME).await.ok();
+                    }
                     if last > written {
                         self.send_commit(last).await?;
                         written = last;
@@ -1026,5 +1153,47 @@ impl<P: KeyedProjection> ReadModelHandle<P> {
     /// Has the runner ended?
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(partition: u32, partitions: u32, sequence: u64) -> Checkpoint {
+        Checkpoint {
+            name: "m".to_owned(),
+            version: 1,
+            partition,
+            partitions,
+            sequence,
+            skipped: Vec::new(),
+            writer: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_model_reflects_the_smallest_checkpoint_once_every_partition_has_one() {
+        let mut front = CheckpointFront::default();
+        assert_eq!(front.sequence(), None);
+        assert_eq!(front.observe(&checkpoint(2, 3, 40)), None);
+        assert_eq!(front.observe(&checkpoint(0, 3, 10)), None);
+        assert_eq!(front.observe(&checkpoint(1, 3, 25)), Some(10));
+        assert_eq!(front.observe(&checkpoint(0, 3, 50)), Some(25));
+        // A new partitioning starts over.
+        assert_eq!(front.observe(&checkpoint(0, 1, 60)), Some(60));
+    }
+
+    #[test]
+    fn checkpoint_keys_name_their_partition() {
+        assert_eq!(checkpoint_key(0), "_cim.checkpoint.0");
+        assert_eq!(checkpoint_partition("_cim.checkpoint.15"), Some(15));
+        assert_eq!(checkpoint_partition("_cim.checkpoint"), None);
+        assert_eq!(checkpoint_partition("account.r.acc-1"), None);
+        assert_eq!(parse_row_key("_cim.checkpoint.0"), None);
+        // A checkpoint written before partitions were recorded is partition 0 of 1.
+        let old: Checkpoint =
+            serde_json::from_str(r#"{"name":"m","version":1,"sequence":7}"#).unwrap();
+        assert_eq!((old.partition, old.partitions), (0, 1));
     }
 }

@@ -8,7 +8,9 @@ use async_nats::jetstream::{self, kv};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
-use super::{Checkpoint, Pointer, ReadModelOptions, CHECKPOINT_KEY};
+use super::{
+    checkpoint_key, Checkpoint, CheckpointFront, Pointer, ReadModelOptions, CHECKPOINT_PREFIX,
+};
 use crate::envelope::StreamSequence;
 use crate::jetstream::kv::{row_id, row_key};
 use crate::projection::ProjectionError;
@@ -30,28 +32,46 @@ pub(super) async fn read_pointer(
     }
 }
 
-/// The checkpoint of a model's bucket and its revision, if there is one.
+/// The checkpoint of partition `partition` of a model's bucket and its revision, if there is
+/// one.
 pub(super) async fn read_checkpoint(
     bucket: &kv::Store,
+    partition: u32,
 ) -> Result<Option<(Checkpoint, u64)>, String> {
-    let entry = bucket
-        .entry(CHECKPOINT_KEY)
-        .await
-        .map_err(|e| e.to_string())?;
+    let key = checkpoint_key(partition);
+    let entry = bucket.entry(&key).await.map_err(|e| e.to_string())?;
     match entry {
         Some(entry) if entry.operation == kv::Operation::Put => {
             let checkpoint = serde_json::from_slice::<Checkpoint>(&entry.value)
-                .map_err(|e| format!("the checkpoint does not decode: {e}"))?;
+                .map_err(|e| format!("the checkpoint {key} does not decode: {e}"))?;
             Ok(Some((checkpoint, entry.revision)))
         }
         _ => Ok(None),
     }
 }
 
+/// The sequence the model in `bucket` reflects: the smallest of its partitions' checkpoints
+/// (0 while one has none).
+pub(super) async fn model_sequence(bucket: &kv::Store) -> Result<u64, String> {
+    let Some((first, _)) = read_checkpoint(bucket, 0).await? else {
+        return Ok(0);
+    };
+    let mut front = CheckpointFront::default();
+    let mut reached = front.observe(&first);
+    for partition in 1..first.partitions {
+        match read_checkpoint(bucket, partition).await? {
+            Some((c, _)) => reached = front.observe(&c),
+            None => return Ok(0),
+        }
+    }
+    Ok(reached.unwrap_or(0))
+}
+
 /// One message of a read model's bucket, as [`follow_bucket`] reads it.
 #[derive(Debug, Clone)]
 pub struct BucketEntry {
-    /// The key (`_cim.checkpoint`, or a row's key: [`super::parse_row_key`]).
+    /// The key (a checkpoint's, [`super::checkpoint_partition`], or a row's:
+    /// [`super::parse_row_key`]).
     pub key: String,
     /// The value; `None` for a deleted row.
     pub value: Option<bytes::Bytes>,
@@ -375,25 +395,26 @@ impl<R: DeserializeOwned> ReadModel<R> {
         }))
     }
 
-    /// The stream sequence the rows reflect (0: nothing committed yet).
+    /// The stream sequence the rows reflect: the smallest of the partitions' checkpoints (0:
+    /// nothing committed yet).
     ///
     /// # Errors
     ///
-    /// [`ProjectionError::Store`] when the checkpoint cannot be read.
+    /// [`ProjectionError::Store`] when a checkpoint cannot be read.
     pub async fn checkpoint(&self) -> Result<StreamSequence, ProjectionError> {
-        let checkpoint = read_checkpoint(&self.bucket)
+        model_sequence(&self.bucket)
             .await
-            .map_err(|e| error(&self.name, &self.pointer.bucket, e))?;
-        Ok(StreamSequence(checkpoint.map_or(0, |(c, _)| c.sequence)))
+            .map(StreamSequence)
+            .map_err(|e| error(&self.name, &self.pointer.bucket, e))
     }
 
     /// Waits until the rows reflect the event at `sequence` (read your own writes, from any
-    /// process), watching the checkpoint key.
+    /// process), watching the checkpoint keys.
     ///
     /// # Errors
     ///
     /// [`ProjectionError::Timeout`] after `timeout`; [`ProjectionError::Store`] when the
-    /// checkpoint cannot be watched.
+    /// checkpoints cannot be watched.
     pub async fn wait_for(
         &self,
         sequence: StreamSequence,
@@ -401,17 +422,20 @@ impl<R: DeserializeOwned> ReadModel<R> {
     ) -> Result<(), ProjectionError> {
         let mut watch = self
             .bucket
-            .watch_with_history(CHECKPOINT_KEY)
+            .watch_with_history(format!("{CHECKPOINT_PREFIX}.>"))
             .await
             .map_err(|e| error(&self.name, &self.pointer.bucket, e))?;
         let mut reached = 0;
+        let mut front = CheckpointFront::default();
         let waited = tokio::time::timeout(timeout, async {
             while let Some(entry) = watch.next().await {
                 let entry = entry.map_err(|e| error(&self.name, &self.pointer.bucket, e))?;
                 if let Ok(c) = serde_json::from_slice::<Checkpoint>(&entry.value) {
-                    reached = c.sequence;
-                    if c.sequence >= sequence.0 {
-                        return Ok(());
+                    if let Some(at) = front.observe(&c) {
+                        reached = at;
+                        if at >= sequence.0 {
+                            return Ok(());
+                        }
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! The topology as a read model kept per key in JetStream KV ([`TopologyModel`]), and the
-//! in-memory copy a live [`ProjectionManager`](super::ProjectionManager) serves, fed by a watch of
-//! the model's bucket.
+//! in-memory copy a live [`ProjectionManager`](super::ProjectionManager) serves, fed by an ordered
+//! read of the model's live bucket.
 //!
 //! Tables (keys `{table}.r.{id}`, values the views as JSON): `compute`
 //! ([`ComputeResourceView`]), `network` ([`NetworkView`]), `connection` ([`ConnectionView`]),
@@ -15,7 +15,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cim_domain_infrastructure::{InfrastructureEvent, ResourceStatus};
-use cim_nats::jetstream::{follow_bucket, parse_row_key, KeyedProjection, Rows, CHECKPOINT_KEY};
+use std::time::Duration;
+
+use cim_nats::jetstream::{
+    checkpoint_partition, follow_bucket, parse_row_key, BucketEntry, Checkpoint, CheckpointFront,
+    KeyedProjection, Pointer, Rows,
+};
 use cim_nats::{Envelope, ProjectionError, StoreError, StoreErrorKind};
 use futures::StreamExt;
 use serde::Serialize;
@@ -140,149 +145,243 @@ impl TopologyModel {
     }
 }
 
-/// The topology in memory, kept from an ordered read of the model's bucket: what
+/// The topology in memory, kept from an ordered read of the live bucket of the model (the one
+/// the pointer names, followed across a version switch): what
 /// [`ProjectionManager::get_topology`](super::ProjectionManager::get_topology) serves.
 #[derive(Debug)]
 pub(crate) struct LiveTopology {
     pub(crate) state: Arc<RwLock<Topology>>,
-    /// The checkpoint whose rows are all in `state`.
+    /// The sequence of the events whose effect is all in `state` (the model's checkpoint, as
+    /// the copy has read it).
     pub(crate) seen: watch::Receiver<u64>,
-    /// The bucket's last message applied to `state` (its stream sequence).
-    applied: watch::Receiver<u64>,
-    /// Publishes `seen`; the last checkpoint applied (its rows may still come).
-    seen_tx: Arc<watch::Sender<u64>>,
-    latest: Arc<std::sync::atomic::AtomicU64>,
-    bucket: async_nats::jetstream::kv::Store,
+    /// The bucket `state` is a copy of.
+    bucket: watch::Receiver<String>,
     task: JoinHandle<()>,
 }
 
+/// A copy of one bucket of the model, as far as it has been read.
+struct Copy {
+    bucket: String,
+    entries: std::pin::Pin<Box<dyn futures::Stream<Item = Result<BucketEntry, StoreError>> + Send>>,
+    front: CheckpointFront,
+    /// The bucket's last message applied.
+    applied: u64,
+}
+
+impl Copy {
+    fn open(client: &async_nats::Client, bucket: &str) -> Self {
+        Self {
+            bucket: bucket.to_owned(),
+            entries: Box::pin(follow_bucket(client.clone(), bucket, FOLLOW_TIMEOUT)),
+            front: CheckpointFront::default(),
+            applied: 0,
+        }
+    }
+
+    /// Applies one message of the bucket to `topology`; returns the model's sequence when it
+    /// was a checkpoint (every row of its commit came before it).
+    fn apply(&mut self, entry: BucketEntry, topology: &mut Topology) -> Option<u64> {
+        self.applied = entry.revision;
+        if checkpoint_partition(&entry.key).is_some() {
+            let checkpoint = entry
+                .value
+                .as_ref()
+                .and_then(|v| serde_json::from_slice::<Checkpoint>(v).ok())?;
+            return self.front.observe(&checkpoint);
+        }
+        if let Some((table, id)) = parse_row_key(&entry.key) {
+            match &entry.value {
+                Some(value) => {
+                    if !topology.put_row(&table, value) {
+                        tracing::warn!(key = %entry.key, "topology row not understood");
+                    }
+                }
+                None => {
+                    topology.remove_row(&table, &id);
+                }
+            }
+        }
+        None
+    }
+}
+
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn store_error(bucket: &str, e: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Store {
+        projection: TopologyModel::NAME.to_owned(),
+        source: StoreError::with_source(
+            StoreErrorKind::Bucket {
+                bucket: bucket.to_owned(),
+            },
+            e.to_string(),
+        ),
+    }
+}
+
+/// The live bucket of the model, as the pointer says (`None`: no live version yet).
+fn pointed(entry: &async_nats::jetstream::kv::Entry) -> Option<Pointer> {
+    (entry.operation == async_nats::jetstream::kv::Operation::Put)
+        .then(|| serde_json::from_slice::<Pointer>(&entry.value).ok())
+        .flatten()
+}
+
+/// Reads a new copy of `bucket` until it holds every message the bucket held when asked.
+async fn build(
+    client: &async_nats::Client,
+    bucket: &str,
+) -> Result<(Copy, Topology, Option<u64>), ProjectionError> {
+    let mut stream = async_nats::jetstream::new(client.clone())
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|e| store_error(bucket, e))?;
+    // Fresh from the server (`kv::Store::status` answers from what it read when opened).
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| store_error(bucket, e))?
+        .state
+        .last_sequence;
+    let mut copy = Copy::open(client, bucket);
+    let mut topology = Topology::new();
+    let mut seen = None;
+    while copy.applied < last {
+        match copy.entries.next().await {
+            Some(Ok(entry)) => {
+                if let Some(at) = copy.apply(entry, &mut topology) {
+                    seen = Some(at);
+                }
+            }
+            Some(Err(e)) => return Err(store_error(bucket, e)),
+            None => return Err(store_error(bucket, "the bucket's read ended")),
+        }
+    }
+    Ok((copy, topology, seen))
+}
+
 impl LiveTopology {
-    /// Reads `bucket` (every row as it stands, then each change, in order) and returns once what
-    /// it held is in memory.
+    /// Reads the bucket the pointer `name` of `pointers` names (every row as it stands, then
+    /// each change, in order), and returns once what it held is in memory; a new version going
+    /// live is read into a copy of its own, served once it holds what its bucket held.
     pub(crate) async fn start(
         client: async_nats::Client,
-        bucket: &str,
+        pointers: &str,
     ) -> Result<Self, ProjectionError> {
-        let fail = |e: &dyn std::fmt::Display| ProjectionError::Store {
-            projection: TopologyModel::NAME.to_owned(),
-            source: StoreError::with_source(
-                StoreErrorKind::Bucket {
-                    bucket: bucket.to_owned(),
-                },
-                e.to_string(),
-            ),
-        };
         let kv = async_nats::jetstream::new(client.clone())
-            .get_key_value(bucket)
+            .get_key_value(pointers)
             .await
-            .map_err(|e| fail(&e))?;
-        let mut entries = Box::pin(follow_bucket(
-            client,
-            bucket,
-            std::time::Duration::from_secs(5),
-        ));
-        let state = Arc::new(RwLock::new(Topology::new()));
-        let (seen_tx, seen) = watch::channel(0u64);
-        let seen_tx = Arc::new(seen_tx);
-        let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (task_seen, task_latest) = (Arc::clone(&seen_tx), Arc::clone(&latest));
-        let (applied_tx, applied) = watch::channel(0u64);
+            .map_err(|e| store_error(pointers, e))?;
+        let mut pointer_watch = kv
+            .watch_with_history(TopologyModel::NAME)
+            .await
+            .map_err(|e| store_error(pointers, e))?;
+        let first = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(entry) = pointer_watch.next().await {
+                let entry = entry.map_err(|e| store_error(pointers, e))?;
+                if let Some(pointer) = pointed(&entry) {
+                    return Ok(pointer);
+                }
+            }
+            Err(store_error(pointers, "the pointer's watch ended"))
+        })
+        .await
+        .map_err(|_| store_error(pointers, "the topology has no live version"))??;
+        let (copy, topology, seen) = build(&client, &first.bucket).await?;
+        let state = Arc::new(RwLock::new(topology));
+        let (seen_tx, seen) = watch::channel(seen.unwrap_or(0));
+        let (bucket_tx, bucket) = watch::channel(first.bucket.clone());
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
-            // A batch stores its checkpoint first: it counts once its rows are in (at the next
-            // checkpoint, or when a reader finds the copy caught up with the bucket).
-            while let Some(entry) = entries.next().await {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the topology's bucket failed");
-                        break;
-                    }
-                };
-                if entry.key == CHECKPOINT_KEY {
-                    let previous = task_latest.load(std::sync::atomic::Ordering::Acquire);
-                    if previous > 0 {
-                        task_seen.send_replace(previous);
-                    }
-                    let sequence = entry
-                        .value
-                        .as_ref()
-                        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-                        .and_then(|c| c["sequence"].as_u64());
-                    if let Some(sequence) = sequence {
-                        task_latest.store(sequence, std::sync::atomic::Ordering::Release);
-                    }
-                } else if let Some((table, id)) = parse_row_key(&entry.key) {
-                    let mut topology = shared.write().await;
-                    match &entry.value {
-                        Some(value) => {
-                            if !topology.put_row(&table, value) {
-                                tracing::warn!(key = %entry.key, "topology row not understood");
+            let mut copy = copy;
+            loop {
+                tokio::select! {
+                    pointer = pointer_watch.next() => {
+                        let pointer = match pointer {
+                            Some(Ok(entry)) => pointed(&entry),
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "watching the topology's pointer failed");
+                                None
+                            }
+                            None => {
+                                tracing::warn!("the topology's pointer watch ended");
+                                break;
+                            }
+                        };
+                        let Some(pointer) = pointer.filter(|p| p.bucket != copy.bucket) else {
+                            continue;
+                        };
+                        // A new version is live: read its bucket aside, then serve it.
+                        match build(&client, &pointer.bucket).await {
+                            Ok((fresh, topology, at)) => {
+                                *shared.write().await = topology;
+                                copy = fresh;
+                                seen_tx.send_replace(at.unwrap_or(0));
+                                bucket_tx.send_replace(pointer.bucket.clone());
+                                tracing::info!(bucket = %pointer.bucket, version = pointer.version,
+                                    "topology: serving the new live version");
+                            }
+                            Err(e) => {
+                                tracing::warn!(bucket = %pointer.bucket, error = %e,
+                                    "reading the topology's new live version failed");
                             }
                         }
-                        None => {
-                            topology.remove_row(&table, &id);
+                    }
+                    entry = copy.entries.next() => {
+                        match entry {
+                            Some(Ok(entry)) => {
+                                let mut topology = shared.write().await;
+                                if let Some(at) = copy.apply(entry, &mut topology) {
+                                    seen_tx.send_if_modified(|seen| {
+                                        let newer = at > *seen;
+                                        *seen = (*seen).max(at);
+                                        newer
+                                    });
+                                }
+                            }
+                            Some(Err(e)) => {
+                                // A retired bucket, deleted under the copy: the pointer has
+                                // moved on, and its watch brings the new one.
+                                tracing::warn!(bucket = %copy.bucket, error = %e,
+                                    "reading the topology's bucket failed");
+                                copy.entries = Box::pin(futures::stream::pending());
+                            }
+                            None => copy.entries = Box::pin(futures::stream::pending()),
                         }
                     }
                 }
-                applied_tx.send_replace(entry.revision);
             }
         });
-        let live = Self {
+        Ok(Self {
             state,
             seen,
-            applied,
-            seen_tx,
-            latest,
-            bucket: kv,
+            bucket,
             task,
-        };
-        // The rows the bucket holds are in memory before the manager serves them.
-        live.caught_up(std::time::Duration::from_secs(60)).await?;
-        Ok(live)
+        })
     }
 
-    /// Waits until every message the bucket holds now is applied to the copy in memory (the
-    /// watch delivers them in order).
-    pub(crate) async fn caught_up(
+    /// The bucket the copy in memory is of.
+    pub(crate) fn bucket(&self) -> String {
+        self.bucket.borrow().clone()
+    }
+
+    /// Waits until the copy in memory includes the event at `sequence`.
+    pub(crate) async fn wait_for(
         &self,
-        timeout: std::time::Duration,
+        sequence: u64,
+        timeout: Duration,
     ) -> Result<(), ProjectionError> {
-        let bucket = self.bucket.name.clone();
-        // Fresh from the server (`kv::Store::status` answers from what it read when opened).
-        let mut stream = self.bucket.stream.clone();
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| ProjectionError::Store {
-                projection: TopologyModel::NAME.to_owned(),
-                source: StoreError::with_source(StoreErrorKind::Bucket { bucket }, e.to_string()),
-            })?
-            .state
-            .last_sequence;
-        let mut rx = self.applied.clone();
+        let mut rx = self.seen.clone();
         let reached = tokio::time::timeout(timeout, async move {
-            rx.wait_for(|applied| *applied >= last).await.map(|_| ())
+            rx.wait_for(|seen| *seen >= sequence).await.map(|_| ())
         })
         .await;
         match reached {
-            Ok(Ok(())) => {
-                // Every message so far is in: so are the last checkpoint's rows.
-                let latest = self.latest.load(std::sync::atomic::Ordering::Acquire);
-                self.seen_tx.send_if_modified(|seen| {
-                    let newer = latest > *seen;
-                    if newer {
-                        *seen = latest;
-                    }
-                    newer
-                });
-                Ok(())
-            }
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(ProjectionError::Aborted(TopologyModel::NAME.to_owned())),
             Err(_) => Err(ProjectionError::Timeout {
                 projection: TopologyModel::NAME.to_owned(),
-                wanted: last,
-                reached: *self.applied.borrow(),
+                wanted: sequence,
+                reached: *self.seen.borrow(),
             }),
         }
     }

@@ -141,7 +141,11 @@ impl ProjectionManager {
             },
         )
         .await?;
-        let live = LiveTopology::start(store.client().clone(), handle.bucket()).await?;
+        let live = LiveTopology::start(
+            store.client().clone(),
+            &ReadModelOptions::default().pointer_bucket,
+        )
+        .await?;
         Ok(Self {
             mode: Mode::Live {
                 handle: Box::new(handle),
@@ -254,9 +258,12 @@ impl ProjectionManager {
         match &self.mode {
             Mode::Live { handle, live } => {
                 let started = std::time::Instant::now();
-                handle.wait_for(sequence, timeout).await?;
-                // Committed; now in the copy in memory: every message of the bucket so far.
-                live.caught_up(timeout.saturating_sub(started.elapsed()))
+                if handle.is_live() {
+                    handle.wait_for(sequence, timeout).await?;
+                }
+                // Committed (by this runner, or by the live version's while this one builds);
+                // now in the copy in memory.
+                live.wait_for(sequence.0, timeout.saturating_sub(started.elapsed()))
                     .await
             }
             Mode::OnRequest { applied, .. } => {
@@ -284,6 +291,15 @@ impl ProjectionManager {
     pub fn handle(&self) -> Option<&ReadModelHandle<TopologyModel>> {
         match &self.mode {
             Mode::Live { handle, .. } => Some(&**handle),
+            Mode::OnRequest { .. } => None,
+        }
+    }
+
+    /// The KV bucket the topology served is a copy of, if the manager is live: the model's live
+    /// version (the pointer's), which may be another than the runner's while a new version builds.
+    pub fn served_bucket(&self) -> Option<String> {
+        match &self.mode {
+            Mode::Live { live, .. } => Some(live.bucket()),
             Mode::OnRequest { .. } => None,
         }
     }
