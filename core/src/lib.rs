@@ -69,8 +69,8 @@ pub use repository::{
 };
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotStore};
 pub use store::{
-    AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom, StoreError,
-    StoreErrorKind, MAX_EVENTS_PER_APPEND,
+    check_marker_subject, is_check_marker, AggregateAppend, AppendResult, EventStore, EventStream,
+    ExpectedVersion, NewEvent, ReadFrom, StoreError, StoreErrorKind, MAX_EVENTS_PER_APPEND,
 };
 pub use subject::{AggregateId, InvalidSubject, Subject};
 pub use subscriber::{

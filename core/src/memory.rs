@@ -10,7 +10,8 @@ use futures::stream::{self, StreamExt};
 use crate::envelope::{StoredEvent, StreamSequence};
 use crate::event::EventId;
 use crate::store::{
-    check_append, AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom,
+    check_append, check_multi, checked_version, AggregateAppend, AppendResult, EventStore,
+    EventStream, ExpectedVersion, NewEvent, ReadFrom,
 };
 use crate::store::{StoreError, StoreErrorKind};
 use crate::subject::AggregateId;
@@ -73,6 +74,47 @@ impl InMemoryEventStore {
 }
 
 impl State {
+    /// Stores `events` of `id` after version `base`; returns their sequences.
+    fn store(
+        &mut self,
+        aggregate_id: &AggregateId,
+        base: u64,
+        events: Vec<NewEvent>,
+        subjects: Vec<crate::subject::Subject>,
+        now: DateTime<Utc>,
+    ) -> Vec<StreamSequence> {
+        let state = self;
+        let mut sequences = Vec::with_capacity(events.len());
+        for (i, (event, subject)) in events.into_iter().zip(subjects).enumerate() {
+            let index = state.events.len();
+            let sequence = StreamSequence(index as u64 + 1);
+            sequences.push(sequence);
+            let stored = StoredEvent {
+                event_id: event.event_id,
+                event_type: event.event_type.into_owned(),
+                schema_version: event.schema_version,
+                subject: subject.into_string(),
+                entity_kind: event.entity_kind.into_owned(),
+                aggregate_id: aggregate_id.clone(),
+                aggregate_version: base + 1 + i as u64,
+                stream_sequence: sequence,
+                timestamp: event.timestamp,
+                correlation_id: event.correlation_id,
+                causation_id: event.causation_id,
+                actor: event.actor,
+                payload: event.payload,
+            };
+            state.ids.insert(stored.event_id, index);
+            state
+                .aggregates
+                .entry(aggregate_id.clone())
+                .or_default()
+                .push(index);
+            state.events.push((now, stored));
+        }
+        sequences
+    }
+
     fn version(&self, id: &AggregateId) -> Option<u64> {
         self.aggregates.get(id).map(|v| v.len() as u64)
     }
@@ -141,43 +183,103 @@ impl EventStore for InMemoryEventStore {
         if let Some(e) = events.iter().find(|e| state.ids.contains_key(&e.event_id)) {
             return invalid(format!("event id {} is already stored", e.event_id));
         }
-        let now = Utc::now();
         let base = actual.unwrap_or(0);
-        let mut sequences = Vec::with_capacity(events.len());
         state.domain.get_or_insert(domain);
-        for (i, (event, subject)) in events.into_iter().zip(subjects).enumerate() {
-            let index = state.events.len();
-            let sequence = StreamSequence(index as u64 + 1);
-            sequences.push(sequence);
-            let stored = StoredEvent {
-                event_id: event.event_id,
-                event_type: event.event_type.into_owned(),
-                schema_version: event.schema_version,
-                subject: subject.into_string(),
-                entity_kind: event.entity_kind.into_owned(),
-                aggregate_id: aggregate_id.clone(),
-                aggregate_version: base + 1 + i as u64,
-                stream_sequence: sequence,
-                timestamp: event.timestamp,
-                correlation_id: event.correlation_id,
-                causation_id: event.causation_id,
-                actor: event.actor,
-                payload: event.payload,
-            };
-            state.ids.insert(stored.event_id, index);
-            state
-                .aggregates
-                .entry(aggregate_id.clone())
-                .or_default()
-                .push(index);
-            state.events.push((now, stored));
-        }
+        let sequences = state.store(aggregate_id, base, events, subjects, Utc::now());
         let version = base + sequences.len() as u64;
         Ok(AppendResult {
             sequences,
             version,
             duplicate: false,
         })
+    }
+
+    async fn append_multi(
+        &self,
+        parts: Vec<AggregateAppend>,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        let mut state = self.lock();
+        let (domain, checked) = check_multi(&parts, state.domain.as_deref())?;
+        let subjects: Vec<Vec<crate::subject::Subject>> = checked
+            .into_iter()
+            .map(|c| c.map(|c| c.subjects).unwrap_or_default())
+            .collect();
+        // A retry of an append already stored succeeds with the original results.
+        let first_written = parts.iter().find(|p| !p.events.is_empty());
+        if let Some(first) = first_written.and_then(|p| state.ids.get(&p.events[0].event_id)) {
+            let stored = &state.events[*first].1;
+            let mut results = Vec::with_capacity(parts.len());
+            for part in &parts {
+                if part.events.is_empty() {
+                    results.push(Some(AppendResult {
+                        sequences: Vec::new(),
+                        version: checked_version(part.expected),
+                        duplicate: true,
+                    }));
+                    continue;
+                }
+                let base = state
+                    .ids
+                    .get(&part.events[0].event_id)
+                    .map(|&i| &state.events[i].1)
+                    .filter(|e| e.aggregate_id == part.aggregate_id)
+                    .map(|e| e.aggregate_version - 1);
+                results.push(
+                    base.and_then(|b| state.already_stored(&part.aggregate_id, b, &part.events)),
+                );
+            }
+            return match results.into_iter().collect::<Option<Vec<_>>>() {
+                Some(results) => Ok(results),
+                None => Err(StoreError::new(StoreErrorKind::InvalidAppend(format!(
+                    "event id {} is already used by another event (stream sequence {}); a retry \
+                     must resend the same events, and new events need new ids",
+                    stored.event_id, stored.stream_sequence
+                )))),
+            };
+        }
+        for part in &parts {
+            let actual = state.version(&part.aggregate_id);
+            if !part.expected.accepts(actual) {
+                return Err(StoreError::new(StoreErrorKind::WrongExpectedVersion {
+                    aggregate_id: part.aggregate_id.clone(),
+                    expected: part.expected,
+                    actual,
+                }));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        if let Some(e) = parts
+            .iter()
+            .flat_map(|p| &p.events)
+            .find(|e| state.ids.contains_key(&e.event_id) || !ids.insert(e.event_id))
+        {
+            return Err(StoreError::new(StoreErrorKind::InvalidAppend(format!(
+                "event id {} is already stored, or used twice in this append",
+                e.event_id
+            ))));
+        }
+        state.domain.get_or_insert(domain);
+        let now = Utc::now();
+        let mut results = Vec::with_capacity(parts.len());
+        for (part, subjects) in parts.into_iter().zip(subjects) {
+            let base = state.version(&part.aggregate_id).unwrap_or(0);
+            if part.events.is_empty() {
+                results.push(AppendResult {
+                    sequences: Vec::new(),
+                    version: base,
+                    duplicate: false,
+                });
+                continue;
+            }
+            let n = part.events.len() as u64;
+            let sequences = state.store(&part.aggregate_id, base, part.events, subjects, now);
+            results.push(AppendResult {
+                sequences,
+                version: base + n,
+                duplicate: false,
+            });
+        }
+        Ok(results)
     }
 
     async fn read_aggregate(

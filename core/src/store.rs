@@ -222,6 +222,125 @@ pub(crate) fn check_append<'a>(
     })
 }
 
+/// One aggregate's part of an append to several aggregates at once
+/// ([`EventStore::append_multi`]): its events, appended if it is at `expected`; with no events,
+/// a check only (the decision read the aggregate and changes nothing, but holds only if it has
+/// not moved).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateAppend {
+    /// The aggregate.
+    pub aggregate_id: AggregateId,
+    /// The version the decision was made on.
+    pub expected: ExpectedVersion,
+    /// Its new events (none: a check only).
+    pub events: Vec<NewEvent>,
+}
+
+impl AggregateAppend {
+    /// Appends `events` to `aggregate_id` if it is at `expected`.
+    pub fn new(
+        aggregate_id: AggregateId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        Self {
+            aggregate_id,
+            expected,
+            events,
+        }
+    }
+
+    /// Writes nothing to `aggregate_id`, but the whole append holds only if it is at `expected`.
+    pub fn check(aggregate_id: AggregateId, expected: ExpectedVersion) -> Self {
+        Self::new(aggregate_id, expected, Vec::new())
+    }
+}
+
+/// The subject of the messages that carry a check on an aggregate an append to several
+/// aggregates reads but does not write, when its events cannot carry them all
+/// (`{domain}._cim.check`). They are not events: the store's readers pass over them, and the
+/// wire format says so for other clients. An entity kind starting with `_` is reserved.
+pub fn check_marker_subject(domain: &str) -> String {
+    format!("{domain}._cim.check")
+}
+
+/// Is `subject` the subject of a check marker ([`check_marker_subject`])?
+pub fn is_check_marker(subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    tokens.next().is_some()
+        && tokens.next() == Some("_cim")
+        && tokens.next() == Some("check")
+        && tokens.next().is_none()
+}
+
+/// The shared checks of an append to several aggregates: at least one event, no aggregate
+/// twice, every part a valid append of the same domain, at most [`MAX_EVENTS_PER_APPEND`]
+/// messages in all (events, and a marker for each check its events cannot carry), and a
+/// version for each check. Returns the domain and each part's checked subjects.
+pub(crate) fn check_multi<'a>(
+    parts: &'a [AggregateAppend],
+    domain: Option<&str>,
+) -> Result<(String, Vec<Option<CheckedAppend<'a>>>), StoreError> {
+    let invalid = |why: String| Err(StoreError::new(StoreErrorKind::InvalidAppend(why)));
+    if !parts.iter().any(|p| !p.events.is_empty()) {
+        return invalid("an append to several aggregates needs at least one event".to_owned());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for part in parts {
+        if !seen.insert(&part.aggregate_id) {
+            return invalid(format!(
+                "aggregate {} appears twice in one append: decide its events together",
+                part.aggregate_id
+            ));
+        }
+        if part.events.is_empty() && part.expected == ExpectedVersion::Any {
+            return invalid(format!(
+                "a check on aggregate {} needs an expected version (it is `Any`)",
+                part.aggregate_id
+            ));
+        }
+    }
+    let mut own: Option<String> = domain.map(str::to_owned);
+    let mut checked = Vec::with_capacity(parts.len());
+    for part in parts {
+        if part.events.is_empty() {
+            checked.push(None);
+            continue;
+        }
+        let c = check_append(&part.aggregate_id, &part.events, own.as_deref())?;
+        own.get_or_insert_with(|| c.domain.to_owned());
+        checked.push(Some(c));
+    }
+    let Some(own) = own else {
+        return invalid("an append to several aggregates needs at least one event".to_owned());
+    };
+    let markers = markers_needed(parts);
+    let total = parts.iter().map(|p| p.events.len()).sum::<usize>() + markers;
+    if total > MAX_EVENTS_PER_APPEND {
+        return invalid(format!(
+            "{total} messages in one append to several aggregates ({markers} of them check              markers); at most {MAX_EVENTS_PER_APPEND}"
+        ));
+    }
+    Ok((own, checked))
+}
+
+/// The version a check held at: what it expected.
+pub(crate) fn checked_version(expected: ExpectedVersion) -> u64 {
+    match expected {
+        ExpectedVersion::Exact(n) => n,
+        ExpectedVersion::NoStream | ExpectedVersion::Any => 0,
+    }
+}
+
+/// How many checks of an append to several aggregates need a marker message: each written
+/// aggregate's first event carries its own check, and its other events can carry a check each
+/// on the aggregates only read.
+pub(crate) fn markers_needed(parts: &[AggregateAppend]) -> usize {
+    let checks = parts.iter().filter(|p| p.events.is_empty()).count();
+    let carriers: usize = parts.iter().map(|p| p.events.len().saturating_sub(1)).sum();
+    checks.saturating_sub(carriers)
+}
+
 /// What an append stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendResult {
@@ -342,6 +461,40 @@ pub trait EventStore: Send + Sync + fmt::Debug {
 
     /// Reads every event of the store in stream order, from `from`, with bounded memory.
     fn stream(&self, from: ReadFrom) -> EventStream<'_>;
+
+    /// Appends the events of several aggregates of one domain in one all-or-nothing write,
+    /// if each aggregate is at its `expected` version; a part without events is a check only
+    /// (the append holds only if that aggregate has not moved). Returns one result per part, in
+    /// order (a check's has no sequences and its version as checked).
+    ///
+    /// A retry of an append already stored (same event ids) succeeds with the original
+    /// results and `duplicate: true`.
+    ///
+    /// The default implementation takes one part with events and no checks (as
+    /// [`EventStore::append`]) and refuses more: a store must override it to be atomic.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreErrorKind::WrongExpectedVersion`] naming the (first) aggregate that moved;
+    /// [`StoreErrorKind::InvalidAppend`] for an aggregate twice, more than
+    /// [`MAX_EVENTS_PER_APPEND`] messages, parts of several domains (or of another domain than
+    /// the store's), a check without a version; others as [`EventStore::append`].
+    async fn append_multi(
+        &self,
+        parts: Vec<AggregateAppend>,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        let mut parts = parts;
+        if parts.len() == 1 && !parts[0].events.is_empty() {
+            let part = parts.remove(0);
+            return Ok(vec![
+                self.append(&part.aggregate_id, part.expected, part.events)
+                    .await?,
+            ]);
+        }
+        Err(StoreError::new(StoreErrorKind::InvalidAppend(
+            "this store cannot append to several aggregates in one write".to_owned(),
+        )))
+    }
 
     /// The sequence of the last message in the store (0 if empty).
     ///

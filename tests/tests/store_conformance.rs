@@ -362,6 +362,175 @@ async fn routed_reads_find_every_event(store: Arc<dyn EventStore>) {
     assert_eq!(after_seq[0].event_type, "SHIPPED");
 }
 
+fn invalid(err: &cim_nats::StoreError) -> &str {
+    match err.kind() {
+        StoreErrorKind::InvalidAppend(why) => why,
+        other => panic!("expected an invalid append, got {other:?}"),
+    }
+}
+
+async fn appends_to_several_aggregates(store: Arc<dyn EventStore>) {
+    use cim_nats::AggregateAppend as Part;
+    let (a, b, c) = (id("a"), id("b"), id("c"));
+    store
+        .append(&a, ExpectedVersion::NoStream, vec![event("placed")])
+        .await
+        .unwrap();
+    store
+        .append(&b, ExpectedVersion::NoStream, vec![event("placed")])
+        .await
+        .unwrap();
+    // Both written, each checked.
+    let both = vec![
+        Part::new(a.clone(), ExpectedVersion::Exact(1), vec![event("paid")]),
+        Part::new(
+            b.clone(),
+            ExpectedVersion::Exact(1),
+            vec![event("paid"), event("shipped")],
+        ),
+    ];
+    let r = store.append_multi(both.clone()).await.unwrap();
+    assert_eq!((r[0].version, r[1].version), (2, 3));
+    assert_eq!(r[0].sequences.len() + r[1].sequences.len(), 3);
+    assert_eq!(
+        r[1].sequences[0].0,
+        r[0].sequences[0].0 + 1,
+        "one write, in order"
+    );
+    // Sent again (a lost answer): the original results.
+    let again = store.append_multi(both).await.unwrap();
+    assert!(again.iter().all(|r| r.duplicate));
+    assert_eq!(again[0].sequences, r[0].sequences);
+    assert_eq!(again[1].sequences, r[1].sequences);
+    // One stale expectation refuses the whole append, naming the aggregate that moved.
+    let err = store
+        .append_multi(vec![
+            Part::new(a.clone(), ExpectedVersion::Exact(2), vec![event("shipped")]),
+            Part::new(
+                b.clone(),
+                ExpectedVersion::Exact(1),
+                vec![event("cancelled")],
+            ),
+        ])
+        .await
+        .unwrap_err();
+    match err.kind() {
+        StoreErrorKind::WrongExpectedVersion {
+            aggregate_id,
+            expected,
+            actual,
+        } => {
+            assert_eq!(aggregate_id, &b);
+            assert_eq!((*expected, *actual), (ExpectedVersion::Exact(1), Some(3)));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.aggregate_version(&a).await.unwrap(), Some(2));
+    // A check on an aggregate read but not written: holds while it has not moved.
+    let r = store
+        .append_multi(vec![
+            Part::new(a.clone(), ExpectedVersion::Exact(2), vec![event("shipped")]),
+            Part::check(b.clone(), ExpectedVersion::Exact(3)),
+            Part::check(c.clone(), ExpectedVersion::NoStream),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r[0].version, 3);
+    assert!(r[1].sequences.is_empty() && r[2].sequences.is_empty());
+    assert_eq!((r[1].version, r[2].version), (3, 0));
+    let err = store
+        .append_multi(vec![
+            Part::new(
+                a.clone(),
+                ExpectedVersion::Exact(3),
+                vec![event("returned")],
+            ),
+            Part::check(b.clone(), ExpectedVersion::Exact(2)),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(conflict(&err), (ExpectedVersion::Exact(2), Some(3)));
+    let err = store
+        .append_multi(vec![
+            Part::new(
+                a.clone(),
+                ExpectedVersion::Exact(3),
+                vec![event("returned"), event("refunded")],
+            ),
+            Part::check(c.clone(), ExpectedVersion::Exact(1)),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(conflict(&err), (ExpectedVersion::Exact(1), None));
+    assert_eq!(store.aggregate_version(&a).await.unwrap(), Some(3));
+    assert_eq!(store.aggregate_version(&b).await.unwrap(), Some(3));
+    // What the reads see: the events, in order, and nothing else.
+    let all = store.read_all().await.unwrap();
+    assert_eq!(all.len(), 2 + 3 + 1);
+    assert!(all.iter().all(|e| e.subject.starts_with("shop.order.")));
+
+    // Refused before anything is sent.
+    let twice = store
+        .append_multi(vec![
+            Part::new(a.clone(), ExpectedVersion::Exact(3), vec![event("x")]),
+            Part::new(a.clone(), ExpectedVersion::Exact(3), vec![event("y")]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(invalid(&twice).contains("twice"), "{twice}");
+    let nothing = store
+        .append_multi(vec![Part::check(a.clone(), ExpectedVersion::Exact(3))])
+        .await
+        .unwrap_err();
+    assert!(
+        invalid(&nothing).contains("at least one event"),
+        "{nothing}"
+    );
+    let unchecked = store
+        .append_multi(vec![
+            Part::new(a.clone(), ExpectedVersion::Exact(3), vec![event("x")]),
+            Part::check(b.clone(), ExpectedVersion::Any),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        invalid(&unchecked).contains("expected version"),
+        "{unchecked}"
+    );
+    let big = store
+        .append_multi(vec![
+            Part::new(
+                a.clone(),
+                ExpectedVersion::Exact(3),
+                (0..600).map(|_| event("x")).collect(),
+            ),
+            Part::new(
+                b.clone(),
+                ExpectedVersion::Exact(3),
+                (0..401).map(|_| event("y")).collect(),
+            ),
+        ])
+        .await
+        .unwrap_err();
+    assert!(invalid(&big).contains("at most 1000"), "{big}");
+    let mut foreign = event("x");
+    foreign.routing_subject = "bank.account.opened".into();
+    let other = store
+        .append_multi(vec![
+            Part::new(a.clone(), ExpectedVersion::Exact(3), vec![event("x")]),
+            Part::new(b.clone(), ExpectedVersion::Exact(3), vec![foreign]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(other.kind(), StoreErrorKind::InvalidAppend(_)),
+        "{other}"
+    );
+    assert_eq!(store.aggregate_version(&a).await.unwrap(), Some(3));
+    assert_eq!(store.aggregate_version(&b).await.unwrap(), Some(3));
+    assert_eq!(store.read_all().await.unwrap().len(), 6);
+}
+
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
         mod jetstream {
@@ -398,4 +567,5 @@ conformance!(
     bad_appends_are_refused,
     concurrent_writers,
     routed_reads_find_every_event,
+    appends_to_several_aggregates,
 );

@@ -51,6 +51,10 @@ pub(crate) fn stream_all(
     stream::unfold(state, |(mut reader, mut buffered, mut order)| async move {
         loop {
             if let Some(raw) = buffered.pop_front() {
+                if crate::store::is_check_marker(&raw.subject) {
+                    // A check marker of an append to several aggregates: not an event.
+                    continue;
+                }
                 let item = decode_in_order(raw, &mut order);
                 return Some((item, (reader, buffered, order)));
             }

@@ -24,6 +24,7 @@ use crate::jetstream::read::decode_in_order;
 use crate::jetstream::reader::{OrderedReader, Progress, ReadSpec, Start};
 use crate::jetstream::store::JetStreamEventStore;
 use crate::projection::{OnUnreadable, Projection, ProjectionError};
+use crate::store::is_check_marker;
 use crate::store::{StoreError, StoreErrorKind};
 use crate::typed::decode_envelope;
 
@@ -321,12 +322,17 @@ where
                         if sequence <= last {
                             continue;
                         }
-                        match decode_in_order(raw, &mut order).and_then(decode_envelope::<P::Event>) {
-                            Ok(envelope) => {
+                        // A check marker of an append to several aggregates is not an event.
+                        let decoded = (!is_check_marker(&raw.subject)).then(|| {
+                            decode_in_order(raw, &mut order).and_then(decode_envelope::<P::Event>)
+                        });
+                        match decoded {
+                            None => {}
+                            Some(Ok(envelope)) => {
                                 let mut state = self.shared.state.write().await;
                                 state.apply(&envelope).await?;
                             }
-                            Err(e) => match (self.options.on_unreadable, e.kind()) {
+                            Some(Err(e)) => match (self.options.on_unreadable, e.kind()) {
                                 (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { .. }) => {
                                     // The whole error, with its cause.
                                     let reason = e.to_string();

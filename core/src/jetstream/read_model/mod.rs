@@ -56,6 +56,7 @@ use crate::jetstream::read::decode_in_order;
 use crate::jetstream::reader::{OrderedReader, Progress, ReadSpec, Start};
 use crate::jetstream::store::JetStreamEventStore;
 use crate::projection::{OnUnreadable, ProjectionError};
+use crate::store::is_check_marker;
 use crate::store::{StoreError, StoreErrorKind};
 use crate::typed::decode_envelope;
 
@@ -823,8 +824,13 @@ impl<P: KeyedProjection> Run<P> {
                         if sequence <= last {
                             continue;
                         }
-                        match decode_in_order(raw, &mut order).and_then(decode_envelope::<P::Event>) {
-                            Ok(envelope) => {
+                        // A check marker of an append to several aggregates is not an event.
+                        let decoded = (!is_check_marker(&raw.subject)).then(|| {
+                            decode_in_order(raw, &mut order).and_then(decode_envelope::<P::Event>)
+                        });
+                        match decoded {
+                            None => {}
+                            Some(Ok(envelope)) => {
                                 let mut rows = Rows { rows: &mut self.rows, sequence };
                                 if let Err(e) = self.projection.apply(&envelope, &mut rows).await {
                                     self.rows.event.clear();
@@ -870,7 +876,7 @@ impl<P: KeyedProjection> Run<P> {
                                     return Err(e);
                                 }
                             }
-                            Err(e) => match (self.options.on_unreadable, e.kind()) {
+                            Some(Err(e)) => match (self.options.on_unreadable, e.kind()) {
                                 (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { .. }) => {
                                     let reason = e.to_string();
                                     tracing::warn!(read_model = P::NAME, sequence, %reason,

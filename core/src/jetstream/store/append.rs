@@ -19,7 +19,7 @@ use super::JetStreamEventStore;
 impl JetStreamEventStore {
     /// The shared checks of every store ([`check_append`]), and that the stream captures
     /// every event's subject.
-    fn check_events(
+    pub(super) fn check_events(
         &self,
         aggregate_id: &AggregateId,
         events: &[NewEvent],
@@ -40,7 +40,7 @@ impl JetStreamEventStore {
         Ok((checked.scope, checked.subjects))
     }
 
-    fn headers_for(
+    pub(super) fn headers_for(
         &self,
         event: &NewEvent,
         subject: &Subject,
@@ -60,7 +60,7 @@ impl JetStreamEventStore {
 
     /// Were these events already stored right after `expected` (a retry after the dedupe
     /// window)? Then the append is a success and this returns the original result.
-    async fn already_stored(
+    pub(super) async fn already_stored(
         &self,
         aggregate_id: &AggregateId,
         expected: ExpectedVersion,

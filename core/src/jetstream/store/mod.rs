@@ -8,6 +8,7 @@
 
 mod append;
 mod load;
+mod multi;
 mod position;
 mod provision;
 
@@ -26,7 +27,9 @@ use crate::jetstream::setup::check_server_info;
 use crate::jetstream::setup::SetupError;
 #[cfg(doc)]
 use crate::jetstream::setup::SetupErrorKind;
-use crate::store::{AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom};
+use crate::store::{
+    AggregateAppend, AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom,
+};
 use crate::store::{StoreError, StoreErrorKind};
 use crate::subject::AggregateId;
 
@@ -177,6 +180,13 @@ impl EventStore for JetStreamEventStore {
         JetStreamEventStore::append(self, aggregate_id, expected, events).await
     }
 
+    async fn append_multi(
+        &self,
+        parts: Vec<AggregateAppend>,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        JetStreamEventStore::append_multi(self, parts).await
+    }
+
     async fn read_aggregate(
         &self,
         aggregate_id: &AggregateId,
@@ -253,6 +263,19 @@ impl JetStreamEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         let result = self.append_inner(aggregate_id, expected, events).await;
+        self.reclassify(result).await
+    }
+
+    /// [`EventStore::append_multi`] without the box a trait object's future needs.
+    ///
+    /// # Errors
+    ///
+    /// As [`EventStore::append_multi`].
+    pub async fn append_multi(
+        &self,
+        parts: Vec<AggregateAppend>,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        let result = self.append_multi_inner(parts).await;
         self.reclassify(result).await
     }
 

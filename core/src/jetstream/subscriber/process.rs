@@ -201,6 +201,10 @@ impl ConsumerContext {
     }
 
     async fn handle(&self, sequence: u64, delivered: u64, message: &jetstream::Message) -> Outcome {
+        if crate::store::is_check_marker(message.subject.as_str()) {
+            // A check marker of an append to several aggregates: not an event, nothing to do.
+            return self.ack(sequence).await;
+        }
         let event = match decode_delivery(message) {
             Some(Ok(event)) => event,
             Some(Err(e)) => {
