@@ -725,7 +725,7 @@ fn is_conflict(e: &StoreError) -> bool {
     matches!(e.kind(), StoreErrorKind::WrongExpectedVersion { .. })
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

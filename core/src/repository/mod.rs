@@ -1,6 +1,7 @@
 //! [`Repository`]: load an aggregate (snapshot + later events), decide, append with the loaded
 //! version as the expected version; commands for one aggregate queue on its lane (`lane.rs`).
 
+mod across;
 mod lane;
 
 use std::collections::HashMap;
@@ -193,6 +194,7 @@ pub struct Repository<A: Aggregate> {
     queue_capacity: usize,
     outcome_deadline: Duration,
     cost: lane::CommitCost,
+    across: across::Locks,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -242,6 +244,7 @@ impl<A: Aggregate> Repository<A> {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             outcome_deadline: DEFAULT_OUTCOME_DEADLINE,
             cost: lane::CommitCost::default(),
+            across: across::Locks::default(),
             _aggregate: PhantomData,
         }
     }
