@@ -76,6 +76,18 @@ pub trait Aggregate:
     /// Changes the state from an event. Must not fail: events are facts.
     fn apply(&mut self, event: &Self::Event);
 
+    /// What `event` does to a value unique across the aggregates of the domain
+    /// ([`crate::reservation`]), if anything: such an event is stored under the reservation's
+    /// id ([`crate::Reservation::id`]), not the aggregate's, in the same atomic write as the
+    /// other events of its command, checked by the server to find the value free (or, for a
+    /// release, held by this aggregate); it is not applied to the aggregate. A command whose
+    /// value is taken fails with [`crate::StoreErrorKind::Reserved`] naming the holder. By
+    /// default no event claims anything.
+    fn claim(event: &Self::Event) -> Option<crate::Claim> {
+        let _ = event;
+        None
+    }
+
     /// Rebuilds a state from events, in order.
     fn from_events<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self {
         let mut state = Self::default();

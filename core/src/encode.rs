@@ -42,6 +42,27 @@ pub fn encode_events<E: NatsEvent>(
     events: &mut [E],
     identity: Option<&MessageIdentity>,
 ) -> Result<Vec<NewEvent>, StoreError> {
+    encode(aggregate_id, expected, events, identity, true)
+}
+
+/// [`encode_events`] of the events of a reservation ([`crate::Reservation`]), stored under the
+/// reservation's id while they name their holder.
+pub(crate) fn encode_claims<E: NatsEvent>(
+    reservation_id: &AggregateId,
+    expected: ExpectedVersion,
+    events: &mut [E],
+    identity: Option<&MessageIdentity>,
+) -> Result<Vec<NewEvent>, StoreError> {
+    encode(reservation_id, expected, events, identity, false)
+}
+
+fn encode<E: NatsEvent>(
+    aggregate_id: &AggregateId,
+    expected: ExpectedVersion,
+    events: &mut [E],
+    identity: Option<&MessageIdentity>,
+    check_carried: bool,
+) -> Result<Vec<NewEvent>, StoreError> {
     let first = match expected {
         ExpectedVersion::NoStream => Some(1),
         ExpectedVersion::Exact(v) => Some(v + 1),
@@ -51,7 +72,12 @@ pub fn encode_events<E: NatsEvent>(
     let fresh = crate::MessageId::from_uuid(uuid::Uuid::now_v7());
     let mut out = Vec::with_capacity(events.len());
     for (i, event) in events.iter_mut().enumerate() {
-        match event.aggregate_id() {
+        let carried = if check_carried {
+            event.aggregate_id()
+        } else {
+            Ok(None)
+        };
+        match carried {
             Ok(Some(carried)) if carried != *aggregate_id => {
                 return Err(StoreError::new(StoreErrorKind::InvalidAppend(format!(
                     "a {} event names aggregate {carried} but is appended to {aggregate_id}",

@@ -40,6 +40,7 @@ pub mod memory;
 pub mod projection;
 pub mod publisher;
 pub mod repository;
+pub mod reservation;
 pub mod snapshot;
 pub mod store;
 pub mod subject;
@@ -67,6 +68,7 @@ pub use repository::{
     CommandError, CommandOutcome, CommitStats, IntoEventStore, Loaded, Repository,
     DEFAULT_OUTCOME_DEADLINE, DEFAULT_QUEUE_CAPACITY,
 };
+pub use reservation::{Claim, Reservation, RESERVATION_NAMESPACE};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotStore};
 pub use store::{
     check_marker_subject, is_check_marker, AggregateAppend, AppendResult, EventStore, EventStream,

@@ -535,6 +535,16 @@ pub enum StoreErrorKind {
     InvalidSubject,
     /// The append was empty, mixed aggregates, or was otherwise malformed.
     InvalidAppend(String),
+    /// A value unique across the aggregates of a domain ([`crate::Reservation`]) is held by
+    /// another aggregate.
+    Reserved {
+        /// The reservation's kind.
+        kind: String,
+        /// The value.
+        value: String,
+        /// The aggregate that holds it.
+        holder: AggregateId,
+    },
     /// An event could not be encoded to JSON.
     Encode,
     /// A stored message could not be decoded into an event.
@@ -610,6 +620,11 @@ impl fmt::Display for StoreErrorKind {
             }
             Self::InvalidSubject => write!(f, "invalid subject"),
             Self::InvalidAppend(why) => write!(f, "invalid append: {why}"),
+            Self::Reserved {
+                kind,
+                value,
+                holder,
+            } => write!(f, "{kind} {value:?} is already taken, by {holder}"),
             Self::Encode => write!(f, "event could not be encoded"),
             Self::Decode { sequence, reason } => {
                 write!(f, "stored message at sequence {sequence} could not be decoded: {reason}")

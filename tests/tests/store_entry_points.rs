@@ -40,12 +40,16 @@ async fn first_message(client: &async_nats::Client) -> StreamMessage {
         .unwrap()
 }
 
-/// The headers of a stored message but its time, sorted.
+/// The headers of a stored message but its time and its write's batch headers (a registration
+/// through the repository is written with its hostname's reservation, as one batch), sorted.
 fn headers(message: &StreamMessage) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = message
         .headers
         .iter()
-        .filter(|(name, _)| AsRef::<str>::as_ref(*name) != "Cim-Timestamp")
+        .filter(|(name, _)| {
+            let name: &str = name.as_ref();
+            name != "Cim-Timestamp" && !name.starts_with("Nats-Batch-")
+        })
         .flat_map(|(name, values)| {
             values
                 .iter()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
 
 use super::lane::panic_message;
-use super::{CommandError, CommandOutcome, Loaded, Repository};
+use super::{claims, CommandError, CommandOutcome, Loaded, Repository};
 use crate::aggregate::Aggregate;
 use crate::encode::encode_events;
 use crate::identity::MessageIdentity;
@@ -195,13 +195,61 @@ impl<A: Aggregate> Repository<A> {
                 return Ok(outcomes(loaded, decided, None));
             }
             let mut parts = Vec::with_capacity(N);
+            let mut reservations = claims::Reservations::default();
+            let mut claimed_parts = Vec::new();
+            let mut claims_failed = None;
             for (state, events) in loaded.iter().zip(decided.iter_mut()) {
                 let expected = state.expected_version();
-                let new = encode_events(&state.id, expected, events, identity)?;
+                let (mut own, mut claimed) = claims::split::<A>(&state.id, std::mem::take(events))?;
+                if !claimed.is_empty() && claims_failed.is_none() {
+                    let checked = match reservations.read::<A>(&*self.store, &claimed).await {
+                        Ok(()) => reservations.add::<A>(&mut claimed, identity),
+                        Err(e) => Err(e),
+                    };
+                    match checked {
+                        Ok(encoded) => claimed_parts.extend(encoded),
+                        Err(e) => claims_failed = Some(e),
+                    }
+                }
+                let new = encode_events(&state.id, expected, &mut own, identity)?;
                 parts.push(AggregateAppend::new(state.id.clone(), expected, new));
+                *events = own;
             }
+            if let Some(e) = claims_failed {
+                // The reservations as stored may be newer than the states decided on: then
+                // it is a conflict, decided again.
+                let mut moved = None;
+                for state in &loaded {
+                    let stored = self.store.aggregate_version(&state.id).await?;
+                    if stored.unwrap_or(0) != state.version {
+                        moved = Some(StoreError::new(StoreErrorKind::WrongExpectedVersion {
+                            aggregate_id: state.id.clone(),
+                            expected: state.expected_version(),
+                            actual: stored,
+                        }));
+                        break;
+                    }
+                }
+                let Some(conflict) = moved else {
+                    return Err(CommandError::Store(e));
+                };
+                for id in ids {
+                    self.forget(id);
+                }
+                if *retries == 0 {
+                    return Err(CommandError::Store(conflict));
+                }
+                *retries -= 1;
+                continue;
+            }
+            let written = parts.len();
+            parts.extend(claims::parts(
+                claimed_parts.iter(),
+                &reservations.versions(),
+            ));
             match self.append_multi_resending(parts).await {
-                Ok(results) => {
+                Ok(mut results) => {
+                    results.truncate(written);
                     for ((state, events), result) in loaded.iter_mut().zip(&decided).zip(&results) {
                         // A lane of this aggregate reads what it lacks before its next command;
                         // the cache keeps the state as stored.
@@ -236,7 +284,7 @@ impl<A: Aggregate> Repository<A> {
 
     /// [`crate::EventStore::append_multi`], sent again unchanged while the outcome is unknown,
     /// until the outcome deadline.
-    async fn append_multi_resending(
+    pub(super) async fn append_multi_resending(
         &self,
         parts: Vec<AggregateAppend>,
     ) -> Result<Vec<AppendResult>, StoreError> {

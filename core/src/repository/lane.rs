@@ -11,7 +11,7 @@
 //! and sent again, unchanged, by the next leader, so that its outcome is learned rather than
 //! guessed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,12 +19,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::claims;
 use super::{CommandError, CommandOutcome, CommitStats, Loaded, Repository};
 use crate::aggregate::Aggregate;
 use crate::encode::encode_events;
 use crate::identity::MessageIdentity;
 use crate::store::MAX_EVENTS_PER_APPEND;
-use crate::store::{AppendResult, ExpectedVersion, NewEvent, StoreError, StoreErrorKind};
+use crate::store::{
+    AggregateAppend, AppendResult, ExpectedVersion, NewEvent, StoreError, StoreErrorKind,
+};
 use crate::subject::AggregateId;
 
 /// Most commands one group takes from a lane.
@@ -255,6 +258,8 @@ enum Decided<A: Aggregate> {
         events: Vec<A::Event>,
         first: u64,
         new: Vec<NewEvent>,
+        /// Its events claiming reservations, encoded, each with its reservation's id.
+        claims: Vec<(AggregateId, NewEvent)>,
     },
     /// Nothing to do.
     Nothing,
@@ -262,6 +267,10 @@ enum Decided<A: Aggregate> {
     Rejected(A::Error),
     /// It failed alone: its `handle` panicked, or its events could not be encoded.
     Failed(CommandError<A::Error>),
+    /// Its claims did not hold, and the state it was decided on is behind the store: decided
+    /// again once the state has caught up (while it has retries), else answered with this
+    /// conflict.
+    Stale(StoreError),
 }
 
 struct Member<A: Aggregate> {
@@ -275,6 +284,8 @@ struct Group<A: Aggregate> {
     members: Vec<Member<A>>,
     /// Members below this index are stored (or needed no append).
     stored: usize,
+    /// The version of each reservation the members claim, before the members not yet stored.
+    reservations: HashMap<AggregateId, u64>,
 }
 
 /// The client's view of what an append costs, to choose between one append per command and
@@ -448,7 +459,7 @@ impl<A: Aggregate> Repository<A> {
                 return;
             }
             let entries = lead.take_entries(self.cost.take(waiting));
-            let group = self.decide(&mut lead, entries);
+            let group = self.decide(&mut lead, entries).await;
             self.commit(&mut lead, group).await;
             if lead.answered(ticket) && lead.others_waiting() {
                 return;
@@ -478,13 +489,14 @@ impl<A: Aggregate> Repository<A> {
     /// Decides each entry on the state left by the ones before it: the first on the committed
     /// state, the others on the working copy, which has the earlier commands' events applied
     /// (made when a group first needs it, then kept in step with the committed state).
-    fn decide(&self, lead: &mut Leadership<'_, A>, entries: Vec<Entry<A>>) -> Group<A> {
+    async fn decide(&self, lead: &mut Leadership<'_, A>, entries: Vec<Entry<A>>) -> Group<A> {
         let Some(committed) = lead.state.as_ref() else {
             unreachable!("the state is loaded before deciding")
         };
         let count = entries.len();
         let work = &mut lead.work;
         let mut members = Vec::with_capacity(count);
+        let mut reservations = claims::Reservations::default();
         for (i, mut entry) in entries.into_iter().enumerate() {
             let current = work.as_ref().unwrap_or(committed);
             let decided = match entry.request.source.next() {
@@ -499,16 +511,49 @@ impl<A: Aggregate> Repository<A> {
                         }
                         Ok(Err(e)) => Decided::Rejected(e),
                         Ok(Ok(events)) if events.is_empty() => Decided::Nothing,
-                        Ok(Ok(mut events)) => {
+                        Ok(Ok(events)) => {
                             let expected = current.expected_version();
-                            match encode_events(
-                                lead.id,
-                                expected,
-                                &mut events,
-                                entry.request.identity.as_ref(),
-                            ) {
+                            let identity = entry.request.identity.as_ref();
+                            // Events claiming reservations are checked against them now: a
+                            // value taken fails this command alone, its events not applied.
+                            let mut claims_failed = false;
+                            let split = match claims::split::<A>(lead.id, events) {
+                                Ok((own, claimed)) if claimed.is_empty() => Ok((own, Vec::new())),
+                                Ok((own, mut claimed)) => {
+                                    let checked = match reservations
+                                        .read::<A>(&*self.store, &claimed)
+                                        .await
+                                    {
+                                        Ok(()) => reservations.add::<A>(&mut claimed, identity),
+                                        Err(e) => Err(e),
+                                    };
+                                    claims_failed = checked.is_err();
+                                    checked.map(|claims| (own, claims))
+                                }
+                                Err(e) => Err(e),
+                            };
+                            match split.and_then(|(mut events, claims)| {
+                                encode_events(lead.id, expected, &mut events, identity)
+                                    .map(|new| (events, new, claims))
+                            }) {
+                                Err(e) if claims_failed => {
+                                    // The reservations as stored may be newer than the state
+                                    // this was decided on: then it is a conflict.
+                                    match self.store.aggregate_version(lead.id).await {
+                                        Ok(stored) if stored.unwrap_or(0) != committed.version => {
+                                            Decided::Stale(StoreError::new(
+                                                StoreErrorKind::WrongExpectedVersion {
+                                                    aggregate_id: lead.id.clone(),
+                                                    expected: committed.expected_version(),
+                                                    actual: stored,
+                                                },
+                                            ))
+                                        }
+                                        _ => Decided::Failed(CommandError::Store(e)),
+                                    }
+                                }
                                 Err(e) => Decided::Failed(CommandError::Store(e)),
-                                Ok(new) => {
+                                Ok((events, new, claims)) => {
                                     let first = current.version + 1;
                                     if i + 1 < count || work.is_some() {
                                         let next = work.get_or_insert_with(|| committed.clone());
@@ -517,7 +562,12 @@ impl<A: Aggregate> Repository<A> {
                                         }
                                         next.version += events.len() as u64;
                                     }
-                                    Decided::Events { events, first, new }
+                                    Decided::Events {
+                                        events,
+                                        first,
+                                        new,
+                                        claims,
+                                    }
                                 }
                             }
                         }
@@ -526,7 +576,11 @@ impl<A: Aggregate> Repository<A> {
             };
             members.push(Member { entry, decided });
         }
-        Group { members, stored: 0 }
+        Group {
+            members,
+            stored: 0,
+            reservations: reservations.versions(),
+        }
     }
 
     /// Appends the group's events in order and answers its commands.
@@ -552,9 +606,46 @@ impl<A: Aggregate> Repository<A> {
                 .iter()
                 .filter(|m| matches!(m.decided, Decided::Events { .. }))
                 .count();
+            let parts = claims::parts(
+                group.members[start..end]
+                    .iter()
+                    .flat_map(|m| match &m.decided {
+                        Decided::Events { claims, .. } => claims.as_slice(),
+                        _ => &[],
+                    }),
+                &group.reservations,
+            );
             lead.group = Some(group);
             let started = Instant::now();
-            let result = self.append_resending(lead.id, expected, events).await;
+            let result = if parts.is_empty() {
+                self.append_resending(lead.id, expected, events).await
+            } else {
+                // With the reservations they claim, in one atomic write.
+                let written: Vec<(AggregateId, u64)> = parts
+                    .iter()
+                    .map(|p| (p.aggregate_id.clone(), p.events.len() as u64))
+                    .collect();
+                let mut all = Vec::with_capacity(parts.len() + 1);
+                all.push(AggregateAppend::new(lead.id.clone(), expected, events));
+                all.extend(parts);
+                let result = self.append_multi_resending(all).await;
+                if result.is_ok() {
+                    if let Some(group) = lead.group.as_mut() {
+                        for (id, n) in written {
+                            *group.reservations.entry(id).or_insert(0) += n;
+                        }
+                    }
+                }
+                result.and_then(|mut results| {
+                    if results.is_empty() {
+                        Err(StoreError::new(StoreErrorKind::UnexpectedAnswer(
+                            "a multi-aggregate append answered with no results".to_owned(),
+                        )))
+                    } else {
+                        Ok(results.remove(0))
+                    }
+                })
+            };
             let Some(g) = lead.group.take() else {
                 unreachable!("the group is kept by the leader")
             };
@@ -623,8 +714,20 @@ impl<A: Aggregate> Repository<A> {
     ) {
         let total = result.as_ref().map_or(0, |r| r.sequences.len());
         let mut offset = 0;
+        let mut again = Vec::new();
         for member in group.members.drain(group.stored..end) {
             let answer = match member.decided {
+                Decided::Stale(conflict) => {
+                    lead.lane.mark_stale();
+                    let mut entry = member.entry;
+                    if entry.request.source.can_retry() && entry.request.retries > 0 {
+                        entry.request.retries -= 1;
+                        again.push(entry);
+                        continue;
+                    }
+                    entry.answer(Err(CommandError::Store(conflict)));
+                    continue;
+                }
                 Decided::Failed(error) => Err(error),
                 Decided::Rejected(error) => Err(CommandError::Rejected(error)),
                 Decided::Nothing => Ok(CommandOutcome {
@@ -665,6 +768,9 @@ impl<A: Aggregate> Repository<A> {
         }
         // `drain` removed the answered members; what is left starts at 0 again.
         group.stored = 0;
+        if !again.is_empty() {
+            lead.requeue_front(again);
+        }
     }
 
     /// Appends, sending the same events again while the outcome is unknown (no answer, lost

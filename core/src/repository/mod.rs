@@ -2,6 +2,7 @@
 //! version as the expected version; commands for one aggregate queue on its lane (`lane.rs`).
 
 mod across;
+mod claims;
 mod lane;
 
 use std::collections::HashMap;
@@ -458,9 +459,42 @@ impl<A: Aggregate> Repository<A> {
             return Ok(None);
         }
         let expected = loaded.expected_version();
-        let new = encode_events(&loaded.id, expected, events, identity)?;
-        let result = self.store.append(&loaded.id, expected, new).await?;
-        for e in events.iter() {
+        let claiming = events.iter().filter(|e| A::claim(e).is_some()).count();
+        let result = if claiming == 0 {
+            let new = encode_events(&loaded.id, expected, events, identity)?;
+            self.store.append(&loaded.id, expected, new).await?
+        } else {
+            // The aggregate's own events first, then those claiming reservations: stored
+            // together, each reservation checked.
+            events.sort_by_key(|e| A::claim(e).is_some());
+            let (own, claimed) = events.split_at_mut(events.len() - claiming);
+            let new = encode_events(&loaded.id, expected, own, identity)?;
+            claims::check::<A>(&loaded.id, claimed)?;
+            if own.is_empty() {
+                return Err(StoreError::new(StoreErrorKind::InvalidAppend(format!(
+                    "events claiming reservations for aggregate {} come without an event of \
+                     its own",
+                    loaded.id
+                ))));
+            }
+            let mut reservations = claims::Reservations::default();
+            reservations.read::<A>(&*self.store, claimed).await?;
+            let encoded = reservations.add::<A>(claimed, identity)?;
+            let mut parts = vec![crate::store::AggregateAppend::new(
+                loaded.id.clone(),
+                expected,
+                new,
+            )];
+            parts.extend(claims::parts(encoded.iter(), &reservations.versions()));
+            let mut results = self.store.append_multi(parts).await?;
+            if results.is_empty() {
+                return Err(StoreError::new(StoreErrorKind::UnexpectedAnswer(
+                    "a multi-aggregate append answered with no results".to_owned(),
+                )));
+            }
+            results.remove(0)
+        };
+        for e in events.iter().filter(|e| A::claim(e).is_none()) {
             loaded.state.apply(e);
         }
         loaded.version = result.version;

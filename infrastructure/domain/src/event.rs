@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compute::{ComputeResourceSpec, ResourceCapabilities};
 use crate::connection::ConnectionSpec;
+use crate::hostname::Hostname;
 use crate::ids::{ConnectionId, InfrastructureId, NetworkId, PolicyId, ResourceId, SoftwareId};
 use crate::network::NetworkSpec;
 use crate::policy::PolicyRule;
@@ -201,9 +202,70 @@ pub enum InfrastructureEvent {
         /// The rule.
         policy_id: PolicyId,
     },
+    /// A hostname was taken by a compute resource of an infrastructure: hostnames are unique
+    /// across every infrastructure. Stored under the hostname's reservation
+    /// ([`InfrastructureEvent::hostname_reservation`]), not under the infrastructure; decided
+    /// with the `ComputeResourceRegistered` it goes with.
+    #[nats_event(aggregate = "hostname", operation = "reserved")]
+    HostnameReserved {
+        /// The event's id.
+        event_id: EventId,
+        /// The infrastructure that holds the hostname.
+        infrastructure_id: InfrastructureId,
+        /// The event's identity (correlation, causation, actor).
+        identity: MessageIdentity,
+        /// The hostname.
+        hostname: Hostname,
+        /// The resource it names.
+        resource_id: ResourceId,
+    },
+    /// A hostname was given up (its resource decommissioned): it can be registered again.
+    #[nats_event(aggregate = "hostname", operation = "released")]
+    HostnameReleased {
+        /// The event's id.
+        event_id: EventId,
+        /// The infrastructure that held the hostname.
+        infrastructure_id: InfrastructureId,
+        /// The event's identity (correlation, causation, actor).
+        identity: MessageIdentity,
+        /// The hostname.
+        hostname: Hostname,
+        /// The resource it named.
+        resource_id: ResourceId,
+    },
 }
 
 impl InfrastructureEvent {
+    /// The reservation that keeps `hostname` unique across every infrastructure (kind
+    /// `hostname`, the lowercase name): its events are stored under
+    /// [`cim_nats::Reservation::id`], on `infrastructure.hostname.{reserved,released}.{id}`.
+    pub fn hostname_reservation(hostname: &Hostname) -> cim_nats::Reservation {
+        cim_nats::Reservation::new("hostname", hostname.as_str())
+    }
+
+    /// What this event does to a hostname's reservation, if it is one of the hostname events.
+    pub fn claim(&self) -> Option<cim_nats::Claim> {
+        match self {
+            Self::HostnameReserved {
+                infrastructure_id,
+                hostname,
+                ..
+            } => Some(cim_nats::Claim::Take {
+                reservation: Self::hostname_reservation(hostname),
+                holder: (*infrastructure_id).into(),
+            }),
+            Self::HostnameReleased {
+                infrastructure_id,
+                hostname,
+                ..
+            } => Some(cim_nats::Claim::Release {
+                reservation: Self::hostname_reservation(hostname),
+                holder: (*infrastructure_id).into(),
+            }),
+            _ => None,
+        }
+    }
+
     fn common(&self) -> (&EventId, &InfrastructureId, &MessageIdentity) {
         match self {
             Self::ComputeResourceRegistered {
@@ -267,6 +329,18 @@ impl InfrastructureEvent {
                 ..
             }
             | Self::PolicyRemoved {
+                event_id,
+                infrastructure_id,
+                identity,
+                ..
+            }
+            | Self::HostnameReserved {
+                event_id,
+                infrastructure_id,
+                identity,
+                ..
+            }
+            | Self::HostnameReleased {
                 event_id,
                 infrastructure_id,
                 identity,

@@ -22,7 +22,7 @@ fn event_types(events: &[InfrastructureEvent]) -> Vec<&'static str> {
 // Compute resources
 
 #[test]
-fn registering_a_resource_yields_one_registered_event() {
+fn registering_a_resource_yields_its_event_and_the_hostnames_reservation() {
     let h = History::new();
     let spec = host("server01");
     let state = AggregateTest::<InfrastructureAggregate>::given_no_events()
@@ -32,9 +32,22 @@ fn registering_a_resource_yields_one_registered_event() {
                 infrastructure_id,
                 resource,
                 ..
+            }, reserved @ InfrastructureEvent::HostnameReserved {
+                hostname,
+                resource_id,
+                ..
             }] => {
                 assert_eq!(*infrastructure_id, h.id);
                 assert_eq!(*resource, spec);
+                assert_eq!((hostname, *resource_id), (&spec.hostname, spec.id));
+                // Stored under the hostname's reservation, held by this infrastructure.
+                assert_eq!(
+                    InfrastructureAggregate::claim(reserved),
+                    Some(cim_nats::Claim::Take {
+                        reservation: InfrastructureEvent::hostname_reservation(&spec.hostname),
+                        holder: h.id.into(),
+                    })
+                );
             }
             other => panic!("unexpected events {other:?}"),
         });
@@ -97,7 +110,10 @@ fn a_decommissioned_resource_frees_its_hostname() {
         .given()
         .when(h.cmd().register(new.clone()))
         .then_expect_events(|events| {
-            assert_eq!(event_types(events), ["ComputeResourceRegistered"])
+            assert_eq!(
+                event_types(events),
+                ["ComputeResourceRegistered", "HostnameReserved"]
+            )
         });
     assert_eq!(
         state.resource_by_hostname(&new.hostname).map(|r| r.id()),
@@ -157,8 +173,8 @@ fn decommissioning_severs_every_connection_then_decommissions() {
         .then_expect_events(|events| {
             assert_eq!(
                 events.len(),
-                links.len() + 1,
-                "N severed + 1 decommissioned"
+                links.len() + 2,
+                "N severed + 1 decommissioned + the hostname released"
             );
             let severed: Vec<_> = events[..links.len()]
                 .iter()
@@ -169,8 +185,13 @@ fn decommissioning_severs_every_connection_then_decommissions() {
                 .collect();
             assert_eq!(severed, links);
             assert!(matches!(
+                &events[links.len()],
+                InfrastructureEvent::ComputeResourceDecommissioned { resource_id, .. }
+                    if *resource_id == hub.id
+            ));
+            assert!(matches!(
                 events.last(),
-                Some(InfrastructureEvent::ComputeResourceDecommissioned { resource_id, .. })
+                Some(InfrastructureEvent::HostnameReleased { resource_id, .. })
                     if *resource_id == hub.id
             ));
         });
@@ -201,7 +222,8 @@ fn decommissioning_removes_the_resources_software_and_policies_too() {
                     "ConnectionSevered",
                     "SoftwareRemoved",
                     "PolicyRemoved",
-                    "ComputeResourceDecommissioned"
+                    "ComputeResourceDecommissioned",
+                    "HostnameReleased"
                 ]
             );
         });

@@ -22,9 +22,11 @@ const SEED_SUBJECTS: [&str; 9] = [
 ];
 
 /// What the domain adds to the seed's list.
-const ADDED_SUBJECTS: [&str; 2] = [
+const ADDED_SUBJECTS: [&str; 4] = [
     "infrastructure.software.removed",
     "infrastructure.policy.removed",
+    "infrastructure.hostname.reserved",
+    "infrastructure.hostname.released",
 ];
 
 #[test]
@@ -64,6 +66,8 @@ fn event_types_and_wildcards() {
             "SoftwareRemoved",
             "PolicySet",
             "PolicyRemoved",
+            "HostnameReserved",
+            "HostnameReleased",
         ]
     );
     assert_eq!(
@@ -74,6 +78,7 @@ fn event_types_and_wildcards() {
             ("connection", "infrastructure.connection.>"),
             ("software", "infrastructure.software.>"),
             ("policy", "infrastructure.policy.>"),
+            ("hostname", "infrastructure.hostname.>"),
         ]
     );
     assert!(InfrastructureEvent::EVENTS.iter().all(|d| d.version == 1));
@@ -82,7 +87,12 @@ fn event_types_and_wildcards() {
 #[test]
 fn every_event_type_occurs_in_the_fixture() {
     let h = support::every_event();
-    let seen: BTreeSet<_> = h.events.iter().map(NatsEvent::event_type).collect();
+    let seen: BTreeSet<_> = h
+        .events
+        .iter()
+        .chain(&h.claims)
+        .map(NatsEvent::event_type)
+        .collect();
     let all: BTreeSet<_> = InfrastructureEvent::EVENT_TYPES.iter().copied().collect();
     assert_eq!(seen, all);
 }
@@ -113,7 +123,7 @@ fn every_event_is_stored_under_its_seed_subject_and_the_infrastructure_id() {
 #[test]
 fn every_event_round_trips_through_json_and_decode() {
     let h = support::every_event();
-    for event in &h.events {
+    for event in h.events.iter().chain(&h.claims) {
         let json = serde_json::to_string(event).unwrap();
         let back: InfrastructureEvent = serde_json::from_str(&json).unwrap();
         assert_eq!(&back, event);

@@ -157,6 +157,22 @@ pub mod subjects {
         routing("policy", "removed")
     }
 
+    /// Every hostname reservation event: `infrastructure.hostname.>`.
+    pub fn all_hostname_events() -> &'static str {
+        entity("hostname")
+    }
+
+    /// A hostname was taken (unique across infrastructures): `infrastructure.hostname.reserved`,
+    /// stored under the hostname's reservation id.
+    pub fn hostname_reserved() -> &'static str {
+        routing("hostname", "reserved")
+    }
+
+    /// A hostname was given up: `infrastructure.hostname.released`.
+    pub fn hostname_released() -> &'static str {
+        routing("hostname", "released")
+    }
+
     /// Every event of one infrastructure: `infrastructure.*.*.{infrastructure_id}`.
     ///
     /// The id is a validated subject token: an [`InfrastructureId`] always is, and an

@@ -82,6 +82,8 @@ fn every_event_subject_has_a_function() {
         subjects::software_removed(),
         subjects::policy_set(),
         subjects::policy_removed(),
+        subjects::hostname_reserved(),
+        subjects::hostname_released(),
     ]
     .into_iter()
     .collect();

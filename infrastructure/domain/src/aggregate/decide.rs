@@ -140,11 +140,21 @@ fn register(
             existing: existing.id(),
         });
     }
+    let (hostname, resource_id) = (spec.hostname.clone(), spec.id);
     out.push(|m| InfrastructureEvent::ComputeResourceRegistered {
         event_id: m.event_id,
         infrastructure_id: m.infrastructure_id,
         identity: m.identity,
         resource: spec,
+    });
+    // Unique across infrastructures: the repository stores it under the hostname's
+    // reservation, checked to be free, with the registration.
+    out.push(|m| InfrastructureEvent::HostnameReserved {
+        event_id: m.event_id,
+        infrastructure_id: m.infrastructure_id,
+        identity: m.identity,
+        hostname,
+        resource_id,
     });
     out.done()
 }
@@ -192,6 +202,14 @@ fn decommission(
         event_id: m.event_id,
         infrastructure_id: m.infrastructure_id,
         identity: m.identity,
+        resource_id: resource,
+    });
+    let hostname = record.spec.hostname.clone();
+    out.push(|m| InfrastructureEvent::HostnameReleased {
+        event_id: m.event_id,
+        infrastructure_id: m.infrastructure_id,
+        identity: m.identity,
+        hostname,
         resource_id: resource,
     });
     out.done()

@@ -270,7 +270,10 @@ impl InfrastructureAggregate {
         &mut self,
         command: InfrastructureCommand,
     ) -> Result<Vec<InfrastructureEvent>, InfrastructureError> {
-        let events = self.handle(command)?;
+        let mut events = self.handle(command)?;
+        // The hostname events keep hostnames unique across infrastructures when the commands
+        // go through a repository; the events of this infrastructure alone are its own.
+        events.retain(|e| e.claim().is_none());
         for event in &events {
             self.apply(event);
         }
@@ -504,8 +507,16 @@ impl Aggregate for InfrastructureAggregate {
         decide::decide(self, command)
     }
 
+    fn claim(event: &InfrastructureEvent) -> Option<cim_nats::Claim> {
+        event.claim()
+    }
+
     fn apply(&mut self, event: &InfrastructureEvent) {
         use InfrastructureEvent as E;
+        if event.claim().is_some() {
+            // Stored with the hostname's reservation, not with the infrastructure.
+            return;
+        }
         self.applied += 1;
         if self.id.is_none() {
             self.id = Some(event.infrastructure_id());
@@ -568,6 +579,7 @@ impl Aggregate for InfrastructureAggregate {
             E::PolicyRemoved { policy_id, .. } => {
                 self.policies.remove(policy_id);
             }
+            E::HostnameReserved { .. } | E::HostnameReleased { .. } => {}
         }
     }
 }

@@ -160,6 +160,8 @@ pub(crate) struct History {
     pub(crate) id: InfrastructureId,
     pub(crate) state: InfrastructureAggregate,
     pub(crate) events: Vec<InfrastructureEvent>,
+    /// The hostname events the commands decided (stored under the hostnames' reservations).
+    pub(crate) claims: Vec<InfrastructureEvent>,
 }
 
 impl History {
@@ -169,6 +171,7 @@ impl History {
             id,
             state: InfrastructureAggregate::new(id),
             events: Vec::new(),
+            claims: Vec::new(),
         }
     }
 
@@ -178,6 +181,10 @@ impl History {
 
     /// Executes a command that must succeed, keeping its events.
     pub(crate) fn run(&mut self, command: InfrastructureCommand) -> Vec<InfrastructureEvent> {
+        let decided = cim_nats::Aggregate::handle(&self.state, command.clone())
+            .unwrap_or_else(|e| panic!("set-up command refused: {e}"));
+        self.claims
+            .extend(decided.into_iter().filter(|e| e.claim().is_some()));
         let events = self
             .state
             .execute(command)

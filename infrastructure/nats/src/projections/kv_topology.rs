@@ -119,6 +119,8 @@ impl KeyedProjection for TopologyModel {
                 &PolicyView::set(infrastructure, policy),
             ),
             E::PolicyRemoved { policy_id, .. } => rows.delete("policy", &policy_id.to_string()),
+            // The hostnames' reservations: the registrations and decommissions say the same.
+            E::HostnameReserved { .. } | E::HostnameReleased { .. } => Ok(()),
         }
     }
 }

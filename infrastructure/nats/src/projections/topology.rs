@@ -319,6 +319,8 @@ impl Topology {
             E::PolicyRemoved { policy_id, .. } => {
                 self.policies.remove(policy_id);
             }
+            // The hostnames' reservations: the registrations and decommissions say the same.
+            E::HostnameReserved { .. } | E::HostnameReleased { .. } => {}
         }
     }
 
