@@ -387,6 +387,25 @@ async fn main() -> Result<(), Error> {
     events += outcome.events.len();
     last = last.max(outcome.last_sequence());
 
+    // Hostnames are unique across every infrastructure: each registration is stored with its
+    // hostname's reservation, checked by the server. Another infrastructure cannot take web-01.
+    let other = InfrastructureId::new();
+    let twin = InfrastructureCommand::RegisterComputeResource {
+        infrastructure_id: other,
+        spec: ComputeResourceSpec::new(
+            ComputeType::VirtualMachine,
+            Hostname::new("web-01")?,
+            SystemArchitecture::new("x86_64-linux")?,
+        ),
+        identity: MessageIdentity::new_from_user("ops@datacentre"),
+    };
+    match repo.execute(&other.into(), twin).await {
+        Err(refused) => {
+            println!("registering web-01 on infrastructure {other}: refused: {refused}")
+        }
+        Ok(_) => return Err("web-01 was registered on two infrastructures".into()),
+    }
+
     // Read your own writes: wait until the projection and the log have seen the last event.
     topology.wait_for(last, Duration::from_secs(30)).await?;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -28,7 +28,8 @@ fn register(infra: InfrastructureId, name: &str) -> InfrastructureCommand {
         spec: ComputeResourceSpec {
             id: ResourceId::new(),
             resource_type: ComputeType::VirtualMachine,
-            hostname: Hostname::new(format!("{name}.dc1.example.com")).expect("host name"),
+            // Hostnames are unique across infrastructures: each infrastructure names its own.
+            hostname: Hostname::new(format!("{name}.{infra}.example.com")).expect("host name"),
             system: SystemArchitecture::new("x86_64-linux").expect("system"),
             capabilities: ResourceCapabilities::default(),
         },

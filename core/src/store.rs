@@ -462,6 +462,25 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     /// Reads every event of the store in stream order, from `from`, with bounded memory.
     fn stream(&self, from: ReadFrom) -> EventStream<'_>;
 
+    /// The aggregate's last event (`None`: it has none).
+    ///
+    /// # Errors
+    ///
+    /// From the server; a [`StoreErrorKind::Decode`] names the sequence of a message that is
+    /// not an event.
+    async fn last_event(
+        &self,
+        aggregate_id: &AggregateId,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        let Some(version) = self.aggregate_version(aggregate_id).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .read_aggregate(aggregate_id, version.saturating_sub(1))
+            .await?
+            .pop())
+    }
+
     /// Appends the events of several aggregates of one domain in one all-or-nothing write,
     /// if each aggregate is at its `expected` version; a part without events is a check only
     /// (the append holds only if that aggregate has not moved). Returns one result per part, in

@@ -23,11 +23,16 @@
 use cim_nats::jetstream::{
     JetStreamEventStore, ProjectionHandle, ProjectionOptions, ProjectionRunner, StoreConfig,
 };
-use cim_nats::{NatsEvent, ProjectionError, Repository, SetupError};
+use cim_nats::{
+    Aggregate, CommandError, CommandOutcome, MessageIdentity, NatsEvent, ProjectionError,
+    Repository, SetupError,
+};
 
 use crate::aggregate::Organization;
+use crate::command::{OrganizationCommand, OrganizationError};
 use crate::directory::Directory;
 use crate::event::OrganizationEvent;
+use crate::ids::{DepartmentId, PersonId};
 
 /// The stream of organization events.
 pub const STREAM_NAME: &str = "ORGANIZATION_EVENTS";
@@ -64,4 +69,79 @@ pub async fn start_directory(
     store: &JetStreamEventStore,
 ) -> Result<ProjectionHandle<Directory>, ProjectionError> {
     ProjectionRunner::start::<Directory>(store, ProjectionOptions::default()).await
+}
+
+/// Moves `person` from department `from` to department `to`, keeping their name and roles: the
+/// removal and the addition are decided together and stored in one atomic write, so the person
+/// is never in both departments nor in neither. Across two organizations, both are checked by
+/// the server at the versions decided on ([`Repository::execute_across`]); a conflict is
+/// decided again up to `retries` times.
+///
+/// # Errors
+///
+/// [`CommandError::Rejected`] with [`OrganizationError::NotAMember`] when the person is not in
+/// `from` (perhaps moved by someone else meanwhile), or another rule of either organization;
+/// [`CommandError::Store`] for a conflict left after the retries, or a store failure.
+pub async fn move_member(
+    organizations: &OrganizationRepository,
+    from: &DepartmentId,
+    to: &DepartmentId,
+    person: PersonId,
+    identity: &MessageIdentity,
+    retries: usize,
+) -> Result<Vec<CommandOutcome<OrganizationEvent>>, CommandError<OrganizationError>> {
+    let remove = || OrganizationCommand::RemoveMember {
+        department: from.clone(),
+        person,
+    };
+    // The addition, as the source organization knows the person.
+    let add = |source: &Organization| -> Result<OrganizationCommand, OrganizationError> {
+        let member = source
+            .department(&from.code)
+            .and_then(|d| d.members.get(&person))
+            .ok_or_else(|| OrganizationError::NotAMember {
+                department: from.clone(),
+                person,
+            })?;
+        Ok(OrganizationCommand::AddMember {
+            department: to.clone(),
+            person,
+            name: member.name.clone(),
+            roles: member.roles.clone(),
+        })
+    };
+    let (source, target) = (from.organization.into(), to.organization.into());
+    if from.organization == to.organization {
+        // One organization: both decided on it, the addition on the state after the removal.
+        let [moved] = organizations
+            .execute_across_as(
+                [&source],
+                |[org]| {
+                    let addition = add(org)?;
+                    let mut events = org.handle(remove())?;
+                    let mut after = org.clone();
+                    for event in &events {
+                        after.apply(event);
+                    }
+                    events.extend(after.handle(addition)?);
+                    Ok([events])
+                },
+                identity,
+                retries,
+            )
+            .await?;
+        return Ok(vec![moved]);
+    }
+    let [removed, added] = organizations
+        .execute_across_as(
+            [&source, &target],
+            |[from_org, to_org]| {
+                let addition = add(from_org)?;
+                Ok([from_org.handle(remove())?, to_org.handle(addition)?])
+            },
+            identity,
+            retries,
+        )
+        .await?;
+    Ok(vec![removed, added])
 }

@@ -192,3 +192,86 @@ async fn a_stored_version_1_event_is_read_as_the_current_variant() {
     assert!(directory.read().await.memberships(ada).is_empty());
     directory.shutdown().await.unwrap();
 }
+
+/// A member moves between two organizations in one atomic write: never in both, never in
+/// neither; two moves of the same person at once: one is stored, the other finds them gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moves_between_organizations_in_one_write() {
+    let (_server, client) = server().await;
+    let store = nats::open_store(client.clone()).await.unwrap();
+    let repo = nats::repository(&store);
+    let (acme, globex, initech) = (
+        OrganizationId::new(),
+        OrganizationId::new(),
+        OrganizationId::new(),
+    );
+    let (from, _) = found_with_platform(&repo, acme).await;
+    let (to, _) = found_with_platform(&repo, globex).await;
+    let (elsewhere, _) = found_with_platform(&repo, initech).await;
+    let ada = PersonId::new();
+    let alice = MessageIdentity::new_from_user("alice");
+    repo.execute_as(
+        &acme.into(),
+        OrganizationCommand::AddMember {
+            department: from.clone(),
+            person: ada,
+            name: "Ada".into(),
+            roles: vec![Role::Lead],
+        },
+        &alice,
+    )
+    .await
+    .unwrap();
+
+    let moved = nats::move_member(&repo, &from, &to, ada, &alice, 3)
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 2);
+    let (removed, added) = (&moved[0], &moved[1]);
+    assert_eq!(
+        added.last_sequence().0,
+        removed.last_sequence().0 + 1,
+        "stored together"
+    );
+    let acme_now = repo.load(&acme.into()).await.unwrap().state;
+    let globex_now = repo.load(&globex.into()).await.unwrap().state;
+    assert!(!acme_now
+        .department(&from.code)
+        .unwrap()
+        .members
+        .contains_key(&ada));
+    let member = &globex_now.department(&to.code).unwrap().members[&ada];
+    assert_eq!(
+        (member.name.as_str(), member.roles.as_slice()),
+        ("Ada", &[Role::Lead][..])
+    );
+
+    // Two moves of Ada out of Globex at once, to Acme and to Initech: one wins.
+    let (a, b) = tokio::join!(
+        nats::move_member(&repo, &to, &from, ada, &alice, 3),
+        nats::move_member(&repo, &to, &elsewhere, ada, &alice, 3),
+    );
+    assert!(a.is_ok() != b.is_ok(), "exactly one move: {a:?} {b:?}");
+    let lost = a.err().or(b.err()).unwrap();
+    assert!(
+        matches!(
+            lost,
+            cim_nats::CommandError::Rejected(
+                cim_domain_organization::OrganizationError::NotAMember { .. }
+            )
+        ),
+        "{lost}"
+    );
+    let mut holding = 0;
+    for (org, dept) in [(acme, &from), (globex, &to), (initech, &elsewhere)] {
+        let state = repo.load(&org.into()).await.unwrap().state;
+        holding += usize::from(
+            state
+                .department(&dept.code)
+                .unwrap()
+                .members
+                .contains_key(&ada),
+        );
+    }
+    assert_eq!(holding, 1, "Ada is in exactly one department");
+}

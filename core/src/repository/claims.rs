@@ -160,13 +160,10 @@ pub(super) fn parts<'a>(
 
 /// Who holds reservation `id`, as its last event says.
 async fn held<A: Aggregate>(store: &dyn EventStore, id: &AggregateId) -> Result<Held, StoreError> {
-    let Some(version) = store.aggregate_version(id).await? else {
+    let Some(last) = store.last_event(id).await? else {
         return Ok(Held::Free(0));
     };
-    let events = store.read_aggregate(id, version.saturating_sub(1)).await?;
-    let Some(last) = events.last() else {
-        return Ok(Held::Free(0));
-    };
+    let last = &last;
     let event = last
         .decode::<A::Event>()
         .map_err(|e| crate::typed::undecodable::<A::Event>(last, e))?;

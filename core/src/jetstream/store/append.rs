@@ -219,6 +219,8 @@ impl JetStreamEventStore {
             // A remembered position saves the lookup; the server's check makes it safe.
             let (position, last) = match self.inner.positions.get(aggregate_id) {
                 Some(p) if expected.accepts(Some(p.version)) => (Some(p), None),
+                // A new aggregate: nothing to look up (the server's check says if it is not).
+                None if expected == ExpectedVersion::NoStream => (None, None),
                 _ => {
                     let last = self.last(&scope).await?;
                     (last.as_ref().map(|l| l.position), last)

@@ -40,6 +40,47 @@ impl JetStreamEventStore {
 
     /// The last event of the aggregate with its id.
     pub(super) async fn last(&self, scope: &str) -> Result<Option<Last>, StoreError> {
+        let raw = self.last_raw(scope).await?;
+        raw.map(|raw| {
+            // A message the client cannot parse may still say its version: an append needs
+            // only that (a load of the aggregate fails, naming the message).
+            let version = codec::aggregate_version(&raw)?;
+            let event_id = codec::event_id(&raw);
+            Ok(Last {
+                position: Position {
+                    version,
+                    sequence: raw.sequence,
+                },
+                event_id,
+                payload: raw.payload.clone(),
+            })
+        })
+        .transpose()
+    }
+
+    /// The last event of `aggregate_id`, decoded (one direct get); its position is remembered
+    /// for the next append.
+    pub(super) async fn last_event_inner(
+        &self,
+        aggregate_id: &AggregateId,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        let scope = Subject::aggregate_scope(self.inner.config.domain(), aggregate_id);
+        let Some(raw) = self.last_raw(&scope).await? else {
+            return Ok(None);
+        };
+        let event = decode_stored(raw)?;
+        self.inner.positions.remember(
+            aggregate_id,
+            Position {
+                version: event.aggregate_version,
+                sequence: event.stream_sequence.0,
+            },
+        );
+        Ok(Some(event))
+    }
+
+    /// The last message on `scope`, as stored.
+    async fn last_raw(&self, scope: &str) -> Result<Option<RawMessage>, StoreError> {
         let raw = if self.is_unparseable(scope) {
             self.safe_get(&MsgGet {
                 last_by_subj: Some(scope),
@@ -76,21 +117,7 @@ impl JetStreamEventStore {
                 }
             }
         };
-        raw.map(|raw| {
-            // A message the client cannot parse may still say its version: an append needs
-            // only that (a load of the aggregate fails, naming the message).
-            let version = codec::aggregate_version(&raw)?;
-            let event_id = codec::event_id(&raw);
-            Ok(Last {
-                position: Position {
-                    version,
-                    sequence: raw.sequence,
-                },
-                event_id,
-                payload: raw.payload.clone(),
-            })
-        })
-        .transpose()
+        Ok(raw)
     }
 
     /// One message by its stream sequence.

@@ -187,6 +187,14 @@ impl EventStore for JetStreamEventStore {
         JetStreamEventStore::append_multi(self, parts).await
     }
 
+    async fn last_event(
+        &self,
+        aggregate_id: &AggregateId,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        let result = self.last_event_inner(aggregate_id).await;
+        self.reclassify(result).await
+    }
+
     async fn read_aggregate(
         &self,
         aggregate_id: &AggregateId,

@@ -79,6 +79,8 @@ impl JetStreamEventStore {
             for (part, scope) in parts.iter().zip(&scopes) {
                 let position = match self.inner.positions.get(&part.aggregate_id) {
                     Some(p) if part.expected.accepts(Some(p.version)) => Some(p),
+                    // New: nothing to look up (the server's check says if it is not).
+                    None if part.expected == ExpectedVersion::NoStream => None,
                     _ => self.last(scope).await?.map(|l| l.position),
                 };
                 moved |= !part.expected.accepts(position.map(|p| p.version));
