@@ -37,26 +37,36 @@ fn register(infra: InfrastructureId, name: &str) -> InfrastructureCommand {
     }
 }
 
-/// The JSON of a registration event as the domain decides it, for the raw side.
-fn registration_payload() -> Bytes {
+/// The JSON of a registration event and of its hostname's reservation as the domain decides
+/// them, for the raw side.
+fn registration_payloads() -> (Bytes, Bytes) {
     let infra = InfrastructureId::new();
     let events = InfrastructureAggregate::new(infra)
         .handle(register(infra, "raw"))
         .expect("a registration");
-    Bytes::from(serde_json::to_vec(&events[0]).expect("json"))
+    (
+        Bytes::from(serde_json::to_vec(&events[0]).expect("json")),
+        Bytes::from(serde_json::to_vec(&events[1]).expect("json")),
+    )
 }
 
 fn repository(store: &Arc<JetStreamEventStore>) -> Repository<InfrastructureAggregate> {
     Repository::<InfrastructureAggregate>::new(Arc::clone(store)).with_cache(100)
 }
 
-/// The headers the store puts on a registration (the expectation on the first event only).
-fn headers(aggregate: &str, version: u64, expect_after: Option<u64>) -> HeaderMap {
+/// The headers the store puts on an event: a registration, or a hostname's reservation
+/// (`kind`), with the expectation on its aggregate's (or reservation's) scope where given.
+fn headers(
+    kind: (&str, &str),
+    aggregate: &str,
+    version: u64,
+    expect_after: Option<u64>,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(h::MSG_ID, EventId::new().to_string().as_str());
-    headers.insert(h::EVENT_TYPE, "ComputeResourceRegistered");
+    headers.insert(h::EVENT_TYPE, kind.0);
     headers.insert(h::EVENT_VERSION, "1");
-    headers.insert(h::AGGREGATE_TYPE, "compute");
+    headers.insert(h::AGGREGATE_TYPE, kind.1);
     headers.insert(h::AGGREGATE_ID, aggregate);
     headers.insert(h::AGGREGATE_VERSION, version.to_string().as_str());
     headers.insert(h::TIMESTAMP, chrono::Utc::now().to_rfc3339().as_str());
@@ -72,51 +82,86 @@ fn headers(aggregate: &str, version: u64, expect_after: Option<u64>) -> HeaderMa
     headers
 }
 
-/// Raw async-nats: `n` registrations on one aggregate, one writer, either one plain publish
-/// each (`group` 1) or atomic batches of `group`, each with the aggregate's expectation; the
-/// latency of each append.
+/// Raw async-nats doing what a registration is: for each machine, a look at its hostname's
+/// reservation (one direct get: free), then atomic batches of `group` registrations on one
+/// aggregate, each with its hostname's reservation event, the aggregate's expectation on its
+/// first event and each reservation's on its own; the latency of each append.
 async fn raw_writes(client: &async_nats::Client, n: usize, group: usize) -> (Duration, Samples) {
+    const REGISTERED: (&str, &str) = ("ComputeResourceRegistered", "compute");
+    const RESERVED: (&str, &str) = ("HostnameReserved", "hostname");
     let js = async_nats::jetstream::new(client.clone());
+    let stream = js
+        .get_stream("INFRASTRUCTURE_EVENTS")
+        .await
+        .expect("stream");
     let aggregate = InfrastructureId::new().to_string();
     let subject = format!("infrastructure.compute.registered.{aggregate}");
-    let payload = registration_payload();
+    let (payload, reserved) = registration_payloads();
     let (mut version, mut last) = (0u64, 0u64);
     let mut latencies = Samples::default();
     let started = Instant::now();
     let mut left = n;
+    let mut machine = 0usize;
     while left > 0 {
         let size = group.min(left) as u64;
         let t = Instant::now();
-        if size == 1 {
-            last = js
-                .publish_with_headers(
+        let mut reservations = Vec::with_capacity(size as usize);
+        for _ in 0..size {
+            machine += 1;
+            let id = cim_nats::Reservation::new(
+                "hostname",
+                format!("raw-{machine}.{aggregate}.example.com"),
+            )
+            .id();
+            let free = stream
+                .direct_get_last_for_subject(format!("infrastructure.*.*.{id}"))
+                .await
+                .is_err();
+            assert!(free, "a new hostname is free");
+            reservations.push(id.as_str().to_owned());
+        }
+        let batch = uuid::Uuid::new_v4().simple().to_string();
+        let count = 2 * size;
+        let mut sent = 0;
+        for i in 1..=size {
+            let messages = [
+                (
                     subject.clone(),
-                    headers(&aggregate, version + 1, Some(last)),
+                    headers(
+                        REGISTERED,
+                        &aggregate,
+                        version + i,
+                        (i == 1).then_some(last),
+                    ),
                     payload.clone(),
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("stored")
-                .sequence;
-        } else {
-            let batch = uuid::Uuid::new_v4().simple().to_string();
-            for i in 1..=size {
-                let mut headers = headers(&aggregate, version + i, (i == 1).then_some(last));
+                ),
+                (
+                    format!(
+                        "infrastructure.hostname.reserved.{}",
+                        reservations[i as usize - 1]
+                    ),
+                    headers(RESERVED, &reservations[i as usize - 1], 1, Some(0)),
+                    reserved.clone(),
+                ),
+            ];
+            for (subject, mut headers, payload) in messages {
+                sent += 1;
                 headers.insert(h::BATCH_ID, batch.as_str());
-                headers.insert(h::BATCH_SEQUENCE, i.to_string().as_str());
-                if i == size {
+                headers.insert(h::BATCH_SEQUENCE, sent.to_string().as_str());
+                if sent == count {
                     headers.insert(h::BATCH_COMMIT, "1");
                     let reply = client
-                        .request_with_headers(subject.clone(), headers, payload.clone())
+                        .request_with_headers(subject, headers, payload)
                         .await
                         .expect("commit");
                     let ack: serde_json::Value =
                         serde_json::from_slice(&reply.payload).expect("ack");
-                    last = ack["seq"].as_u64().expect("a stored batch");
+                    assert!(ack["seq"].as_u64().is_some(), "a stored batch: {ack}");
+                    // The aggregate's last event: its last registration, one before the end.
+                    last = ack["seq"].as_u64().unwrap_or(0) - 1;
                 } else {
                     client
-                        .publish_with_headers(subject.clone(), headers, payload.clone())
+                        .publish_with_headers(subject, headers, payload)
                         .await
                         .expect("publish");
                 }
@@ -155,8 +200,8 @@ pub(crate) async fn one_aggregate_32_tasks(
         .round()
         .max(1.0) as usize;
 
-    // Raw async-nats making the same writes the lanes chose: one at a time, or batches of the
-    // mean group size.
+    // Raw async-nats making the same writes the lanes chose: batches of the mean group size,
+    // each registration with its hostname's reservation.
     let (raw_elapsed, raw_latencies) = raw_writes(client, total, group).await;
     let raw_rate = total as f64 / raw_elapsed.as_secs_f64();
 
@@ -164,12 +209,8 @@ pub(crate) async fn one_aggregate_32_tasks(
     let old_rate = load_save_run(&store, window).await;
 
     let case = format!(
-        "32 tasks on ONE aggregate registering distinct machines (raw: same writes, {})",
-        if group == 1 {
-            "one at a time".to_owned()
-        } else {
-            format!("atomic batches of {group}")
-        }
+        "32 tasks on ONE aggregate registering distinct machines, each hostname reserved \
+         (raw: same reads and writes, atomic batches of {group} registrations)"
     );
     rows.push(Row::throughput(&case, "commands/s", lanes_rate, raw_rate));
     rows.push(Row::latency(

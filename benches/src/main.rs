@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--quick]`: cim-nats against raw async-nats doing the same JetStream work,
 //! on one server in one run, printed as a Markdown table of both figures and their ratio.
 
+mod across;
 mod harness;
 mod hot;
 mod project;
@@ -30,11 +31,12 @@ struct Options {
 }
 
 /// The cases, by the names `--only` takes.
-const CASES: [&str; 14] = [
+const CASES: [&str; 15] = [
     "append",
     "pipelined",
     "batch",
     "commands",
+    "across",
     "hot",
     "growing",
     "load",
@@ -524,6 +526,9 @@ async fn main() {
     }
     if options.runs("commands") {
         write::commands(&client, reps, if quick { 3_200 } else { 32_000 }, &mut rows).await;
+    }
+    if options.runs("across") {
+        across::two_aggregates(&client, if quick { 20 } else { 200 }, &mut rows).await;
     }
     let big = if quick { 5_000 } else { 50_000 };
     if options.runs("load") {

@@ -139,7 +139,7 @@ async fn raw_batch(
     last
 }
 
-async fn store(client: &async_nats::Client, domain: &str) -> JetStreamEventStore {
+pub(crate) async fn store(client: &async_nats::Client, domain: &str) -> JetStreamEventStore {
     JetStreamEventStore::new(client.clone(), StoreConfig::for_domain(domain))
         .await
         .expect("store")

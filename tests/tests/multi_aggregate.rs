@@ -317,3 +317,126 @@ async fn a_check_on_an_aggregate_only_read_holds_the_decision_and_readers_pass_o
         );
     }
 }
+
+/// Transfers go on across the death (`SIGKILL`) of the stream's leader on a 3-node cluster:
+/// each transfer is stored once or not at all (a write whose answer was lost is sent again
+/// unchanged and recognised), and the total holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_survive_a_killed_stream_leader() {
+    use cim_nats::testing::NatsCluster;
+    const WAIT: Duration = Duration::from_secs(60);
+    let mut cluster = NatsCluster::start(3).unwrap_or_else(|e| panic!("{e}"));
+    cluster
+        .wait_for_jetstream(WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let urls = cluster.urls();
+    let client = async_nats::connect(&urls[..]).await.expect("connect");
+    let config = StoreConfig::for_domain("bank").with_replicas(3);
+    let deadline = std::time::Instant::now() + WAIT;
+    let store = loop {
+        match JetStreamEventStore::new(client.clone(), config.clone()).await {
+            Ok(store) => break store,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("store not ready yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("store: {e}"),
+        }
+    };
+    let repo = Arc::new(Repository::<Account>::new(store.clone()).with_cache(100));
+    for i in 0..ACCOUNTS {
+        repo.execute_with_retry(
+            &account(i),
+            move || AccountCommand::Open {
+                owner: format!("owner {i}"),
+            },
+            3,
+        )
+        .await
+        .expect("open");
+        repo.execute_with_retry(&account(i), || AccountCommand::Deposit(OPENING), 3)
+            .await
+            .expect("deposit");
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    const TOTAL: u64 = 400;
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let (repo, done, refused) = (Arc::clone(&repo), Arc::clone(&done), Arc::clone(&refused));
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x2545_F491_4F6C_DD1Du64 ^ (t + 1);
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            while done.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) < TOTAL {
+                let from = (next() % ACCOUNTS as u64) as usize;
+                let to = (from + 1 + (next() % (ACCOUNTS as u64 - 1)) as usize) % ACCOUNTS;
+                let amount = 1 + next() % 300;
+                match repo
+                    .execute_across(
+                        [&account(from), &account(to)],
+                        move |states| transfer(states, amount),
+                        1_000,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(cim_nats::CommandError::Rejected(_)) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => panic!("a transfer failed across the election: {e}"),
+                }
+            }
+        }));
+    }
+    cim_nats::testing::wait_until(WAIT, "a quarter of the transfers", || {
+        let n = done.load(Ordering::Relaxed);
+        async move { n >= TOTAL / 4 }
+    })
+    .await;
+    let js = async_nats::jetstream::new(client.clone());
+    let leader = js
+        .get_stream(store.stream_name())
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("a leader");
+    let victim = leader
+        .trim_start_matches('n')
+        .parse::<usize>()
+        .expect("n<i>")
+        - 1;
+    let at_kill = done.load(Ordering::Relaxed);
+    tokio::task::block_in_place(|| cluster.server_mut(victim).expect("server").kill());
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let done = done.load(Ordering::Relaxed);
+    assert!(done > at_kill, "transfers went on after the kill");
+
+    let events = store.read_all().await.expect("read");
+    let withdrawals = events
+        .iter()
+        .filter(|e| e.event_type == "Withdrawn")
+        .count() as u64;
+    assert_eq!(withdrawals, done, "each transfer stored exactly once");
+    let balances = replayed(&events);
+    let total: i128 = balances.values().sum();
+    assert_eq!(total, i128::from(OPENING) * ACCOUNTS as i128);
+    eprintln!(
+        "{done} transfers ({} refused for funds), leader {leader} killed after {at_kill}",
+        refused.load(Ordering::Relaxed)
+    );
+}

@@ -179,10 +179,28 @@ impl<A: Aggregate> Repository<A> {
         identity: Option<&MessageIdentity>,
         retries: &mut usize,
     ) -> Result<[CommandOutcome<A::Event>; N], CommandError<A::Error>> {
+        // Reading before anything is sent is safe to try again while the server is away (a
+        // leader election): until the outcome deadline.
+        let deadline = Instant::now() + self.outcome_deadline;
+        let mut pause = Duration::from_millis(20);
         loop {
             let mut loaded = Vec::with_capacity(N);
+            let mut unavailable = None;
             for id in ids {
-                loaded.push(self.load_cached(id).await?);
+                match self.load_cached(id).await {
+                    Ok(state) => loaded.push(state),
+                    Err(e) if e.is_transient() && Instant::now() < deadline => {
+                        unavailable = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(CommandError::Store(e)),
+                }
+            }
+            if let Some(e) = unavailable {
+                tracing::debug!(error = %e, "loading for a decision failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
             }
             let states: [&A; N] = std::array::from_fn(|i| &loaded[i].state);
             let decided = match catch_unwind(AssertUnwindSafe(|| decide(states))) {
