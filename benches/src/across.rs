@@ -37,7 +37,7 @@ fn headers(aggregate: &str, version: u64, last: u64, batch: &str, at: usize) -> 
     headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
     headers.insert(
         h::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-        format!("pairs.*.*.{aggregate}").as_str(),
+        format!("ledger.*.*.{aggregate}").as_str(),
     );
     headers.insert(h::BATCH_ID, batch);
     headers.insert(h::BATCH_SEQUENCE, at.to_string().as_str());
@@ -75,7 +75,9 @@ where
             }
         });
     }
-    while set.join_next().await.is_some() {}
+    while let Some(done) = set.join_next().await {
+        done.expect("a task of the case");
+    }
     let elapsed = started.elapsed();
     let latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
     Measured { elapsed, latencies }
@@ -87,9 +89,10 @@ pub(crate) async fn two_aggregates(
     per_task: usize,
     rows: &mut Vec<Row>,
 ) {
-    let store = crate::write::store(client, "pairs").await;
+    // The ledger's stream (the commands case's too), on aggregates of their own.
+    let store = crate::write::store(client, "ledger").await;
     let repo = Arc::new(Repository::<Ledger>::new(store).with_cache(2_000));
-    let id = |round: &str, a: usize| AggregateId::new(format!("{round}{a}")).expect("id");
+    let id = |round: &str, a: usize| AggregateId::new(format!("pair-{round}{a}")).expect("id");
 
     let across = {
         let repo = Arc::clone(&repo);
@@ -137,10 +140,10 @@ pub(crate) async fn two_aggregates(
                     )
                 };
                 let batch = uuid::Uuid::new_v4().simple().to_string();
-                let (na, nb) = (format!("r{a}"), format!("r{b}"));
+                let (na, nb) = (format!("pair-r{a}"), format!("pair-r{b}"));
                 client
                     .publish_with_headers(
-                        format!("pairs.book.recorded.{na}"),
+                        format!("ledger.book.recorded.{na}"),
                         headers(&na, va + 1, la, &batch, 1),
                         debit,
                     )
@@ -149,7 +152,7 @@ pub(crate) async fn two_aggregates(
                 let mut last = headers(&nb, vb + 1, lb, &batch, 2);
                 last.insert(h::BATCH_COMMIT, "1");
                 let reply = client
-                    .request_with_headers(format!("pairs.book.recorded.{nb}"), last, credit)
+                    .request_with_headers(format!("ledger.book.recorded.{nb}"), last, credit)
                     .await
                     .expect("commit");
                 let ack: serde_json::Value = serde_json::from_slice(&reply.payload).expect("ack");

@@ -125,7 +125,11 @@ async fn random_registrations_and_decommissions_never_hold_a_hostname_twice() {
     let (store, repo) = repository(&client).await;
     let (_other_store, other) = repository(&client).await;
     const TASKS: u64 = 16;
-    const OPERATIONS: u64 = 2_000;
+    // 2,000 here; `cargo xtask soak` runs 10,000.
+    let operations: u64 = std::env::var("CIM_SOAK_HOSTNAME_OPERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
     const NAMES: u64 = 50;
     let infras: Arc<Vec<InfrastructureId>> =
         Arc::new((0..4).map(|_| InfrastructureId::new()).collect());
@@ -151,7 +155,7 @@ async fn random_registrations_and_decommissions_never_hold_a_hostname_twice() {
                 x ^= x << 17;
                 x
             };
-            for _ in 0..OPERATIONS / TASKS {
+            for _ in 0..operations / TASKS {
                 let infra = infras[(next() % infras.len() as u64) as usize];
                 let name = format!("host-{}.example.com", next() % NAMES);
                 let hostname = Hostname::new(&name).unwrap();
@@ -289,7 +293,7 @@ async fn random_registrations_and_decommissions_never_hold_a_hostname_twice() {
         );
     }
     eprintln!(
-        "{OPERATIONS} operations by {TASKS} tasks: {registered} registered, {decommissioned} \
+        "{operations} operations by {TASKS} tasks: {registered} registered, {decommissioned} \
          decommissioned, {taken} refused as taken elsewhere"
     );
 }

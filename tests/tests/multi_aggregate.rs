@@ -49,6 +49,16 @@ async fn setup() -> (
     (server, client, store, repo)
 }
 
+/// A count from the environment (the soak run's), or `default`, rounded down to a multiple of
+/// 16 tasks.
+fn count(var: &str, default: u64) -> u64 {
+    let n = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    n - n % 16
+}
+
 /// A transfer: a withdrawal from one account and a deposit to another, decided together.
 fn transfer(
     [from, to]: [&Account; 2],
@@ -95,7 +105,8 @@ async fn concurrent_transfers_keep_the_total_and_the_stream_agrees() {
         .expect("store");
     let other = Arc::new(Repository::<Account>::new(other_store).with_cache(1_000));
     const TASKS: u64 = 16;
-    const TRANSFERS: u64 = 2_000;
+    // 2,000 here; `cargo xtask soak` runs 10,000.
+    let transfers = count("CIM_SOAK_TRANSFERS", 2_000);
     let decisions = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -111,7 +122,7 @@ async fn concurrent_transfers_keep_the_total_and_the_stream_agrees() {
                 x ^= x << 17;
                 x
             };
-            for _ in 0..TRANSFERS / TASKS {
+            for _ in 0..transfers / TASKS {
                 let from = (next() % ACCOUNTS as u64) as usize;
                 let mut to = (next() % ACCOUNTS as u64) as usize;
                 if to == from {
@@ -182,7 +193,7 @@ async fn concurrent_transfers_keep_the_total_and_the_stream_agrees() {
         );
     }
     eprintln!(
-        "{TRANSFERS} transfers by {TASKS} tasks: {stored_transfers} stored, {refused} refused \
+        "{transfers} transfers by {TASKS} tasks: {stored_transfers} stored, {refused} refused \
          for funds, {} decisions",
         decisions
     );

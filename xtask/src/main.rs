@@ -7,7 +7,8 @@
 //!   build).
 //! - `soak [--quick | --long | --seconds N]`: provision nats-server, then run the load and soak
 //!   program (release build, a process of its own): 60 s, 10 s with `--quick`, 10 min with
-//!   `--long`.
+//!   `--long`; then the decisions across aggregates at soak size (10,000 transfers between
+//!   accounts, 10,000 hostname registrations and decommissions, the test suite's checks).
 //! - `modules`: list the modules of `core/src` that import each other (none, or it fails).
 //! - `provision`: only find or install nats-server, and print what was found or installed.
 //!
@@ -292,6 +293,27 @@ fn soak(bin: &Path, args: &[OsString]) -> Result<(), String> {
             "--",
         ])
         .args(args);
+    run(cmd)?;
+    // The decisions across aggregates at soak size: 10,000 transfers, 10,000 hostname
+    // registrations and decommissions, with the test suite's checks.
+    let mut cmd = cargo();
+    cmd.env("NATS_SERVER_BIN", bin)
+        .env("CIM_SOAK_TRANSFERS", "10000")
+        .env("CIM_SOAK_HOSTNAME_OPERATIONS", "10000")
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "cim-nats-tests",
+            "--test",
+            "multi_aggregate",
+            "--test",
+            "hostname_unique",
+            "--",
+            "concurrent_transfers",
+            "random_registrations",
+            "--nocapture",
+        ]);
     run(cmd)
 }
 
