@@ -163,8 +163,8 @@ async fn concurrent_transfers_keep_the_total_and_the_stream_agrees() {
     // Conflicts between the two services happened, and each was decided again (no transfer
     // failed with one): more decisions than transfers.
     assert!(
-        decisions > TRANSFERS,
-        "{decisions} decisions for {TRANSFERS} transfers"
+        decisions > transfers,
+        "{decisions} decisions for {transfers} transfers"
     );
 
     let events = store.read_all().await.expect("read");
@@ -175,7 +175,7 @@ async fn concurrent_transfers_keep_the_total_and_the_stream_agrees() {
     let balances = replayed(&events);
     assert_eq!(
         stored_transfers + refused,
-        TRANSFERS,
+        transfers,
         "each transfer stored once or refused"
     );
     let total: i128 = balances.values().sum();
