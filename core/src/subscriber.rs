@@ -131,6 +131,13 @@ pub trait EventHandler: Send + Sync {
     async fn handle_delivery(&self, delivery: Delivery) -> Result<(), HandlerError> {
         self.handle(delivery.event).await
     }
+
+    /// The routing subjects (`{domain}.{entity}.{operation}`) of every event this handler
+    /// reads, when it knows them (a [`TypedHandler`]: its event enum's): a subscriber refuses a
+    /// subject filter that matches none of them. `None` (the default): any subject.
+    fn event_subjects(&self) -> Option<&'static [&'static str]> {
+        None
+    }
 }
 
 #[async_trait]
@@ -141,6 +148,10 @@ impl<H: EventHandler + ?Sized> EventHandler for Arc<H> {
 
     async fn handle_delivery(&self, delivery: Delivery) -> Result<(), HandlerError> {
         (**self).handle_delivery(delivery).await
+    }
+
+    fn event_subjects(&self) -> Option<&'static [&'static str]> {
+        (**self).event_subjects()
     }
 }
 
@@ -501,6 +512,10 @@ where
             .into_envelope::<E>()
             .map_err(|e| HandlerError::from(e).permanent())?;
         (self.f)(envelope).await
+    }
+
+    fn event_subjects(&self) -> Option<&'static [&'static str]> {
+        Some(E::SUBJECTS)
     }
 }
 

@@ -21,11 +21,12 @@ use crate::subscriber::EventHandler;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum DeliverPolicy {
-    /// Only events stored after the subscription starts (the default, like a live
-    /// subscription).
+    /// Only events stored after the subscription starts, like a live subscription (the default
+    /// of an ephemeral subscriber).
     #[default]
     New,
-    /// Every event, from the first.
+    /// Every event, from the first (the default of a new durable consumer: a new handler of a
+    /// domain's events starts from its history).
     All,
     /// From this stream sequence on (inclusive). With subjects of several streams, it applies
     /// to each stream.
@@ -102,8 +103,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 /// Builds an [`EventSubscriber`]: a JetStream pull consumer per stream, delivering to a handler.
 ///
 /// Required: [`client`](Self::client), at least one [`subject`](Self::subject), and a
-/// [`handler`](Self::handler). Defaults: ephemeral (deleted when the subscription ends),
-/// [`DeliverPolicy::New`], 64 events in flight, ack wait 30 s, 5 deliveries with a backoff of
+/// [`handler`](Self::handler). Defaults: ephemeral (deleted when the subscription ends) and
+/// [`DeliverPolicy::New`] (a new [`durable`](Self::durable) consumer: [`DeliverPolicy::All`]),
+/// 64 events in flight, ack wait 30 s, 5 deliveries with a backoff of
 /// 0.5 s, 2 s, 10 s, 30 s between them, then the dead letter (stream `DLQ`, subjects
 /// `dlq.{stream}.{consumer}`), shutdown timeout 30 s.
 ///
@@ -139,6 +141,8 @@ pub struct EventSubscriberBuilder {
     subjects: Vec<String>,
     handler: Option<Arc<dyn EventHandler>>,
     options: Options,
+    /// Was a deliver policy given? Else a durable consumer starts with every event.
+    deliver_given: bool,
 }
 
 impl fmt::Debug for EventSubscriberBuilder {
@@ -197,10 +201,14 @@ impl EventSubscriberBuilder {
         self
     }
 
-    /// Where a new consumer starts (default [`DeliverPolicy::New`]).
+    /// Where a new consumer starts. Default: [`DeliverPolicy::All`] for a new durable consumer
+    /// (a new handler reads the history), [`DeliverPolicy::New`] for an ephemeral one (a live
+    /// subscription). A durable consumer that exists resumes where it stopped, whatever this
+    /// says; where each consumer starts is logged (`info`).
     #[must_use]
     pub fn deliver_policy(mut self, policy: DeliverPolicy) -> Self {
         self.options.deliver = policy;
+        self.deliver_given = true;
         self
     }
 
@@ -313,7 +321,8 @@ impl EventSubscriberBuilder {
     ///
     /// [`SubscriberErrorKind::MissingClient`], [`SubscriberErrorKind::MissingHandler`],
     /// [`SubscriberErrorKind::NoSubjects`], or [`SubscriberErrorKind::InvalidConfig`] naming the
-    /// invalid option.
+    /// invalid option, or a subject that matches none of a typed handler's events (naming the
+    /// nearest one).
     pub fn build(self) -> Result<EventSubscriber, SubscriberError> {
         let client = self
             .client
@@ -334,11 +343,33 @@ impl EventSubscriberBuilder {
             if let Err(e) = validate_subject(&subject, true) {
                 return invalid(format!("subject: {e}"));
             }
+            if let Some(known) = handler.event_subjects() {
+                // A typed handler's events: a filter that matches none of them would subscribe
+                // and never receive anything.
+                if !known
+                    .iter()
+                    .any(|routing| overlap(&subject, &format!("{routing}.*")))
+                {
+                    let nearest = known
+                        .iter()
+                        .map(|routing| format!("{routing}.*"))
+                        .min_by_key(|candidate| distance(&subject, candidate))
+                        .unwrap_or_default();
+                    return invalid(format!(
+                        "subject {subject:?} matches none of the handler's events; the nearest \
+                         is {nearest:?}"
+                    ));
+                }
+            }
             if !subjects.contains(&subject) {
                 subjects.push(subject);
             }
         }
-        let o = &self.options;
+        let mut options = self.options;
+        if options.durable.is_some() && !self.deliver_given {
+            options.deliver = DeliverPolicy::All;
+        }
+        let o = &options;
         if let Some(name) = &o.durable {
             if let Err(e) = validate_token(name) {
                 return invalid(format!("durable name: {e}"));
@@ -378,7 +409,62 @@ impl EventSubscriberBuilder {
             client,
             subjects,
             handler,
-            options: Arc::new(self.options),
+            options: Arc::new(options),
         })
+    }
+}
+
+/// Can a message match both subject filters?
+fn overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(">"), _) | (_, Some(">")) => return true,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The edit distance between two subjects, by characters.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{distance, overlap};
+
+    #[test]
+    fn filters_overlap_token_by_token() {
+        assert!(overlap("bank.account.opened.*", "bank.account.opened.*"));
+        assert!(overlap("bank.>", "bank.account.opened.*"));
+        assert!(overlap("bank.*.opened.a1", "bank.account.opened.*"));
+        assert!(overlap(">", "bank.account.opened.*"));
+        assert!(!overlap("bank.account.opend.*", "bank.account.opened.*"));
+        assert!(!overlap("bank.account.opened", "bank.account.opened.*"));
+        assert!(!overlap("shop.>", "bank.account.opened.*"));
+    }
+
+    #[test]
+    fn the_nearest_subject_is_the_fewest_edits_away() {
+        assert_eq!(
+            distance("library.loan.overdeu.*", "library.loan.overdue.*"),
+            2
+        );
+        assert_eq!(distance("a", "a"), 0);
+        assert_eq!(distance("", "abc"), 3);
     }
 }

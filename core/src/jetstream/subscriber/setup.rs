@@ -290,6 +290,7 @@ pub(crate) async fn create_consumer(
     };
     let client = js.client();
     let mut config = consumer_config(subjects, options)?;
+    let mut resumes = false;
     let handle = js
         .get_stream_no_info(stream)
         .await
@@ -308,6 +309,7 @@ pub(crate) async fn create_consumer(
                     ))));
                 }
                 config.deliver_policy = info.config.deliver_policy;
+                resumes = true;
             }
             Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {}
             Err(e) => return Err(failed(&info_subject, e.into())),
@@ -315,10 +317,31 @@ pub(crate) async fn create_consumer(
     }
     let create_subject = create_subject(stream, &config);
     let needs = [Need::Publish(&create_subject), Need::ReplyInbox];
-    permissions::unless_denied(&client, &needs, handle.create_consumer(config))
+    let start = config.deliver_policy;
+    let consumer = permissions::unless_denied(&client, &needs, handle.create_consumer(config))
         .await
         .map_err(refused)?
-        .map_err(|e| failed(&create_subject, e.into()))
+        .map_err(|e| failed(&create_subject, e.into()))?;
+    let info = consumer.cached_info();
+    if resumes {
+        tracing::info!(
+            stream,
+            consumer = %info.name,
+            after = info.ack_floor.stream_sequence,
+            pending = info.num_pending,
+            "durable consumer resumes after its last acknowledged event"
+        );
+    } else {
+        tracing::info!(
+            stream,
+            consumer = %info.name,
+            durable = options.durable.is_some(),
+            start = ?start,
+            pending = info.num_pending,
+            "consumer created"
+        );
+    }
+    Ok(consumer)
 }
 
 /// The subject `async-nats` sends a consumer's creation to.
