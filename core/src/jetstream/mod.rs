@@ -5,6 +5,7 @@ mod codec;
 mod config;
 mod kv;
 mod order;
+mod partition;
 mod projection;
 mod read;
 mod read_model;
@@ -15,6 +16,7 @@ mod store;
 
 pub use crate::store::MAX_EVENTS_PER_APPEND;
 pub use config::{Storage, StoreConfig};
+pub use partition::{partition_of, PartitionedView, PARTITION_PREFIX};
 pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
 pub use read_model::{
     checkpoint_key, checkpoint_partition, follow_bucket, parse_row_key, row_key, BucketEntry,
