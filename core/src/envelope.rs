@@ -150,6 +150,35 @@ impl<E> Envelope<E> {
         &self.stored.aggregate_id
     }
 
+    /// The aggregate instance as the domain's typed id (any `FromStr`, e.g. an id made with
+    /// `#[derive(EntityId)]`).
+    ///
+    /// # Errors
+    ///
+    /// The id's own parse error, when the stored id is not one of that type.
+    ///
+    /// ```
+    /// use cim_nats::{Envelope, EntityId, EventId, NatsEvent};
+    ///
+    /// #[derive(EntityId)]
+    /// #[entity_id(aggregate)]
+    /// struct AccountId(uuid::Uuid);
+    ///
+    /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, NatsEvent)]
+    /// #[nats_event(domain = "bank", aggregate = "account")]
+    /// enum AccountEvent {
+    ///     #[nats_event(operation = "opened")]
+    ///     Opened { #[nats_event(event_id)] id: EventId },
+    /// }
+    ///
+    /// # fn check(envelope: Envelope<AccountEvent>) -> Result<(), cim_nats::IdParseError> {
+    /// let account: AccountId = envelope.typed_aggregate_id()?;
+    /// # let _ = account; Ok(()) }
+    /// ```
+    pub fn typed_aggregate_id<T: std::str::FromStr>(&self) -> Result<T, T::Err> {
+        self.stored.aggregate_id.as_str().parse()
+    }
+
     /// The event's id.
     pub fn event_id(&self) -> EventId {
         self.stored.event_id

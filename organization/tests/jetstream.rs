@@ -134,22 +134,14 @@ async fn a_stored_version_1_event_is_read_as_the_current_variant() {
             "role": "manager",
         }
     });
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
-    headers.insert("Cim-Event-Type", "MemberJoined");
-    headers.insert("Cim-Event-Version", "1");
-    headers.insert("Cim-Aggregate-Version", "3");
-    let ack = async_nats::jetstream::new(client.clone())
-        .publish_with_headers(
-            format!("organization.member.joined.{org}"),
-            headers,
-            serde_json::to_vec(&body).unwrap().into(),
-        )
-        .await
-        .unwrap()
+    let stored = cim_nats::testing::RawEvent::new("organization.member.joined", org.to_string(), 3)
+        .event_type("MemberJoined", 1)
+        .event_id(event_id)
+        .body(body)
+        .publish(&client)
         .await
         .unwrap();
-    assert_eq!(ack.stream, nats::STREAM_NAME);
+    assert_eq!(stored, StreamSequence(3));
 
     let events = store
         .load_events::<OrganizationEvent>(&org.into(), 2)

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cim_nats::jetstream::subscriber::{DeliverPolicy, EventSubscriberBuilder};
-use cim_nats::jetstream::{JetStreamEventStore, StoreConfig};
 use cim_nats::subscriber::FnEventHandler;
 use cim_nats::{
     AggregateId, Envelope, HandlerError, Repository, StoredEvent, SubscriberErrorKind, TypedHandler,
@@ -77,11 +76,11 @@ async fn a_typed_handler_refuses_a_subject_none_of_its_events_has_naming_the_nea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_durable_consumer_reads_the_history_and_an_ephemeral_one_only_what_comes() {
-    let (_server, client) = support::server().await;
-    let store = JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("bank"))
+    let test = cim_nats::testing::TestStore::start("bank")
         .await
-        .expect("store");
-    let repo = Repository::<Account>::new(store);
+        .expect("fixture");
+    let client = test.client.clone();
+    let repo = Repository::<Account>::new(test.store.clone());
     let id = AggregateId::new("acc-1").unwrap();
     repo.execute(
         &id,

@@ -20,11 +20,13 @@
 //! ```
 
 mod binary;
+mod fixture;
 mod raw;
 mod server;
 mod wait;
 
 pub use binary::{find_nats_server, NatsServerBinary, LOCAL_DIR};
+pub use fixture::{RawEvent, TestStore};
 pub use raw::publish_raw;
 pub use server::{NatsCluster, NatsServer, NatsServerBuilder, TestServerError};
 pub use wait::wait_until;
