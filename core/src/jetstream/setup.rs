@@ -64,6 +64,11 @@ pub enum SetupErrorKind {
     },
     /// Talking to the server failed.
     Connection,
+    /// The stream to attach to does not exist ([`crate::jetstream::JetStreamEventStore::attach`]).
+    StreamNotFound {
+        /// The stream's name.
+        stream: String,
+    },
 }
 
 impl fmt::Display for SetupErrorKind {
@@ -105,6 +110,7 @@ impl fmt::Display for SetupErrorKind {
                 write!(f, "server error {code}: {description}")
             }
             Self::Connection => write!(f, "connection to the server failed"),
+            Self::StreamNotFound { stream } => write!(f, "no stream {stream:?} on the server"),
         }
     }
 }

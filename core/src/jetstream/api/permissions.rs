@@ -322,13 +322,13 @@ pub(crate) fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
 /// publish there and to receive the replies: a refusal found in the user's permissions becomes
 /// a [`SetupErrorKind::Server`] naming the subject, the user and the rule, and a set-up that
 /// timed out says what most likely dropped its requests.
-pub(crate) async fn setup_through(
+pub(crate) async fn setup_through<T>(
     client: &Client,
     subject: &str,
-    setup: impl Future<Output = Result<(), SetupError>>,
-) -> Result<(), SetupError> {
+    setup: impl Future<Output = Result<T, SetupError>>,
+) -> Result<T, SetupError> {
     match unless_denied(client, &[Need::Publish(subject), Need::ReplyInbox], setup).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(done)) => Ok(done),
         Ok(Err(e)) if matches!(e.kind(), SetupErrorKind::Connection) && is_timeout(&e) => Err(
             SetupError::with_source(SetupErrorKind::Connection, no_reply(subject, None)),
         ),

@@ -32,6 +32,8 @@ pub(super) struct Committer {
     prefix: String,
     bucket: String,
     name: &'static str,
+    /// The event stream the model reads.
+    stream: String,
     version: u32,
     /// The partition it commits, and of how many.
     partition: u32,
@@ -52,7 +54,7 @@ impl Committer {
     pub(super) async fn new(
         conn: Conn,
         store: &kv::Store,
-        name: &'static str,
+        (name, events): (&'static str, &str),
         version: u32,
         (partition, partitions): (u32, u32),
         revision: u64,
@@ -76,6 +78,7 @@ impl Committer {
             bucket: bucket.to_owned(),
             conn,
             name,
+            stream: events.to_owned(),
             version,
             partition,
             partitions,
@@ -118,6 +121,7 @@ impl Committer {
             version: self.version,
             partition: self.partition,
             partitions: self.partitions,
+            stream: self.stream.clone(),
             sequence,
             skipped: skipped.to_vec(),
             writer: self.writer.clone(),

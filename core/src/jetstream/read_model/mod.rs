@@ -13,7 +13,7 @@
 //!   has characters KV keys do not allow; its value is the row as JSON. A deleted row is a KV
 //!   delete (`KV-Operation: DEL`).
 //! - The checkpoint of partition `p` is the key `_cim.checkpoint.{p}` ([`checkpoint_key`]): JSON
-//!   `{"name", "version", "partition", "partitions", "sequence", "skipped", "writer"}`
+//!   `{"name", "version", "partition", "partitions", "stream", "sequence", "skipped", "writer"}`
 //!   ([`Checkpoint`]), `sequence` being the last event stream sequence whose effect that
 //!   partition's rows hold. A model is worked as `partitions` partitions, each committing its own
 //!   rows fenced by its own checkpoint key; a model run by one runner is one partition, key
@@ -317,6 +317,10 @@ pub struct Checkpoint {
     /// How many partitions the model is worked as.
     #[serde(default = "one")]
     pub partitions: u32,
+    /// The event stream the model reads (for its lag: that stream's last sequence less
+    /// `sequence`).
+    #[serde(default)]
+    pub stream: String,
     /// The last event stream sequence whose effect the partition's rows hold.
     pub sequence: u64,
     /// Events skipped as unreadable ([`OnUnreadable::SkipAndRecord`]): the last 1,000.
@@ -597,7 +601,7 @@ impl ReadModelRunner {
         let committer = Committer::new(
             crate::jetstream::api::Conn::new(store.client().clone()),
             &bucket,
-            name,
+            (name, store.stream_name()),
             P::VERSION,
             (0, 1),
             revision,
@@ -1172,6 +1176,7 @@ mod tests {
             version: 1,
             partition,
             partitions,
+            stream: String::new(),
             sequence,
             skipped: Vec::new(),
             writer: String::new(),

@@ -24,9 +24,7 @@ use crate::envelope::{StoredEvent, StreamSequence};
 use crate::jetstream::api;
 use crate::jetstream::config::StoreConfig;
 use crate::jetstream::setup::check_server_info;
-use crate::jetstream::setup::SetupError;
-#[cfg(doc)]
-use crate::jetstream::setup::SetupErrorKind;
+use crate::jetstream::setup::{SetupError, SetupErrorKind};
 use crate::store::{
     AggregateAppend, AppendResult, EventStore, EventStream, ExpectedVersion, NewEvent, ReadFrom,
 };
@@ -126,20 +124,85 @@ impl JetStreamEventStore {
             provision::ensure_stream(&context, &config),
         )
         .await?;
+        Ok(Self::over(client, context, config, info.max_payload))
+    }
+
+    /// Attaches to the existing stream `stream_name` as it is, without creating or changing
+    /// it: for tools that read any domain's stream (its configuration is read from the server;
+    /// the domain is its subjects' first token).
+    ///
+    /// # Errors
+    ///
+    /// [`SetupErrorKind::StreamNotFound`] when there is no such stream; as
+    /// [`JetStreamEventStore::new`] for the server and the connection.
+    pub async fn attach(client: Client, stream_name: &str) -> Result<Self, SetupError> {
+        wait_connected(&client, CONNECT_WAIT).await?;
+        let info = client.server_info();
+        check_server_info(&info)?;
+        let context = jetstream::new(client.clone());
+        let stream_info = format!("$JS.API.STREAM.INFO.{stream_name}");
+        let found = api::permissions::setup_through(&client, &stream_info, async {
+            match context.get_stream(stream_name).await {
+                Ok(mut stream) => stream
+                    .info()
+                    .await
+                    .map(|i| Some(i.config.clone()))
+                    .map_err(|e| SetupError::with_source(SetupErrorKind::Connection, e)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(SetupError::with_source(SetupErrorKind::Connection, e)),
+            }
+        })
+        .await?;
+        let Some(have) = found else {
+            return Err(SetupError::new(SetupErrorKind::StreamNotFound {
+                stream: stream_name.to_owned(),
+            }));
+        };
+        let config = StoreConfig {
+            stream_name: have.name.clone(),
+            subjects: have.subjects.clone(),
+            max_age: (!have.max_age.is_zero()).then_some(have.max_age),
+            max_messages: u64::try_from(have.max_messages).ok(),
+            max_bytes: u64::try_from(have.max_bytes).ok(),
+            storage: match have.storage {
+                jetstream::stream::StorageType::Memory => crate::jetstream::Storage::Memory,
+                jetstream::stream::StorageType::File => crate::jetstream::Storage::File,
+            },
+            duplicate_window: have.duplicate_window,
+            replicas: have.num_replicas,
+            description: have.description.clone(),
+        };
+        Ok(Self::over(client, context, config, info.max_payload))
+    }
+
+    fn over(
+        client: Client,
+        context: jetstream::Context,
+        config: StoreConfig,
+        max_payload: usize,
+    ) -> Self {
         let direct_subject = format!("$JS.API.DIRECT.GET.{}", config.stream_name);
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 client: api::Conn::new(client),
                 context,
                 config,
                 direct_subject,
                 timeout: Duration::from_secs(10),
-                max_payload: info.max_payload,
+                max_payload,
                 positions: Positions::default(),
                 unparseable: Mutex::new(std::collections::HashSet::new()),
                 batches: tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT),
             }),
-        })
+        }
     }
 
     /// The store's configuration.

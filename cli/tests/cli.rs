@@ -1,0 +1,215 @@
+//! The built `cim-nats` binary against a real server: status, events (filtered, followed),
+//! one aggregate's history, JSON parsed here, and one-line errors.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cim_nats::testing::{RawEvent, TestStore};
+use serde_json::Value;
+
+fn cli(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cim-nats"))
+        .arg("--server")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("run cim-nats")
+}
+
+fn json_lines(output: &std::process::Output) -> Vec<Value> {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+async fn account_events(test: &TestStore) {
+    let opened = |id: &str| {
+        RawEvent::new("bank.account.opened", id, 1)
+            .event_type("Opened", 1)
+            .header("Cim-Actor", "teller")
+            .header("Cim-Correlation-Id", "0193a5a0-0000-7000-8000-000000000001")
+            .body(serde_json::json!({ "Opened": { "owner": id } }))
+    };
+    opened("acc-1").publish(&test.client).await.unwrap();
+    opened("acc-2").publish(&test.client).await.unwrap();
+    for version in 2..=3 {
+        RawEvent::new("bank.account.deposited", "acc-1", version)
+            .event_type("Deposited", 1)
+            .body(serde_json::json!({ "Deposited": { "amount": version } }))
+            .publish(&test.client)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_events_and_an_aggregate_as_json_and_tables() {
+    let test = TestStore::start("bank").await.expect("fixture");
+    account_events(&test).await;
+    let url = test.server.url();
+    let js = async_nats::jetstream::new(test.client.clone());
+    // A durable consumer, and a read model's pointer and checkpoint as a runner writes them.
+    js.get_stream("BANK_EVENTS")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("mailer".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let kv = |bucket: &str| async_nats::jetstream::kv::Config {
+        bucket: bucket.to_owned(),
+        ..Default::default()
+    };
+    let pointers = js.create_key_value(kv("READ_MODELS")).await.unwrap();
+    let rows = js.create_key_value(kv("RM_balances_V1")).await.unwrap();
+    pointers
+        .put(
+            "balances",
+            r#"{"bucket":"RM_balances_V1","version":1}"#.into(),
+        )
+        .await
+        .unwrap();
+    rows.put(
+        "_cim.checkpoint.0",
+        r#"{"name":"balances","version":1,"partition":0,"partitions":1,"stream":"BANK_EVENTS","sequence":3}"#.into(),
+    )
+    .await
+    .unwrap();
+
+    let status = cli(&url, &["status", "--json"]);
+    let status = &json_lines(&status)[0];
+    let bank = status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "BANK_EVENTS")
+        .expect("the bank stream");
+    assert_eq!(bank["events"], 4);
+    assert_eq!(bank["last_sequence"], 4);
+    assert_eq!(bank["consumers"][0]["name"], "mailer");
+    assert_eq!(bank["consumers"][0]["pending"], 4);
+    let model = &status["read_models"][0];
+    assert_eq!(model["name"], "balances");
+    assert_eq!(model["checkpoint"], 3);
+    assert_eq!(model["lag"], 1, "one event after the checkpoint");
+    let table = cli(&url, &["status"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("BANK_EVENTS") && text.contains("mailer") && text.contains("balances"));
+
+    let events = json_lines(&cli(&url, &["events", "--domain", "bank", "--json"]));
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[0]["event_type"], "Opened");
+    assert_eq!(events[0]["body"]["Opened"]["owner"], "acc-1");
+    let of_one = json_lines(&cli(
+        &url,
+        &[
+            "events",
+            "--domain",
+            "bank",
+            "--aggregate",
+            "acc-1",
+            "--json",
+        ],
+    ));
+    assert_eq!(
+        of_one
+            .iter()
+            .map(|e| e["version"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let deposits = json_lines(&cli(
+        &url,
+        &[
+            "events",
+            "--domain",
+            "bank",
+            "--type",
+            "Deposited",
+            "--from",
+            "4",
+            "--json",
+        ],
+    ));
+    assert_eq!(deposits.len(), 1);
+    assert_eq!(deposits[0]["sequence"], 4);
+    let correlated = json_lines(&cli(
+        &url,
+        &[
+            "events",
+            "--domain",
+            "bank",
+            "--correlation",
+            "0193a5a0-0000-7000-8000-000000000001",
+            "--json",
+        ],
+    ));
+    assert_eq!(correlated.len(), 2);
+
+    let history = json_lines(&cli(&url, &["aggregate", "bank", "acc-1", "--json"]));
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[2]["event_type"], "Deposited");
+    assert_eq!(history[2]["sequence"], 4);
+    let table = cli(&url, &["aggregate", "bank", "acc-1"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("3 events"));
+
+    // --follow prints what comes next.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_cim-nats"))
+        .args([
+            "--server", &url, "events", "--domain", "bank", "--from", "5", "--follow", "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+    });
+    RawEvent::new("bank.account.deposited", "acc-2", 2)
+        .event_type("Deposited", 1)
+        .publish(&test.client)
+        .await
+        .unwrap();
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a followed event");
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    let followed: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(followed["aggregate_id"], "acc-2");
+    assert_eq!(followed["sequence"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_line() {
+    let test = TestStore::start("bank").await.expect("fixture");
+    let url = test.server.url();
+    let missing = cli(&url, &["events", "--domain", "nope"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no stream NOPE_EVENTS"), "{err}");
+    let missing = cli(&url, &["aggregate", "nope", "a1"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no stream \"NOPE_EVENTS\""));
+    let down = cli("nats://127.0.0.1:1", &["--timeout", "2", "status"]);
+    assert!(!down.status.success());
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot connect to nats://127.0.0.1:1"),
+        "{err}"
+    );
+}
