@@ -14,20 +14,14 @@ use crate::testing::NatsServer;
 /// of a test. The server is stopped and its store directory removed when this is dropped.
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use cim_nats::testing::TestStore;
+/// use cim_nats::EventStore;
 ///
 /// let test = TestStore::start("library").await?;
-/// let books = cim_nats::Repository::<()>::new(test.store.clone());
-/// # let _ = books; Ok(()) }
-/// # impl cim_nats::Aggregate for () {
-/// #     type Event = E; type Command = (); type Error = std::io::Error;
-/// #     fn handle(&self, _: ()) -> Result<Vec<E>, std::io::Error> { Ok(vec![]) }
-/// #     fn apply(&mut self, _: &E) {}
-/// # }
-/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, cim_nats::NatsEvent)]
-/// # #[nats_event(domain = "library", aggregate = "book")]
-/// # enum E { #[nats_event(operation = "added")] Added {} }
+/// assert_eq!(test.store.stream_name(), "LIBRARY_EVENTS");
+/// assert_eq!(test.store.last_sequence().await?.0, 0);
+/// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct TestStore {
@@ -73,7 +67,7 @@ impl TestStore {
 /// Stored with a plain JetStream publish: no concurrency check.
 ///
 /// ```no_run
-/// # async fn run(client: async_nats::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run(client: async_nats::Client) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use cim_nats::testing::RawEvent;
 ///
 /// // Version 3 of account acc-1, as schema version 1 of `Deposited` stored it.
