@@ -6,6 +6,7 @@
 //! cim-nats events --domain bank [--aggregate ID] [--type T] [--entity K] [--correlation C]
 //!                 [--from SEQ | --since TIME] [--limit N] [--follow] [--json]
 //! cim-nats aggregate DOMAIN ID [--json]
+//! cim-nats dlq list [--stream S] [--consumer C] [--json] | show SEQ | redrive SEQ | discard SEQ
 //! ```
 //!
 //! Connection options as the `nats` CLI names them: `--server`/`NATS_URL`, `--user`,
@@ -13,6 +14,7 @@
 //! failure is one line on standard error and exit status 1.
 
 mod aggregate;
+mod dlq;
 mod events;
 mod output;
 mod status;
@@ -90,6 +92,8 @@ enum Command {
     },
     /// A stream's events, filtered; `--follow` to keep reading new ones.
     Events(events::Args),
+    /// Dead letters: list, show, redrive (handled again by the running subscriber), discard.
+    Dlq(dlq::Args),
     /// One aggregate's history, read through the store (literal subjects, no consumer).
     Aggregate {
         /// The domain (its stream is `{DOMAIN}_EVENTS` unless `--stream` says otherwise).
@@ -162,6 +166,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Status { json } => status::run(&client, json).await,
         Command::Events(args) => events::run(&client, args).await,
+        Command::Dlq(args) => dlq::run(&client, args, cli.connection.timeout).await,
         Command::Aggregate {
             domain,
             id,

@@ -213,3 +213,80 @@ async fn errors_are_one_line() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_listed_shown_redriven_and_discarded() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use cim_nats::jetstream::subscriber::EventSubscriberBuilder;
+    use cim_nats::subscriber::FnEventHandler;
+    use cim_nats::{HandlerError, StoredEvent};
+
+    let test = TestStore::start("bank").await.expect("fixture");
+    account_events(&test).await;
+    let url = test.server.url();
+    let down = Arc::new(AtomicBool::new(true));
+    let handled = Arc::new(AtomicU32::new(0));
+    let (d, h) = (Arc::clone(&down), Arc::clone(&handled));
+    let subscription = EventSubscriberBuilder::new()
+        .client(test.client.clone())
+        .subject("bank.account.opened.*")
+        .durable("welcomer")
+        .handler(FnEventHandler::new(move |_: StoredEvent| {
+            if d.load(Ordering::SeqCst) {
+                return Err(HandlerError::msg("smtp down").permanent());
+            }
+            h.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }))
+        .build()
+        .unwrap()
+        .subscribe()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let letters = loop {
+        let letters = json_lines(&cli(&url, &["dlq", "list", "--json"]));
+        if letters.len() == 2 || std::time::Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(letters.len(), 2, "the two openings");
+    assert_eq!(letters[0]["consumer"], "welcomer");
+    assert_eq!(letters[0]["reason"], "permanent-error");
+    let (first, second) = (
+        letters[0]["sequence"].as_u64().unwrap(),
+        letters[1]["sequence"].as_u64().unwrap(),
+    );
+    let shown = &json_lines(&cli(&url, &["dlq", "show", &first.to_string(), "--json"]))[0];
+    assert_eq!(shown["body"]["Opened"]["owner"], "acc-1");
+    assert!(shown["error"].as_str().unwrap().contains("smtp down"));
+
+    down.store(false, Ordering::SeqCst);
+    let redriven = cli(&url, &["dlq", "redrive", &first.to_string()]);
+    assert!(
+        redriven.status.success(),
+        "{}",
+        String::from_utf8_lossy(&redriven.stderr)
+    );
+    assert!(String::from_utf8_lossy(&redriven.stdout).contains("handled, removed"));
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    let discarded = cli(&url, &["dlq", "discard", &second.to_string()]);
+    assert!(discarded.status.success());
+    assert!(json_lines(&cli(&url, &["dlq", "list", "--json"])).is_empty());
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "a discarded letter is not handled"
+    );
+
+    // Nobody to redrive with: one line, naming the consumer.
+    subscription.shutdown().await.unwrap();
+    let missing = cli(&url, &["dlq", "redrive", &first.to_string()]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no dead letter"), "{err}");
+}

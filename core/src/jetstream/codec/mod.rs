@@ -276,7 +276,7 @@ pub(crate) fn decode_stored(raw: RawMessage) -> Result<StoredEvent, StoreError> 
 }
 
 /// [`decode_stored`] of a message's parts, the headers borrowed.
-fn decode_parts(
+pub(crate) fn decode_parts(
     seq: u64,
     time: DateTime<Utc>,
     subject: String,

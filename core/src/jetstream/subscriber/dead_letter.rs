@@ -19,6 +19,9 @@
 //! Its own `Nats-Msg-Id` is `dlq:{stream}:{consumer}:{sequence}`, so retrying a dead letter
 //! does not store it twice.
 //!
+//! Dead letters are listed, inspected, discarded and handled again (redriven, by the running
+//! durable subscriber that gave up on them) through [`super::DeadLetters`].
+//!
 //! A dead letter always fits in one message: when the copy would exceed the server's
 //! `max_payload` (an event near that size, or one with huge headers), the body is left out and
 //! [`BODY`] says so and where the event stays (its stream and sequence); if the headers alone

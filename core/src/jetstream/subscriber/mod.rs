@@ -71,6 +71,7 @@ pub mod dead_letter;
 mod error;
 mod handle;
 mod lanes;
+mod letters;
 mod process;
 mod pull;
 mod recover;
@@ -90,6 +91,7 @@ pub use builder::{DeliverPolicy, EventSubscriberBuilder, DEFAULT_MAX_IN_FLIGHT};
 pub use dead_letter::DeadLetterConfig;
 pub use error::{SubscriberError, SubscriberErrorKind};
 pub use handle::{ShutdownTrigger, SubscribedConsumer, SubscriptionFuture, SubscriptionHandle};
+pub use letters::{redrive_subject, DeadLetter, DeadLetters, Redriven};
 
 use builder::Options;
 use handle::ConsumerRun;
@@ -190,6 +192,19 @@ impl EventSubscriber {
                 consumer,
                 stop_rx.clone(),
             )));
+            // A durable consumer's dead letters can be handled again on request.
+            if let (Some(config), true) =
+                (&self.options.dead_letter, self.options.durable.is_some())
+            {
+                runs.push(Box::pin(letters::serve_redrive(
+                    self.client.clone(),
+                    config.clone(),
+                    Arc::from(stream.as_str()),
+                    Arc::from(name.as_str()),
+                    Arc::clone(&self.handler),
+                    stop_rx.clone(),
+                )));
+            }
         }
         tracing::info!(subjects = ?self.subjects, consumers = consumers.len(), "subscribed");
         Ok(handle::start(js, runs, consumers, stop))
