@@ -49,8 +49,28 @@ fn impl_nats_event(model: &Model<'_>) -> TokenStream {
     let message_identity_fn = message_identity_fn(model);
     let set_event_id_fn = set_event_id_fn(model);
     let upcast_fn = upcast_fn(model);
+    let filters = model.events.iter().map(|event| {
+        let name = Ident::new(
+            &format!("{}_EVENTS", screaming_snake(&event.ident.to_string())),
+            event.ident.span(),
+        );
+        let filter = format!("{}.*", model.subject(event));
+        let doc = format!(
+            "The subject filter of every `{}` event: `{filter}` (for a subscriber's `subject`).",
+            event.ident
+        );
+        quote! {
+            #[doc = #doc]
+            pub const #name: &'static str = #filter;
+        }
+    });
 
     quote! {
+        #[automatically_derived]
+        impl #ident {
+            #(#filters)*
+        }
+
         #[automatically_derived]
         impl ::cim_nats::__private::NatsEvent for #ident {
             const SCHEMA: ::cim_nats::__private::Schema = ::cim_nats::__private::Schema {
@@ -451,6 +471,21 @@ fn distinct(values: impl Iterator<Item = String>) -> Vec<String> {
         if !out.contains(&value) {
             out.push(value);
         }
+    }
+    out
+}
+
+/// `ComputeResourceRegistered` -> `COMPUTE_RESOURCE_REGISTERED`.
+fn screaming_snake(ident: &str) -> String {
+    let ident = ident.strip_prefix("r#").unwrap_or(ident);
+    let mut out = String::with_capacity(ident.len() + 4);
+    let mut previous_lower = false;
+    for c in ident.chars() {
+        if c.is_uppercase() && previous_lower {
+            out.push('_');
+        }
+        previous_lower = c.is_lowercase() || c.is_ascii_digit();
+        out.extend(c.to_uppercase());
     }
     out
 }

@@ -26,6 +26,11 @@ mod valid;
 ///   `MessageIdentity`: correlation, causation and actor; its message id is set to the event
 ///   id).
 ///
+/// Besides the trait, each variant gets a subject filter constant, `{VARIANT}_EVENTS` (the
+/// variant's name in capitals and underscores): `InfraEvent::COMPUTE_REGISTERED_EVENTS` is
+/// `"infrastructure.compute.registered.*"`, for a subscriber's `subject` without a subject typed
+/// by hand.
+///
 /// ```
 /// use cim_nats::{EventId, NatsEvent, UpcastError};
 /// use serde::{Deserialize, Serialize};
@@ -59,6 +64,7 @@ mod valid;
 /// let v1 = json!({"NetworkDefined": {"id": EventId::new(), "net": "10.0.0.0/8"}});
 /// let event = InfraEvent::decode("NetworkDefined", 1, &serde_json::to_vec(&v1).unwrap()).unwrap();
 /// assert_eq!(event.routing_subject(), "infrastructure.network.defined");
+/// assert_eq!(InfraEvent::COMPUTE_REGISTERED_EVENTS, "infrastructure.compute.registered.*");
 /// ```
 #[proc_macro_derive(NatsEvent, attributes(nats_event))]
 pub fn derive_nats_event(input: proc_macro::TokenStream) -> proc_macro::TokenStream {

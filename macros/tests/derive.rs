@@ -260,6 +260,15 @@ fn subjects_and_wildcards() {
     );
     assert_eq!(InfraEvent::entity_wildcard("storage"), None);
     assert_eq!(InfraEvent::descriptor_for("Nope"), None);
+    // A filter per variant, for subscribers: no subject typed by hand.
+    assert_eq!(
+        InfraEvent::COMPUTE_REGISTERED_EVENTS,
+        "infrastructure.compute.registered.*"
+    );
+    assert_eq!(
+        InfraEvent::SEVERED_EVENTS,
+        "infrastructure.compute.severed.*"
+    );
 }
 
 #[test]
