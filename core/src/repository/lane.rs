@@ -447,12 +447,26 @@ impl<A: Aggregate> Repository<A> {
                 }
                 continue;
             }
-            if let Err(e) = self.refresh(&mut lead).await {
-                // Nothing can be decided without the state: every waiting command fails.
-                for entry in lead.take_entries(usize::MAX) {
-                    entry.answer(Err(CommandError::Store(e.clone())));
+            // Nothing can be decided without the state: while the server is away (a leader
+            // election, a reconnection) it is read again until the outcome deadline; then, or
+            // on another error, every waiting command fails.
+            let deadline = Instant::now() + self.outcome_deadline;
+            let mut pause = Duration::from_millis(20);
+            loop {
+                match self.refresh(&mut lead).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_transient() && Instant::now() < deadline => {
+                        tracing::debug!(aggregate = %id, error = %e, "loading the aggregate failed; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => {
+                        for entry in lead.take_entries(usize::MAX) {
+                            entry.answer(Err(CommandError::Store(e.clone())));
+                        }
+                        return;
+                    }
                 }
-                return;
             }
             let waiting = lead.live_waiting();
             if waiting == 0 {

@@ -179,7 +179,8 @@ impl IntoEventStore for Arc<dyn EventStore> {
 /// - An append whose outcome is unknown (no answer, a lost connection) is sent again unchanged
 ///   until the server answers or [`Repository::with_outcome_deadline`] passes: the command is
 ///   then either stored and answered, or failed, never both. Only after the deadline does a
-///   transient error ([`StoreError::is_transient`]) mean "not known".
+///   transient error ([`StoreError::is_transient`]) mean "not known". Loading the aggregate
+///   while the server is away (a leader election) is tried again the same way.
 /// - A conflict with another process is read (the events after the state in memory) and the
 ///   commands concerned decided again on the new state, with new event ids
 ///   ([`Repository::execute_with_retry`]), or answered with the conflict
