@@ -20,9 +20,7 @@
 //! # Ok(()) }
 //! ```
 
-use cim_nats::jetstream::{
-    JetStreamEventStore, ProjectionHandle, ProjectionOptions, ProjectionRunner, StoreConfig,
-};
+use cim_nats::jetstream::{JetStreamEventStore, ProjectionHandle, ProjectionOptions, StoreConfig};
 use cim_nats::{
     Aggregate, CommandError, CommandOutcome, MessageIdentity, NatsEvent, ProjectionError,
     Repository, SetupError,
@@ -49,7 +47,7 @@ pub fn store_config() -> StoreConfig {
 /// From [`JetStreamEventStore::new`]: a server that is too old or without JetStream, a stream
 /// of the same name with other settings, or subjects that overlap another stream's.
 pub async fn open_store(client: async_nats::Client) -> Result<JetStreamEventStore, SetupError> {
-    JetStreamEventStore::new(client, store_config()).await
+    JetStreamEventStore::for_events::<OrganizationEvent>(client).await
 }
 
 /// Organizations, loaded from and saved to the store.
@@ -57,7 +55,7 @@ pub type OrganizationRepository = Repository<Organization>;
 
 /// The repository of organizations on `store`.
 pub fn repository(store: &JetStreamEventStore) -> OrganizationRepository {
-    Repository::new(store.clone())
+    store.repository()
 }
 
 /// Starts the [`Directory`]: resumed from its checkpoint, caught up, then following live.
@@ -68,7 +66,9 @@ pub fn repository(store: &JetStreamEventStore) -> OrganizationRepository {
 pub async fn start_directory(
     store: &JetStreamEventStore,
 ) -> Result<ProjectionHandle<Directory>, ProjectionError> {
-    ProjectionRunner::start::<Directory>(store, ProjectionOptions::default()).await
+    store
+        .projection::<Directory>(ProjectionOptions::default())
+        .await
 }
 
 /// Moves `person` from department `from` to department `to`, keeping their name and roles: the

@@ -321,6 +321,88 @@ impl EventStore for JetStreamEventStore {
 }
 
 impl JetStreamEventStore {
+    /// The store of the domain of events `E` (stream `{DOMAIN}_EVENTS` on `{domain}.>`, created if
+    /// it does not exist). With [`JetStreamEventStore::repository`],
+    /// [`JetStreamEventStore::projection`], [`JetStreamEventStore::read_model`] and
+    /// [`JetStreamEventStore::subscriber`], a domain's wiring is a line each:
+    ///
+    /// ```no_run
+    /// # use cim_nats::{Aggregate, EventId, NatsEvent, Projection, ProjectionError, Envelope};
+    /// # use cim_nats::jetstream::{JetStreamEventStore, ProjectionOptions};
+    /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, NatsEvent)]
+    /// # #[nats_event(domain = "shop", aggregate = "order")]
+    /// # enum OrderEvent { #[nats_event(operation = "placed")] Placed { #[nats_event(event_id)] id: EventId } }
+    /// # #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+    /// # struct Order;
+    /// # impl Aggregate for Order {
+    /// #     type Event = OrderEvent; type Command = (); type Error = std::io::Error;
+    /// #     fn handle(&self, _: ()) -> Result<Vec<OrderEvent>, std::io::Error> { Ok(vec![]) }
+    /// #     fn apply(&mut self, _: &OrderEvent) {}
+    /// # }
+    /// # #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+    /// # struct Orders(u64);
+    /// # #[async_trait::async_trait]
+    /// # impl Projection for Orders {
+    /// #     type Event = OrderEvent;
+    /// #     const NAME: &'static str = "orders";
+    /// #     async fn apply(&mut self, _: &Envelope<OrderEvent>) -> Result<(), ProjectionError> { self.0 += 1; Ok(()) }
+    /// # }
+    /// # async fn run(client: async_nats::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = JetStreamEventStore::for_events::<OrderEvent>(client).await?;
+    /// let orders = store.repository::<Order>().with_cache(1_000);
+    /// let totals = store.projection::<Orders>(ProjectionOptions::default()).await?;
+    /// # let _ = (orders, totals); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`JetStreamEventStore::new`].
+    pub async fn for_events<E: crate::event::NatsEvent>(
+        client: Client,
+    ) -> Result<Self, SetupError> {
+        Self::new(client, StoreConfig::for_domain(E::DOMAIN)).await
+    }
+
+    /// A repository of aggregates `A` on this store (no cache or snapshots; add them with the
+    /// repository's `with_*` methods).
+    pub fn repository<A: crate::aggregate::Aggregate>(&self) -> crate::repository::Repository<A> {
+        crate::repository::Repository::new(self.clone())
+    }
+
+    /// Starts projection `P` on this store ([`crate::jetstream::ProjectionRunner::start`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::jetstream::ProjectionRunner::start`].
+    pub async fn projection<P>(
+        &self,
+        options: crate::jetstream::ProjectionOptions,
+    ) -> Result<crate::jetstream::ProjectionHandle<P>, crate::projection::ProjectionError>
+    where
+        P: crate::projection::Projection + Default + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        crate::jetstream::ProjectionRunner::start::<P>(self, options).await
+    }
+
+    /// Starts read model `projection` on this store ([`crate::jetstream::ReadModelRunner::start`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::jetstream::ReadModelRunner::start`].
+    pub async fn read_model<P: crate::jetstream::KeyedProjection>(
+        &self,
+        projection: P,
+        options: crate::jetstream::ReadModelOptions,
+    ) -> Result<crate::jetstream::ReadModelHandle<P>, crate::projection::ProjectionError> {
+        crate::jetstream::ReadModelRunner::start(self, projection, options).await
+    }
+
+    /// A subscriber builder on this store's client, for a subscriber of this domain's events
+    /// (give it the subjects, e.g. a variant's `{VARIANT}_EVENTS` filter, and a handler).
+    pub fn subscriber(&self) -> crate::jetstream::EventSubscriberBuilder {
+        crate::jetstream::EventSubscriberBuilder::new().client(self.client().clone())
+    }
+
     /// [`EventStore::append`] without the box a trait object's future needs: the same append,
     /// for callers that hold the store by its type.
     ///
