@@ -288,7 +288,7 @@ fn print_table(topology: &Topology) {
 async fn main() -> Result<(), Error> {
     let started = Instant::now();
     // A server: NATS_URL, or our own for the length of the run.
-    let (_server, url) = match std::env::var("NATS_URL") {
+    let (server, url) = match std::env::var("NATS_URL") {
         Ok(url) => (None, url),
         Err(_) => {
             let server = NatsServer::start()?;
@@ -497,6 +497,31 @@ async fn main() -> Result<(), Error> {
     topology.shutdown().await?;
     if !same {
         return Err("the replay rebuilt another topology".into());
+    }
+    if server.is_none() {
+        // A server of the user's keeps the stream: decommission this run's machines, so that
+        // their hostnames (unique across infrastructures) are free for the next run.
+        let machines: Vec<ResourceId> = rebuilt
+            .active_compute_resources()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        for resource in &machines {
+            repo.execute(
+                &id,
+                InfrastructureCommand::DecommissionComputeResource {
+                    infrastructure_id: plan.infra,
+                    resource: *resource,
+                    identity: MessageIdentity::new_from_user("ops@datacentre"),
+                },
+            )
+            .await?;
+        }
+        println!(
+            "decommissioned this run's {} machines on the server at NATS_URL: their hostnames \
+             are free for the next run",
+            machines.len()
+        );
     }
     println!("done in {:?}", started.elapsed());
     Ok(())
