@@ -245,14 +245,12 @@ async fn dead_letters_listed_shown_redriven_and_discarded() {
         .subscribe()
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let letters = loop {
-        let letters = json_lines(&cli(&url, &["dlq", "list", "--json"]));
-        if letters.len() == 2 || std::time::Instant::now() > deadline {
-            break letters;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    cim_nats::testing::wait_until(Duration::from_secs(10), "two dead letters", || {
+        let n = json_lines(&cli(&url, &["dlq", "list", "--json"])).len();
+        async move { n == 2 }
+    })
+    .await;
+    let letters = json_lines(&cli(&url, &["dlq", "list", "--json"]));
     assert_eq!(letters.len(), 2, "the two openings");
     assert_eq!(letters[0]["consumer"], "welcomer");
     assert_eq!(letters[0]["reason"], "permanent-error");

@@ -277,6 +277,46 @@ pub(crate) async fn publish(
     }
 }
 
+/// Publishes `messages` (subject, headers, body) as one atomic batch (ADR-50): a new batch id,
+/// each message's place from 1, the commit on the last, which alone is a request. The
+/// messages carry their own expectations. One message is a plain [`publish`].
+pub(crate) async fn publish_batch(
+    client: &Conn,
+    messages: Vec<(String, HeaderMap, Bytes)>,
+    timeout: Duration,
+) -> Result<Answer<Published>, StoreError> {
+    let count = messages.len();
+    let batch = (count > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
+    for (i, (subject, mut headers, payload)) in messages.into_iter().enumerate() {
+        if let Some(batch) = &batch {
+            headers.insert(crate::headers::BATCH_ID, batch.as_str());
+            headers.insert(crate::headers::BATCH_SEQUENCE, (i + 1).to_string().as_str());
+        }
+        if i + 1 == count {
+            if batch.is_some() {
+                headers.insert(crate::headers::BATCH_COMMIT, "1");
+            }
+            return publish(client, subject, headers, payload, timeout).await;
+        }
+        client
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
+    }
+    Err(StoreError::new(StoreErrorKind::InvalidAppend(
+        "no messages to publish".to_owned(),
+    )))
+}
+
+/// Is this `get_stream` error the server saying there is no such stream?
+pub(crate) fn stream_missing(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
+            if j.error_code().0 == codes::STREAM_NOT_FOUND
+    )
+}
+
 pub(crate) fn parse_ack(payload: &[u8]) -> Result<Published, StoreError> {
     let ack: PubAckResponse = serde_json::from_slice(payload).map_err(|e| {
         StoreError::with_source(

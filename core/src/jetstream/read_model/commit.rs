@@ -199,44 +199,35 @@ impl Committer {
         }))
     }
 
-    /// One publish (the checkpoint alone) or one atomic batch.
+    /// One publish (the checkpoint alone) or one atomic batch, the fence on the checkpoint (the
+    /// last message).
     async fn send(
         &self,
         messages: &[(String, Option<Bytes>)],
     ) -> Result<Answer<Published>, StoreError> {
-        let batch = (messages.len() > 1).then(|| uuid::Uuid::new_v4().simple().to_string());
         let count = messages.len();
-        for (i, (key, value)) in messages.iter().enumerate() {
-            let mut headers = HeaderMap::new();
-            if i + 1 == count {
-                headers.insert(
-                    h::EXPECTED_LAST_SUBJECT_SEQUENCE,
-                    self.revision.to_string().as_str(),
-                );
-            }
-            if value.is_none() {
-                headers.insert("KV-Operation", "DEL");
-            }
-            if let Some(batch) = &batch {
-                headers.insert(h::BATCH_ID, batch.as_str());
-                headers.insert(h::BATCH_SEQUENCE, (i + 1).to_string().as_str());
-            }
-            let subject = format!("{}{key}", self.prefix);
-            let payload = value.clone().unwrap_or_default();
-            if i + 1 == count {
-                if batch.is_some() {
-                    headers.insert(h::BATCH_COMMIT, "1");
+        let messages = messages
+            .iter()
+            .enumerate()
+            .map(|(i, (key, value))| {
+                let mut headers = HeaderMap::new();
+                if i + 1 == count {
+                    headers.insert(
+                        h::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                        self.revision.to_string().as_str(),
+                    );
                 }
-                return api::publish(&self.conn, subject, headers, payload, self.timeout).await;
-            }
-            self.conn
-                .publish_with_headers(subject, headers, payload)
-                .await
-                .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
-        }
-        Err(StoreError::new(StoreErrorKind::UnexpectedAnswer(
-            "a commit without messages".to_owned(),
-        )))
+                if value.is_none() {
+                    headers.insert("KV-Operation", "DEL");
+                }
+                (
+                    format!("{}{key}", self.prefix),
+                    headers,
+                    value.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        api::publish_batch(&self.conn, messages, self.timeout).await
     }
 }
 

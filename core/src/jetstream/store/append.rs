@@ -161,7 +161,8 @@ impl JetStreamEventStore {
         .await
     }
 
-    /// Publishes several events as one atomic batch (ADR-50): all are stored or none.
+    /// Publishes several events as one atomic batch (ADR-50): all are stored or none; the
+    /// aggregate's expectation on the first.
     async fn publish_batch(
         &self,
         subjects: &[Subject],
@@ -170,37 +171,20 @@ impl JetStreamEventStore {
         scope: &str,
         last: u64,
     ) -> Result<Answer<Published>, StoreError> {
-        let batch_id = uuid::Uuid::new_v4().simple().to_string();
-        let count = events.len();
-        let client = &self.inner.client;
-        for (i, ((subject, mut headers), event)) in
-            subjects.iter().zip(headers).zip(events).enumerate()
-        {
-            headers.insert(h::BATCH_ID, batch_id.as_str());
-            headers.insert(h::BATCH_SEQUENCE, (i + 1).to_string().as_str());
-            if i == 0 {
-                headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
-                headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, scope);
-            }
-            if i + 1 == count {
-                headers.insert(h::BATCH_COMMIT, "1");
-                return api::publish(
-                    client,
-                    subject.as_str().to_owned(),
-                    headers,
-                    event.payload.clone(),
-                    self.inner.timeout,
-                )
-                .await;
-            }
-            client
-                .publish_with_headers(subject.as_str().to_owned(), headers, event.payload.clone())
-                .await
-                .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
-        }
-        Err(StoreError::new(StoreErrorKind::InvalidAppend(
-            "no events to append".to_owned(),
-        )))
+        let messages = subjects
+            .iter()
+            .zip(headers)
+            .zip(events)
+            .enumerate()
+            .map(|(i, ((subject, mut headers), event))| {
+                if i == 0 {
+                    headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
+                    headers.insert(h::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, scope);
+                }
+                (subject.as_str().to_owned(), headers, event.payload.clone())
+            })
+            .collect();
+        api::publish_batch(&self.inner.client, messages, self.inner.timeout).await
     }
 
     pub(super) async fn append_inner(

@@ -148,15 +148,7 @@ impl JetStreamEventStore {
                     .await
                     .map(|i| Some(i.config.clone()))
                     .map_err(|e| SetupError::with_source(SetupErrorKind::Connection, e)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        jetstream::context::GetStreamErrorKind::JetStream(ref js)
-                            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                    ) =>
-                {
-                    Ok(None)
-                }
+                Err(e) if api::stream_missing(&e) => Ok(None),
                 Err(e) => Err(SetupError::with_source(SetupErrorKind::Connection, e)),
             }
         })

@@ -104,7 +104,11 @@ impl JetStreamEventStore {
                     .acquire()
                     .await
                     .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
-                self.send_batch(messages).await?
+                let messages = messages
+                    .into_iter()
+                    .map(|m| (m.subject, m.headers, m.payload))
+                    .collect();
+                api::publish_batch(&self.inner.client, messages, self.inner.timeout).await?
             };
             let outcome =
                 match outcome {
@@ -284,36 +288,5 @@ impl JetStreamEventStore {
             }
         }
         Ok(messages)
-    }
-
-    /// Sends `messages` as one atomic batch.
-    async fn send_batch(&self, messages: Vec<Message>) -> Result<Answer<Published>, StoreError> {
-        let batch_id = uuid::Uuid::new_v4().simple().to_string();
-        let count = messages.len();
-        let client = &self.inner.client;
-        for (i, mut message) in messages.into_iter().enumerate() {
-            message.headers.insert(h::BATCH_ID, batch_id.as_str());
-            message
-                .headers
-                .insert(h::BATCH_SEQUENCE, (i + 1).to_string().as_str());
-            if i + 1 == count {
-                message.headers.insert(h::BATCH_COMMIT, "1");
-                return api::publish(
-                    client,
-                    message.subject,
-                    message.headers,
-                    message.payload,
-                    self.inner.timeout,
-                )
-                .await;
-            }
-            client
-                .publish_with_headers(message.subject, message.headers, message.payload)
-                .await
-                .map_err(|e| StoreError::with_source(StoreErrorKind::Connection, e))?;
-        }
-        Err(StoreError::new(StoreErrorKind::InvalidAppend(
-            "no events to append".to_owned(),
-        )))
     }
 }

@@ -156,12 +156,7 @@ impl DeadLetterConfig {
                     )));
                 }
                 Err(e) => {
-                    use jetstream::context::GetStreamErrorKind;
-                    let not_found = matches!(
-                        e.kind(),
-                        GetStreamErrorKind::JetStream(j) if j.error_code().0 == codes::STREAM_NOT_FOUND
-                    );
-                    if !not_found {
+                    if !crate::jetstream::api::stream_missing(&e) {
                         return Err(SubscriberError::with_source(
                             SubscriberErrorKind::DeadLetterSetup {
                                 stream: self.stream.clone(),

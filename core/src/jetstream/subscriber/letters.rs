@@ -147,15 +147,7 @@ impl DeadLetters {
     async fn stream(&self) -> Result<Option<jetstream::stream::Stream>, SubscriberError> {
         match self.js.get_stream(&self.config.stream).await {
             Ok(stream) => Ok(Some(stream)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
-                Ok(None)
-            }
+            Err(e) if crate::jetstream::api::stream_missing(&e) => Ok(None),
             Err(e) => Err(failed(e)),
         }
     }
