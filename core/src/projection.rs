@@ -68,6 +68,17 @@ pub enum ProjectionError {
     /// The runner task ended abnormally (it panicked, or was aborted).
     #[error("projection {0:?} runner ended abnormally")]
     Aborted(String),
+    /// The consumer group of a partitioned read model could not be joined (another partition
+    /// count, the group bucket refused).
+    #[cfg(feature = "jetstream")]
+    #[error("projection {projection:?}: {source}")]
+    Group {
+        /// The projection's name.
+        projection: String,
+        /// The group's error.
+        #[source]
+        source: crate::jetstream::group::GroupError,
+    },
     /// The runner stopped with an error (its cause) while the caller waited for it.
     #[error("projection {projection:?} stopped: {cause}")]
     Stopped {

@@ -42,8 +42,50 @@ pub struct Delivery {
     pub max_deliveries: Option<u64>,
     /// The stream the event was read from.
     pub stream: Arc<str>,
-    /// The consumer that delivered it.
+    /// The consumer that delivered it (for a consumer group: the group's name).
     pub consumer: Arc<str>,
+    /// For a member of a consumer group: the lease of the partition the event belongs to
+    /// (its epoch grows each time the partition changes hands).
+    pub lease: Option<Lease>,
+}
+
+/// A partition of a consumer group held by a member: what its work is given
+/// (see `cim_nats::jetstream::group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lease {
+    /// The group.
+    pub group: Arc<str>,
+    /// The partition.
+    pub partition: u32,
+    /// The group's partition count.
+    pub partitions: u32,
+    /// The lease's epoch: grows each time the partition changes hands (the bucket revision
+    /// that took it).
+    pub epoch: u64,
+    /// The member holding it.
+    pub member: Arc<str>,
+}
+
+impl Lease {
+    /// The lease of partition `partition` of `partitions` of `group`, held by `member` at
+    /// `epoch` (for work started by hand, e.g.
+    /// `cim_nats::jetstream::ReadModelRunner::start_partition`, and for tests).
+    pub fn new(
+        group: impl Into<Arc<str>>,
+        partition: u32,
+        partitions: u32,
+        epoch: u64,
+        member: impl Into<Arc<str>>,
+    ) -> Self {
+        Self {
+            group: group.into(),
+            partition,
+            partitions,
+            epoch,
+            member: member.into(),
+        }
+    }
 }
 
 impl Delivery {
@@ -55,6 +97,7 @@ impl Delivery {
             max_deliveries: None,
             stream: Arc::from(""),
             consumer: Arc::from(""),
+            lease: None,
         }
     }
 

@@ -314,6 +314,23 @@ fn soak(bin: &Path, args: &[OsString]) -> Result<(), String> {
             "random_registrations",
             "--nocapture",
         ]);
+    run(cmd)?;
+    // Consumer groups at soak size: 100,000 events through member processes killed, joined
+    // and leaving, subscriber and read model.
+    let mut cmd = cargo();
+    cmd.env("NATS_SERVER_BIN", bin)
+        .env("SCALE_OUT_EVENTS", "100000")
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "cim-nats-tests",
+            "--test",
+            "scale_out_groups",
+            "--",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
     run(cmd)
 }
 

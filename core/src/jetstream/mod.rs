@@ -3,6 +3,7 @@
 mod api;
 mod codec;
 mod config;
+pub mod group;
 mod kv;
 mod order;
 mod partition;

@@ -1,6 +1,7 @@
 //! Shared helpers of the cross-crate tests.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod balances;
 pub mod bank;
 pub mod hostile;
 pub mod infra;

@@ -373,6 +373,39 @@ pub(crate) fn decode_delivery(
     ))
 }
 
+/// The event stream's sequence and subject of a message of a partitioned view (its
+/// `Nats-Stream-Source` header and its subject less `cim_p.{partition}.`).
+pub(crate) fn view_origin(message: &async_nats::jetstream::Message) -> Option<(u64, String)> {
+    let source = message.headers.as_ref()?.get("Nats-Stream-Source")?;
+    let sequence = source.as_str().split_whitespace().nth(1)?.parse().ok()?;
+    let subject = message
+        .subject
+        .as_str()
+        .strip_prefix(crate::jetstream::PARTITION_PREFIX)?
+        .strip_prefix('.')?
+        .split_once('.')?
+        .1
+        .to_owned();
+    Some((sequence, subject))
+}
+
+/// A message of a partitioned view read as the event it copies: the event stream's sequence
+/// and subject; `None` if it carries no JetStream metadata or names no origin.
+pub(crate) fn decode_view_delivery(
+    message: &async_nats::jetstream::Message,
+) -> Option<Result<StoredEvent, StoreError>> {
+    let (_, time) = delivery_position(message)?;
+    let (sequence, subject) = view_origin(message)?;
+    let empty = HeaderMap::new();
+    Some(decode_parts(
+        sequence,
+        time,
+        subject,
+        message.headers.as_ref().unwrap_or(&empty),
+        message.payload.clone(),
+    ))
+}
+
 #[cfg(test)]
 mod proptests;
 

@@ -103,8 +103,9 @@ impl Committer {
         self.max_value
     }
 
-    /// Commits `rows` (their JSON; `None` deletes the row) with the checkpoint at `sequence`;
-    /// tries again while the outcome is unknown.
+    /// Commits `rows` (their JSON; `None` deletes the row) with the checkpoint at `sequence`
+    /// (and `view_sequence`, for a partition read from a partitioned view); tries again while
+    /// the outcome is unknown.
     ///
     /// # Errors
     ///
@@ -113,7 +114,7 @@ impl Committer {
     pub(super) async fn commit(
         &mut self,
         rows: Vec<(String, Option<Bytes>)>,
-        sequence: u64,
+        (sequence, view_sequence): (u64, Option<u64>),
         skipped: &[Skipped],
     ) -> Result<(), ProjectionError> {
         let checkpoint = Checkpoint {
@@ -123,6 +124,7 @@ impl Committer {
             partitions: self.partitions,
             stream: self.stream.clone(),
             sequence,
+            view_sequence,
             skipped: skipped.to_vec(),
             writer: self.writer.clone(),
         };

@@ -14,12 +14,18 @@
 //!   delete (`KV-Operation: DEL`).
 //! - The checkpoint of partition `p` is the key `_cim.checkpoint.{p}` ([`checkpoint_key`]): JSON
 //!   `{"name", "version", "partition", "partitions", "stream", "sequence", "skipped", "writer"}`
-//!   ([`Checkpoint`]), `sequence` being the last event stream sequence whose effect that
-//!   partition's rows hold. A model is worked as `partitions` partitions, each committing its own
-//!   rows fenced by its own checkpoint key; a model run by one runner is one partition, key
-//!   `_cim.checkpoint.0` with `"partitions": 1`. The model reflects every event up to the
-//!   smallest `sequence` of its `partitions` checkpoints (a missing one counts as 0):
-//!   [`CheckpointFront`].
+//!   and, for a partition read from a partitioned view, `"view_sequence"` ([`Checkpoint`]),
+//!   `sequence` being the last event stream sequence whose effect that partition's rows hold
+//!   (and `view_sequence` the sequence in the view's stream, `{STREAM}_PARTITIONED`, up to which
+//!   the partition has read: where its runner resumes). A model is worked as `partitions`
+//!   partitions, each committing its own rows fenced by its own checkpoint key; a model run by
+//!   one runner ([`ReadModelRunner::start`]) is one partition, key `_cim.checkpoint.0` with
+//!   `"partitions": 1`; partition `p` of `n` run from the partitioned view
+//!   ([`ReadModelRunner::start_partition`]) reads only the events of the aggregates of partition
+//!   `p` ([`crate::jetstream::partition_of`]). The model reflects every event up to the smallest
+//!   `sequence` of its `partitions` checkpoints (a missing one counts as 0):
+//!   [`CheckpointFront`]. A partition without events of its own still moves its `sequence` on to
+//!   the last event its view holds, so that it does not hold the model back.
 //!
 //! # Consistency
 //!
@@ -33,6 +39,7 @@
 //! [`ProjectionError::Apply`] (it could not be committed atomically).
 
 mod commit;
+mod partitioned;
 mod reader;
 
 use std::collections::HashMap;
@@ -64,6 +71,7 @@ pub use commit::MAX_ROWS_PER_COMMIT;
 pub use reader::{follow_bucket, BucketEntry, ReadModel, RowChange};
 
 use commit::Committer;
+use partitioned::ViewFeed;
 
 /// The prefix of the checkpoint keys in a read model's bucket: partition `p`'s is
 /// `{CHECKPOINT_PREFIX}.{p}` ([`checkpoint_key`]).
@@ -323,6 +331,13 @@ pub struct Checkpoint {
     pub stream: String,
     /// The last event stream sequence whose effect the partition's rows hold.
     pub sequence: u64,
+    /// For a partition read from a partitioned view ([`ReadModelRunner::start_partition`]): the
+    /// last sequence of the view's stream the partition has read up to (its runner resumes
+    /// after it). Absent for a model read from the event stream, and in checkpoints written
+    /// before it was recorded (a partition runner then reads its view from the beginning and
+    /// skips the events up to `sequence`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_sequence: Option<u64>,
     /// Events skipped as unreadable ([`OnUnreadable::SkipAndRecord`]): the last 1,000.
     #[serde(default)]
     pub skipped: Vec<crate::jetstream::Skipped>,
@@ -487,7 +502,8 @@ impl ReadModelRunner {
     ///
     /// # Errors
     ///
-    /// [`ProjectionError::Store`] if a bucket or the consumer cannot be set up;
+    /// [`ProjectionError::Store`] if a bucket or the consumer cannot be set up, or the model is
+    /// worked as several partitions ([`ReadModelRunner::start_partition`]);
     /// [`ProjectionError::Apply`] if `P::NAME` cannot name a bucket;
     /// [`ProjectionError::Superseded`] if a newer version of the model is already live (a
     /// running runner stops with it too when a newer version goes live).
@@ -496,6 +512,66 @@ impl ReadModelRunner {
         projection: P,
         options: ReadModelOptions,
     ) -> Result<ReadModelHandle<P>, ProjectionError> {
+        let opened = Opened::open::<P>(store, &options, (0, 1)).await?;
+        let start = opened.checkpoint.as_ref().map_or(0, |c| c.sequence);
+        let reader = OrderedReader::start(
+            store.client().clone(),
+            ReadSpec {
+                stream: store.stream_name().to_owned(),
+                filter: Some(<P::Event as NatsEvent>::DOMAIN_WILDCARD.to_owned()),
+                start: Start::Sequence(start + 1),
+                follow: true,
+                timeout: store.request_timeout(),
+            },
+        );
+        // A version built beside a live one goes live once it has read what the stream held now.
+        let target = crate::store::EventStore::last_sequence(store)
+            .await
+            .map_err(|e| ProjectionError::Store {
+                projection: P::NAME.to_owned(),
+                source: e,
+            })?
+            .0;
+        let progress = reader.progress();
+        Ok(launch(
+            opened,
+            projection,
+            options,
+            (reader, progress),
+            target,
+            None,
+        ))
+    }
+}
+
+/// What a runner sets up before it reads, alike for a whole model and for a partition: the
+/// pointer (created if there is none), the version's bucket, the partition's checkpoint and the
+/// committer fenced on it.
+struct Opened {
+    context: jetstream::Context,
+    pointers: kv::Store,
+    /// The pointer as it is and each change: a newer version going live stops the runner.
+    pointer_watch: kv::Watch,
+    /// The pointer as found, when it names another version (with its revision).
+    pointer_old: Option<(Pointer, u64)>,
+    /// Does the pointer name this version?
+    live: bool,
+    bucket: kv::Store,
+    bucket_name: String,
+    /// The partition's checkpoint, if it has one.
+    checkpoint: Option<Checkpoint>,
+    /// No checkpoint and no rows: the model starts empty.
+    fresh: bool,
+    committer: Committer,
+}
+
+impl Opened {
+    /// Sets up partition `partition` of `partitions` of read model `P`.
+    async fn open<P: KeyedProjection>(
+        store: &JetStreamEventStore,
+        options: &ReadModelOptions,
+        (partition, partitions): (u32, u32),
+    ) -> Result<Self, ProjectionError> {
         let name = P::NAME;
         if name.is_empty()
             || !name
@@ -519,46 +595,48 @@ impl ReadModelRunner {
         )
         .await
         .map_err(|e| setup_error(name, &options.pointer_bucket, e))?;
-        let pointer = reader::read_pointer(&pointers, name)
-            .await
-            .map_err(|e| setup_error(name, &options.pointer_bucket, e))?;
-        if let Some((p, _)) = &pointer {
-            if p.version > P::VERSION {
-                return Err(ProjectionError::Superseded {
-                    projection: name.to_owned(),
-                    version: P::VERSION,
-                    live: p.version,
-                });
-            }
-        }
-        // The pointer as it is and each change: a newer version going live stops this runner.
+        let pointer = live_pointer::<P>(&pointers, &options.pointer_bucket).await?;
         let pointer_watch = pointers
             .watch_with_history(name)
             .await
             .map_err(|e| setup_error(name, &options.pointer_bucket, e))?;
         let bucket = open_model_bucket(&context, name, &bucket_name, replicas).await?;
-        let live = match &pointer {
-            None => {
-                write_pointer(&pointers, name, &bucket_name, P::VERSION, None).await?;
-                true
-            }
-            Some((p, _)) => p.version == P::VERSION,
+        let pointer = match pointer {
+            Some(pointer) => Some(pointer),
+            None => match write_pointer(&pointers, name, &bucket_name, P::VERSION, None).await {
+                Ok(_) => None,
+                // Another runner (another partition) created it first: as it is now.
+                Err(e) => Some(
+                    live_pointer::<P>(&pointers, &options.pointer_bucket)
+                        .await?
+                        .ok_or(e)?,
+                ),
+            },
         };
-        let checkpoint = reader::read_checkpoint(&bucket, 0)
+        let live = pointer
+            .as_ref()
+            .is_none_or(|(p, _)| p.version == P::VERSION);
+        let found = reader::read_checkpoints(store.client(), &bucket)
             .await
             .map_err(|e| setup_error(name, &bucket_name, e))?;
-        if let Some((c, _)) = &checkpoint {
-            if c.partitions != 1 {
-                return Err(setup_error(
-                    name,
-                    &bucket_name,
-                    format!(
-                        "the model is worked as {} partitions; a single runner works it as one",
-                        c.partitions
-                    ),
-                ));
-            }
+        if let Some(other) = found.iter().find(|c| c.partitions != partitions) {
+            let reason = if partitions == 1 {
+                format!(
+                    "the model is worked as {} partitions; a single runner works it as one",
+                    other.partitions
+                )
+            } else {
+                format!(
+                    "the model is worked as {} partitions (checkpoint of partition {}); this \
+                     runner works partition {partition} of {partitions}",
+                    other.partitions, other.partition
+                )
+            };
+            return Err(setup_error(name, &bucket_name, reason));
         }
+        let checkpoint = reader::read_checkpoint(&bucket, partition)
+            .await
+            .map_err(|e| setup_error(name, &bucket_name, e))?;
         // A model with no checkpoint and no rows starts empty: rows it has not written do not
         // exist.
         let fresh = checkpoint.is_none()
@@ -568,9 +646,9 @@ impl ReadModelRunner {
                 .map_err(|e| setup_error(name, &bucket_name, e))?
                 .values()
                 == 0;
-        let (start, revision, skipped) = match checkpoint {
-            Some((c, revision)) => (c.sequence, revision, c.skipped),
-            None => (0, 0, Vec::new()),
+        let (checkpoint, revision) = match checkpoint {
+            Some((c, revision)) => (Some(c), revision),
+            None => (None, 0),
         };
         context
             .get_stream_no_info(store.stream_name())
@@ -579,91 +657,122 @@ impl ReadModelRunner {
                 projection: name.to_owned(),
                 source: StoreError::with_source(StoreErrorKind::StreamNotFound, e),
             })?;
-        let reader = OrderedReader::start(
-            store.client().clone(),
-            ReadSpec {
-                stream: store.stream_name().to_owned(),
-                filter: Some(<P::Event as NatsEvent>::DOMAIN_WILDCARD.to_owned()),
-                start: Start::Sequence(start + 1),
-                follow: true,
-                timeout: store.request_timeout(),
-            },
-        );
-        let progress = reader.progress();
-        // A version built beside a live one goes live once it has read what the stream held now.
-        let target = crate::store::EventStore::last_sequence(store)
-            .await
-            .map_err(|e| ProjectionError::Store {
-                projection: name.to_owned(),
-                source: e,
-            })?
-            .0;
         let committer = Committer::new(
             crate::jetstream::api::Conn::new(store.client().clone()),
             &bucket,
             (name, store.stream_name()),
             P::VERSION,
-            (0, 1),
+            (partition, partitions),
             revision,
             store.request_timeout(),
         )
         .await?;
-        let (committed_tx, committed) = watch::channel(start);
-        let (live_tx, live_rx) = watch::channel(live);
-        let (wanted, wanted_rx) = watch::channel(0u64);
-        let (stop, stop_rx) = watch::channel(false);
-        let stopped = Arc::new(std::sync::Mutex::new(None));
-        let run = Run {
-            projection,
-            rows: RowState {
-                bucket,
-                event: HashMap::new(),
-                pending: HashMap::new(),
-                in_flight: HashMap::new(),
-                cache: LruCache::new(
-                    NonZeroUsize::new(options.cached_rows.max(1)).unwrap_or(NonZeroUsize::MIN),
-                ),
-                complete: fresh,
-                name,
-            },
-            max_value: committer.max_value(),
-            committer: Some(committer),
-            sending: None,
-            skipped,
-            options: options.clone(),
-            committed: committed_tx,
-            live: live_tx,
-            pointers,
-            pointer_watch: Some(pointer_watch),
-            pointer_old: pointer.filter(|(p, _)| p.version != P::VERSION),
-            target,
-            retire: None,
-            progress: progress.clone(),
+        Ok(Self {
             context,
-            bucket_name: bucket_name.clone(),
-        };
-        let stopped_in_task = Arc::clone(&stopped);
-        let task = tokio::spawn(async move {
-            let mut run = run;
-            if let Err(e) = run.run(reader, stop_rx, wanted_rx, start).await {
-                tracing::error!(read_model = P::NAME, error = %e, "read model runner stopped");
-                if let Ok(mut slot) = stopped_in_task.lock() {
-                    *slot = Some(Arc::new(e));
-                }
-            }
-            drop(run);
-        });
-        Ok(ReadModelHandle {
-            committed,
-            progress,
-            live: live_rx,
-            wanted,
-            stop,
-            stopped,
-            bucket: bucket_name,
-            task,
-            _projection: std::marker::PhantomData,
+            pointers,
+            pointer_watch,
+            pointer_old: pointer.filter(|(p, _)| p.version != P::VERSION),
+            live,
+            bucket,
+            bucket_name,
+            checkpoint,
+            fresh,
+            committer,
         })
+    }
+}
+
+/// The pointer of model `P` and its revision; [`ProjectionError::Superseded`] when it names a
+/// newer version.
+async fn live_pointer<P: KeyedProjection>(
+    pointers: &kv::Store,
+    pointer_bucket: &str,
+) -> Result<Option<(Pointer, u64)>, ProjectionError> {
+    let pointer = reader::read_pointer(pointers, P::NAME)
+        .await
+        .map_err(|e| setup_error(P::NAME, pointer_bucket, e))?;
+    if let Some((p, _)) = &pointer {
+        if p.version > P::VERSION {
+            return Err(ProjectionError::Superseded {
+                projection: P::NAME.to_owned(),
+                version: P::VERSION,
+                live: p.version,
+            });
+        }
+    }
+    Ok(pointer)
+}
+
+/// Starts the runner of what `opened` set up, reading `reader` (whose progress, in event stream
+/// sequences, is `progress`): from a partitioned view when `view` is given.
+fn launch<P: KeyedProjection>(
+    opened: Opened,
+    projection: P,
+    options: ReadModelOptions,
+    (reader, progress): (OrderedReader, watch::Receiver<Progress>),
+    target: u64,
+    view: Option<ViewFeed>,
+) -> ReadModelHandle<P> {
+    let (start, skipped) = opened
+        .checkpoint
+        .map_or((0, Vec::new()), |c| (c.sequence, c.skipped));
+    let bucket_name = opened.bucket_name;
+    let (committed_tx, committed) = watch::channel(start);
+    let (live_tx, live_rx) = watch::channel(opened.live);
+    let (wanted, wanted_rx) = watch::channel(0u64);
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = Arc::new(std::sync::Mutex::new(None));
+    let run = Run {
+        projection,
+        rows: RowState {
+            bucket: opened.bucket,
+            event: HashMap::new(),
+            pending: HashMap::new(),
+            in_flight: HashMap::new(),
+            cache: LruCache::new(
+                NonZeroUsize::new(options.cached_rows.max(1)).unwrap_or(NonZeroUsize::MIN),
+            ),
+            complete: opened.fresh,
+            name: P::NAME,
+        },
+        max_value: opened.committer.max_value(),
+        committer: Some(opened.committer),
+        sending: None,
+        skipped,
+        options,
+        committed: committed_tx,
+        live: live_tx,
+        pointers: opened.pointers,
+        pointer_watch: Some(opened.pointer_watch),
+        pointer_old: opened.pointer_old,
+        target,
+        retire: None,
+        progress: progress.clone(),
+        view,
+        context: opened.context,
+        bucket_name: bucket_name.clone(),
+    };
+    let stopped_in_task = Arc::clone(&stopped);
+    let task = tokio::spawn(async move {
+        let mut run = run;
+        if let Err(e) = run.run(reader, stop_rx, wanted_rx, start).await {
+            tracing::error!(read_model = P::NAME, error = %e, "read model runner stopped");
+            if let Ok(mut slot) = stopped_in_task.lock() {
+                *slot = Some(Arc::new(e));
+            }
+        }
+        drop(run);
+    });
+    ReadModelHandle {
+        committed,
+        progress,
+        live: live_rx,
+        wanted,
+        stop,
+        stopped,
+        bucket: bucket_name,
+        task,
+        _projection: std::marker::PhantomData,
     }
 }
 
@@ -725,8 +834,11 @@ struct Run<P: KeyedProjection> {
     target: u64,
     /// The replaced version's bucket, and when to delete it.
     retire: Option<(String, tokio::time::Instant)>,
-    /// The reader's progress (for the lag in traces).
+    /// The reader's progress, in event stream sequences (for the lag in traces, and to know
+    /// when it has caught up).
     progress: watch::Receiver<Progress>,
+    /// For a partition read from a partitioned view: the view, and where in it the runner is.
+    view: Option<ViewFeed>,
     context: jetstream::Context,
     bucket_name: String,
 }
@@ -742,7 +854,7 @@ impl<P: KeyedProjection> Run<P> {
         let mut last = start;
         let mut written = start;
         let mut order = VersionOrder::default();
-        let progress = reader.progress();
+        let progress = self.progress.clone();
         let mut tick = tokio::time::interval(self.options.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -774,6 +886,13 @@ impl<P: KeyedProjection> Run<P> {
                     match entry {
                         Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
                             if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
+                                if pointer.version == P::VERSION
+                                    && pointer.bucket == self.bucket_name
+                                    && self.pointer_old.take().is_some()
+                                {
+                                    // Another partition's runner moved the pointer here.
+                                    let _ = self.live.send(true);
+                                }
                                 if pointer.version > P::VERSION {
                                     // Readers moved on; what this version has not committed
                                     // has no reader: finish the commit on its way and stop.
@@ -803,6 +922,10 @@ impl<P: KeyedProjection> Run<P> {
                     if want > written && last >= want {
                         self.send_commit(last).await?;
                         written = last;
+                    } else if want > last {
+                        if let Some(at) = self.advance_idle(last, written).await? {
+                            (last, written) = (at, at);
+                        }
                     }
                 }
                 _ = tick.tick() => {
@@ -812,6 +935,8 @@ impl<P: KeyedProjection> Run<P> {
                     if last > written {
                         self.send_commit(last).await?;
                         written = last;
+                    } else if let Some(at) = self.advance_idle(last, written).await? {
+                        (last, written) = (at, at);
                     }
                     self.maybe_go_live(&progress).await?;
                 }
@@ -824,6 +949,24 @@ impl<P: KeyedProjection> Run<P> {
                         source: e,
                     })?;
                     for raw in chunk {
+                        // A message of a partitioned view is read as the event it copies.
+                        let translated = match self.view.as_mut() {
+                            None => Ok(Some(raw)),
+                            Some(view) => view.translate(raw, last),
+                        };
+                        let raw = match translated {
+                            Ok(Some(raw)) => raw,
+                            Ok(None) => continue,
+                            Err(e) => {
+                                if last > written {
+                                    self.commit(last).await?;
+                                }
+                                return Err(ProjectionError::Unreadable {
+                                    projection: P::NAME.to_owned(),
+                                    source: e,
+                                });
+                            }
+                        };
                         let sequence = raw.sequence;
                         if sequence <= last {
                             continue;
@@ -901,6 +1044,9 @@ impl<P: KeyedProjection> Run<P> {
                             },
                         }
                         last = sequence;
+                        if let Some(view) = self.view.as_mut() {
+                            view.read_up_to_current();
+                        }
                         let want = *wanted.borrow();
                         if last - written >= self.options.commit_every
                             || self.rows.pending.len() >= MAX_ROWS_PER_COMMIT
@@ -909,6 +1055,9 @@ impl<P: KeyedProjection> Run<P> {
                             self.send_commit(last).await?;
                             written = last;
                         }
+                    }
+                    if let Some(view) = &self.view {
+                        view.publish(last);
                     }
                     if progress.borrow().pending == 0 && last > written {
                         // Caught up: what is read is committed without waiting for the tick.
@@ -971,8 +1120,11 @@ impl<P: KeyedProjection> Run<P> {
             unreachable!("the committer is back once the commit on its way is finished")
         };
         let skipped = self.skipped.clone();
+        let view_sequence = self.view.as_ref().map(ViewFeed::read_up_to);
         let sending: Sending = Box::pin(async move {
-            let result = committer.commit(encoded, sequence, &skipped).await;
+            let result = committer
+                .commit(encoded, (sequence, view_sequence), &skipped)
+                .await;
             (committer, result)
         });
         self.sending = Some((sending, sequence));
@@ -1044,14 +1196,32 @@ impl<P: KeyedProjection> Run<P> {
         if !caught_up {
             return Ok(());
         }
-        write_pointer(
+        if let Some(view) = &self.view {
+            if !every_partition_reached::<P>(&self.rows.bucket, view.partitions(), self.target)
+                .await
+            {
+                return Ok(());
+            }
+        }
+        let moved = write_pointer(
             &self.pointers,
             P::NAME,
             &self.bucket_name,
             P::VERSION,
             Some(*revision),
         )
-        .await?;
+        .await;
+        if let Err(e) = moved {
+            // A partition's runner: another partition's may have moved it first.
+            let now = reader::read_pointer(&self.pointers, P::NAME).await;
+            let here = matches!(&now, Ok(Some((p, _))) if p.bucket == self.bucket_name);
+            if self.view.is_none() || !here {
+                return Err(e);
+            }
+            self.pointer_old = None;
+            let _ = self.live.send(true);
+            return Ok(());
+        }
         tracing::info!(read_model = P::NAME, from = %old.bucket, to = %self.bucket_name,
             "read model caught up: readers switched to the new version");
         self.retire = Some((
@@ -1061,6 +1231,63 @@ impl<P: KeyedProjection> Run<P> {
         self.pointer_old = None;
         let _ = self.live.send(true);
         Ok(())
+    }
+}
+
+/// Has every one of the `partitions` partitions of model `P` in `bucket` committed up to
+/// `target` (a partition's runner moves the pointer only then: readers see the model as of the
+/// smallest checkpoint)?
+async fn every_partition_reached<P: KeyedProjection>(
+    bucket: &kv::Store,
+    partitions: u32,
+    target: u64,
+) -> bool {
+    match reader::model_front(bucket).await {
+        Ok(Some((n, sequence))) => n == partitions && sequence >= target,
+        Ok(None) => false,
+        Err(e) => {
+            tracing::debug!(read_model = P::NAME, error = %e,
+                "the partitions' checkpoints could not be read");
+            false
+        }
+    }
+}
+
+impl<P: KeyedProjection> Run<P> {
+    /// A partition read from a partitioned view that has nothing to apply and nothing to
+    /// commit moves its checkpoint on to the last event its view holds, when no event of its
+    /// own is among those it has not read ([`ViewFeed::idle_position`]); returns the new
+    /// position. `None` for a model read from the event stream, or when the partition is busy.
+    async fn advance_idle(
+        &mut self,
+        last: u64,
+        written: u64,
+    ) -> Result<Option<u64>, ProjectionError> {
+        let Some(view) = &self.view else {
+            return Ok(None);
+        };
+        if last != written
+            || self.sending.is_some()
+            || !self.rows.pending.is_empty()
+            || !view.caught_up()
+        {
+            return Ok(None);
+        }
+        let (origin, at) = match view.idle_position().await {
+            Ok(Some((origin, at))) if origin > written => (origin, at),
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                tracing::debug!(read_model = P::NAME, error = %e,
+                    "the partitioned view's end could not be read; the checkpoint stays");
+                return Ok(None);
+            }
+        };
+        if let Some(view) = self.view.as_mut() {
+            view.skip_to(at);
+            view.publish(origin);
+        }
+        self.send_commit(origin).await?;
+        Ok(Some(origin))
     }
 }
 
@@ -1178,6 +1405,7 @@ mod tests {
             partitions,
             stream: String::new(),
             sequence,
+            view_sequence: None,
             skipped: Vec::new(),
             writer: String::new(),
         }

@@ -53,18 +53,90 @@ pub(super) async fn read_checkpoint(
 /// The sequence the model in `bucket` reflects: the smallest of its partitions' checkpoints
 /// (0 while one has none).
 pub(super) async fn model_sequence(bucket: &kv::Store) -> Result<u64, String> {
+    Ok(model_front(bucket)
+        .await?
+        .map_or(0, |(_, sequence)| sequence))
+}
+
+/// How many partitions the model in `bucket` is worked as (as its partition 0's checkpoint
+/// says) and the smallest of their checkpoints; `None` while one of them has none.
+pub(super) async fn model_front(bucket: &kv::Store) -> Result<Option<(u32, u64)>, String> {
     let Some((first, _)) = read_checkpoint(bucket, 0).await? else {
-        return Ok(0);
+        return Ok(None);
     };
     let mut front = CheckpointFront::default();
     let mut reached = front.observe(&first);
     for partition in 1..first.partitions {
         match read_checkpoint(bucket, partition).await? {
             Some((c, _)) => reached = front.observe(&c),
-            None => return Ok(0),
+            None => return Ok(None),
         }
     }
-    Ok(reached.unwrap_or(0))
+    Ok(reached.map(|sequence| (first.partitions, sequence)))
+}
+
+/// Every checkpoint in `bucket` (the last value of each `_cim.checkpoint.*` key), whatever
+/// partitioning wrote it.
+pub(super) async fn read_checkpoints(
+    client: &async_nats::Client,
+    bucket: &kv::Store,
+) -> Result<Vec<Checkpoint>, String> {
+    let latest = latest_per_key(client, bucket, &format!("{CHECKPOINT_PREFIX}.>"), false).await?;
+    latest
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .map(|(key, value)| {
+            serde_json::from_slice::<Checkpoint>(&value)
+                .map_err(|e| format!("the checkpoint {key} does not decode: {e}"))
+        })
+        .collect()
+}
+
+/// The last message of each key of `bucket` matching `keys` (a KV key filter, wildcards
+/// allowed), as `kv::Store::keys` reads the whole bucket: its key, and its value (`None` for a
+/// deleted key; empty when `headers_only`).
+async fn latest_per_key(
+    client: &async_nats::Client,
+    bucket: &kv::Store,
+    keys: &str,
+    headers_only: bool,
+) -> Result<Vec<(String, Option<bytes::Bytes>)>, String> {
+    let name = &bucket.name;
+    let consumer = bucket
+        .stream
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            description: Some("read model keys (cim-nats)".to_owned()),
+            filter_subject: format!("$KV.{name}.{keys}"),
+            headers_only,
+            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(found);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let prefix = format!("$KV.{name}.");
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| e.to_string())?;
+        let pending = message.info().map_err(|e| e.to_string())?.pending;
+        let deleted = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| op.as_str() != "PUT");
+        if let Some(key) = message.subject.as_str().strip_prefix(&prefix) {
+            found.push((key.to_owned(), (!deleted).then(|| message.payload.clone())));
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// One message of a read model's bucket, as [`follow_bucket`] reads it.
@@ -304,53 +376,14 @@ impl<R: DeserializeOwned> ReadModel<R> {
     /// [`ProjectionError::Store`] when the keys cannot be listed.
     pub async fn ids(&self, table: &str) -> Result<Vec<String>, ProjectionError> {
         self.key(table, "x")?;
-        let bucket = &self.pointer.bucket;
-        let fail = |e: &dyn std::fmt::Display| error(&self.name, bucket, e);
-        // The last message of each key of the table (headers only), as `kv::Store::keys` reads
-        // the whole bucket, with a filter.
-        let consumer = self
-            .bucket
-            .stream
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                description: Some("read model keys (cim-nats)".to_owned()),
-                filter_subject: format!("$KV.{bucket}.{table}.>"),
-                headers_only: true,
-                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
+        let latest = latest_per_key(&self.client, &self.bucket, &format!("{table}.>"), true)
             .await
-            .map_err(|e| fail(&e))?;
-        let mut ids = Vec::new();
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(ids);
-        }
-        let mut messages = consumer.messages().await.map_err(|e| fail(&e))?;
-        let prefix = format!("$KV.{bucket}.");
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| fail(&e))?;
-            let pending = message.info().map_err(|e| fail(&e))?.pending;
-            let deleted = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() != "PUT");
-            if !deleted {
-                if let Some(id) = message
-                    .subject
-                    .as_str()
-                    .strip_prefix(&prefix)
-                    .and_then(|key| row_id(table, key))
-                {
-                    ids.push(id);
-                }
-            }
-            if pending == 0 {
-                break;
-            }
-        }
-        Ok(ids)
+            .map_err(|e| error(&self.name, &self.pointer.bucket, e))?;
+        Ok(latest
+            .into_iter()
+            .filter(|(_, value)| value.is_some())
+            .filter_map(|(key, _)| row_id(table, &key))
+            .collect())
     }
 
     /// Changes to the rows of `table` from now on.

@@ -50,6 +50,8 @@ pub(crate) struct Options {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) inactive_threshold: Duration,
     pub(crate) description: Option<String>,
+    /// Work as a member of a consumer group (partitions shared with other processes).
+    pub(crate) group: Option<crate::jetstream::group::GroupOptions>,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             shutdown_timeout: Duration::from_secs(30),
             inactive_threshold: Duration::from_secs(300),
             description: None,
+            group: None,
         }
     }
 }
@@ -314,6 +317,24 @@ impl EventSubscriberBuilder {
         self
     }
 
+    /// Runs this subscriber as a member of a consumer group named by its durable name: the
+    /// same subscriber started in several processes shares the work, each of
+    /// [`GroupOptions::partitions`](crate::jetstream::group::GroupOptions) partitions of the
+    /// aggregates worked by one member at a time, in stream order, and taken over by the others
+    /// when its member dies (see [`group`](crate::jetstream::group)). It reads the stream's
+    /// partitioned view ([`PartitionedView`](crate::jetstream::PartitionedView)) through one
+    /// consumer per held partition and lease epoch (`{durable}_p{partition}_e{epoch}`), and
+    /// acknowledges each partition's events in stream order, so a take-over resumes exactly
+    /// after the last acknowledged event: only unacknowledged events come again, counted as
+    /// redeliveries. Handlers see the lease in [`Delivery::lease`](crate::subscriber::Delivery).
+    ///
+    /// Needs a durable name; a group starts from the beginning (the default), from new events,
+    /// or from a time, not from a stream sequence.
+    pub fn group(mut self, options: crate::jetstream::group::GroupOptions) -> Self {
+        self.options.group = Some(options);
+        self
+    }
+
     /// Checks the options and builds the subscriber. Nothing is sent to the server until
     /// [`EventSubscriber::subscribe`].
     ///
@@ -376,6 +397,20 @@ impl EventSubscriberBuilder {
             }
             if name.contains(['/', '\\']) {
                 return invalid(format!("durable name {name:?} contains a path separator"));
+            }
+        }
+        if o.group.is_some() {
+            if o.durable.is_none() {
+                return invalid(
+                    "a consumer group needs a durable name (the group's name)".to_owned(),
+                );
+            }
+            if matches!(o.deliver, DeliverPolicy::FromSequence(_)) {
+                return invalid(
+                    "a consumer group starts from the beginning, from new events or from a time, \
+                     not from a stream sequence"
+                        .to_owned(),
+                );
             }
         }
         if o.max_in_flight == 0 {

@@ -80,6 +80,8 @@ pub enum SubscriberErrorKind {
     },
     /// Talking to the server failed.
     Connection,
+    /// The consumer group could not be joined (see [`GroupError`](crate::jetstream::group::GroupError)).
+    Group(crate::jetstream::group::GroupError),
 }
 
 impl fmt::Display for SubscriberErrorKind {
@@ -130,6 +132,7 @@ impl fmt::Display for SubscriberErrorKind {
                 write!(f, "server error {code}: {description}")
             }
             Self::Connection => write!(f, "connection to the server failed"),
+            Self::Group(e) => write!(f, "{e}"),
         }
     }
 }

@@ -63,6 +63,7 @@ pub struct SubscriptionHandle {
     stop: Arc<watch::Sender<bool>>,
     task: Option<JoinHandle<Result<(), SubscriberError>>>,
     consumers: Arc<[SubscribedConsumer]>,
+    groups: Vec<crate::jetstream::group::GroupObserver>,
 }
 
 impl fmt::Debug for SubscriptionHandle {
@@ -78,6 +79,14 @@ impl SubscriptionHandle {
     /// The consumers behind the subscription, one per stream.
     pub fn consumers(&self) -> &[SubscribedConsumer] {
         &self.consumers
+    }
+
+    /// For a member of a consumer group ([`EventSubscriberBuilder::group`]): what it holds and
+    /// sees of its group, one per stream.
+    ///
+    /// [`EventSubscriberBuilder::group`]: crate::jetstream::subscriber::EventSubscriberBuilder::group
+    pub fn group_members(&self) -> &[crate::jetstream::group::GroupObserver] {
+        &self.groups
     }
 
     /// A trigger that stops the subscription from elsewhere.
@@ -146,6 +155,7 @@ pub(crate) fn start(
     js: jetstream::Context,
     runs: Vec<ConsumerRun>,
     consumers: Vec<SubscribedConsumer>,
+    groups: Vec<crate::jetstream::group::GroupObserver>,
     stop: watch::Sender<bool>,
 ) -> SubscriptionHandle {
     let stop = Arc::new(stop);
@@ -160,6 +170,7 @@ pub(crate) fn start(
         stop,
         task: Some(task),
         consumers,
+        groups,
     }
 }
 

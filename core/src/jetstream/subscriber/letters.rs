@@ -360,6 +360,7 @@ async fn redrive_one(
         max_deliveries: None,
         stream: Arc::clone(stream),
         consumer: Arc::clone(consumer),
+        lease: None,
     };
     match handler.handle_delivery(delivery).await {
         Ok(()) => match letters.discard(sequence).await {

@@ -69,6 +69,7 @@
 mod builder;
 pub mod dead_letter;
 mod error;
+pub(crate) mod group;
 mod handle;
 mod lanes;
 mod letters;
@@ -149,7 +150,66 @@ impl EventSubscriber {
         let (stop, stop_rx) = watch::channel(false);
         let mut runs: Vec<ConsumerRun> = Vec::with_capacity(by_stream.len());
         let mut consumers = Vec::with_capacity(by_stream.len());
+        let mut groups = Vec::new();
         for (stream, subjects) in by_stream {
+            if let (Some(group_options), Some(durable)) =
+                (&self.options.group, &self.options.durable)
+            {
+                // A member of a consumer group: its consumers come and go with its leases.
+                let dead_letter = self
+                    .options
+                    .dead_letter
+                    .as_ref()
+                    .map(|dl| DeadLetterTarget {
+                        subject: dl.subject_for(&stream, durable),
+                        js: js.clone(),
+                    });
+                let member = match group::start_member(
+                    &self.client,
+                    &stream,
+                    subjects.clone(),
+                    Arc::clone(&self.handler),
+                    Arc::clone(&self.options),
+                    dead_letter.clone(),
+                    durable,
+                    group_options.clone(),
+                )
+                .await
+                {
+                    Ok(member) => member,
+                    Err(e) => {
+                        handle::cleanup(&js, &consumers).await;
+                        return Err(e);
+                    }
+                };
+                groups.push(member.observer());
+                consumers.push(SubscribedConsumer {
+                    stream: stream.clone(),
+                    name: durable.clone(),
+                    durable: true,
+                    subjects,
+                    dead_letter_subject: dead_letter.as_ref().map(|d| d.subject.clone()),
+                });
+                let mut stop = stop_rx.clone();
+                runs.push(Box::pin(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                    member
+                        .shutdown()
+                        .await
+                        .map_err(|e| SubscriberError::new(SubscriberErrorKind::Group(e)))
+                }));
+                if let Some(config) = &self.options.dead_letter {
+                    runs.push(Box::pin(letters::serve_redrive(
+                        self.client.clone(),
+                        config.clone(),
+                        Arc::from(stream.as_str()),
+                        Arc::from(durable.as_str()),
+                        Arc::clone(&self.handler),
+                        stop_rx.clone(),
+                    )));
+                }
+                continue;
+            }
             let consumer =
                 match setup::create_consumer(&js, &stream, &subjects, &self.options).await {
                     Ok(c) => c,
@@ -185,6 +245,7 @@ impl EventSubscriber {
                 dead_letter,
                 held: Held::default(),
                 order: std::sync::Mutex::default(),
+                partition: None,
             });
             runs.push(Box::pin(run::run(
                 ctx,
@@ -207,6 +268,6 @@ impl EventSubscriber {
             }
         }
         tracing::info!(subjects = ?self.subjects, consumers = consumers.len(), "subscribed");
-        Ok(handle::start(js, runs, consumers, stop))
+        Ok(handle::start(js, runs, consumers, groups, stop))
     }
 }

@@ -128,6 +128,8 @@ pub(crate) struct ConsumerContext {
     /// The last version seen of each recent aggregate (events of one aggregate are handled one
     /// at a time, in stream order, so they are checked in order).
     pub(crate) order: Mutex<VersionOrder>,
+    /// For a consumer group member: the partition this consumer works.
+    pub(crate) partition: Option<Arc<crate::jetstream::subscriber::group::PartitionContext>>,
 }
 
 /// How the handling of one message ended.
@@ -205,7 +207,11 @@ impl ConsumerContext {
             // A check marker of an append to several aggregates: not an event, nothing to do.
             return self.ack(sequence).await;
         }
-        let event = match decode_delivery(message) {
+        let decoded = match &self.partition {
+            Some(_) => crate::jetstream::codec::decode_view_delivery(message),
+            None => decode_delivery(message),
+        };
+        let event = match decoded {
             Some(Ok(event)) => event,
             Some(Err(e)) => {
                 return Box::pin(self.settle(
@@ -244,12 +250,28 @@ impl ConsumerContext {
             .await;
         }
         tracing::Span::current().record("event_type", event.event_type.as_str());
-        let delivery = Delivery {
-            event,
-            delivery_count: delivered,
-            max_deliveries: self.options.max_deliveries,
-            stream: self.stream.clone(),
-            consumer: self.consumer.clone(),
+        let delivery = match &self.partition {
+            Some(p) => Delivery {
+                event,
+                // Delivered by an earlier epoch's consumer: a redelivery.
+                delivery_count: if sequence <= p.redelivered_upto {
+                    delivered.max(2)
+                } else {
+                    delivered
+                },
+                max_deliveries: self.options.max_deliveries,
+                stream: Arc::clone(&p.origin),
+                consumer: Arc::clone(&p.lease.group),
+                lease: Some(p.lease.clone()),
+            },
+            None => Delivery {
+                event,
+                delivery_count: delivered,
+                max_deliveries: self.options.max_deliveries,
+                stream: self.stream.clone(),
+                consumer: self.consumer.clone(),
+                lease: None,
+            },
         };
         let result = AssertUnwindSafe(self.handler.handle_delivery(delivery))
             .catch_unwind()
@@ -300,8 +322,14 @@ impl ConsumerContext {
         let Some(entry) = self.held.get(sequence) else {
             return Outcome::Unconfirmed;
         };
-        let confirmed = self.confirm(entry.reply, AckKind::Ack.into()).await;
-        self.held.remove(sequence);
+        let confirmed = match &self.partition {
+            Some(p) => p.settle_in_order(self, sequence, AckKind::Ack.into()).await,
+            None => {
+                let confirmed = self.confirm(entry.reply, AckKind::Ack.into()).await;
+                self.held.remove(sequence);
+                confirmed
+            }
+        };
         if confirmed {
             tracing::debug!("event handled and acknowledged");
             Outcome::Acked
@@ -359,18 +387,40 @@ impl ConsumerContext {
     ) -> Outcome {
         match &self.dead_letter {
             Some(target) => {
+                // A group member's dead letter names the event stream, its sequence and the
+                // group, as a single subscriber's would.
+                let origin = self
+                    .partition
+                    .as_ref()
+                    .and_then(|_| crate::jetstream::codec::view_origin(message));
+                let (stream, consumer, letter_sequence, original) = match (&self.partition, &origin)
+                {
+                    (Some(p), Some((origin_sequence, subject))) => (
+                        &p.origin,
+                        &p.lease.group,
+                        *origin_sequence,
+                        Original {
+                            subject,
+                            headers: message.headers.as_ref(),
+                            payload: &message.payload,
+                        },
+                    ),
+                    _ => (
+                        &self.stream,
+                        &self.consumer,
+                        sequence,
+                        Original::of(message),
+                    ),
+                };
                 let letter = Letter {
-                    stream: &self.stream,
-                    consumer: &self.consumer,
-                    sequence,
+                    stream,
+                    consumer,
+                    sequence: letter_sequence,
                     delivered,
                     reason,
                     error,
                 };
-                match self
-                    .send_letter(target, Original::of(message), &letter)
-                    .await
-                {
+                match self.send_letter(target, original, &letter).await {
                     Ok(()) => tracing::error!(
                         dead_letter = %target.subject,
                         reason,
@@ -403,7 +453,14 @@ impl ConsumerContext {
                 "event given up (no dead letter configured); terminated"
             ),
         }
-        if let Some(reply) = self.held.remove(sequence) {
+        if let Some(p) = &self.partition {
+            if !p
+                .settle_in_order(self, sequence, AckKind::Term.into())
+                .await
+            {
+                tracing::warn!("termination not confirmed");
+            }
+        } else if let Some(reply) = self.held.remove(sequence) {
             if !self.confirm(reply, AckKind::Term.into()).await {
                 tracing::warn!("termination not confirmed");
             }

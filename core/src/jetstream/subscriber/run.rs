@@ -154,6 +154,9 @@ impl Dispatcher {
             );
             return None;
         }
+        if let Some(partition) = &self.ctx.partition {
+            partition.opened(sequence);
+        }
         let key = ordering_key(&message);
         match self.lanes.offer(key.clone(), sequence, message) {
             Offer::Run(message) => Some((key, sequence, message)),
@@ -197,6 +200,9 @@ impl Dispatcher {
                 stream_sequence = waited,
                 "a retried event was not delivered again in time; its aggregate's later events go on"
             );
+            if let Some(partition) = &self.ctx.partition {
+                partition.forget(waited);
+            }
             if let Some((sequence, message)) = next {
                 self.spawn(key, sequence, message);
             }
@@ -231,6 +237,22 @@ impl Dispatcher {
                 self.ctx.nak_reply(reply, delay).await;
             }
         }
+    }
+}
+
+/// At the end of a group member's work on a partition: handles the events held (and those
+/// that arrived before the fence) to the end, up to the shutdown timeout, acknowledging them
+/// in order. What still waits then (behind an event to be retried) is given back below.
+async fn drain(d: &mut Dispatcher, arrived: Vec<jetstream::Message>, ended: Vec<Option<Done>>) {
+    for message in arrived {
+        d.on_message(message);
+    }
+    for done in ended {
+        d.on_done(done);
+    }
+    let deadline = Instant::now() + d.ctx.options.shutdown_timeout;
+    while let Ok(Some(done)) = tokio::time::timeout_at(deadline, d.running.next()).await {
+        d.on_done(done);
     }
 }
 
@@ -364,6 +386,13 @@ pub(crate) async fn run(
         }
     };
     arrived.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
+    if ctx.partition.is_some() {
+        // A group member handing a partition over handles what it holds first, so that every
+        // event it was given is acknowledged and the next member starts right after them.
+        drain(&mut d, arrived, ended).await;
+        arrived = Vec::new();
+        ended = Vec::new();
+    }
     let mut free = Vec::new();
     for message in arrived {
         if let Some((key, sequence, _)) = d.accept(message) {
