@@ -12,98 +12,19 @@
 //!   partition is settled, so the floor is exact: nothing acknowledged is delivered again by
 //!   the next epoch. Events of other aggregates still run concurrently.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{self, consumer};
-use async_nats::Subject;
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::jetstream::group::{GroupMember, GroupOptions, PartitionWork, StopSignal};
 use crate::jetstream::subscriber::builder::Options;
+use crate::jetstream::subscriber::partition::PartitionContext;
 use crate::jetstream::subscriber::process::{ConsumerContext, DeadLetterTarget, Held};
 use crate::jetstream::subscriber::{run, SubscriberError, SubscriberErrorKind};
 use crate::jetstream::{JetStreamEventStore, PartitionedView, PARTITION_PREFIX};
 use crate::subscriber::{EventHandler, Lease};
-
-/// The partition a group member's consumer works.
-pub(crate) struct PartitionContext {
-    /// The event stream the view copies.
-    pub(crate) origin: Arc<str>,
-    pub(crate) lease: Lease,
-    /// View sequences up to this one were delivered by an earlier epoch's consumer.
-    pub(crate) redelivered_upto: u64,
-    /// Delivered and not yet settled, and settled but waiting for an earlier one.
-    state: Mutex<Floor>,
-    /// One drain at a time, so settlements reach the server in order.
-    sending: tokio::sync::Mutex<()>,
-}
-
-#[derive(Default)]
-struct Floor {
-    open: BTreeSet<u64>,
-    ready: BTreeMap<u64, (Subject, Bytes)>,
-}
-
-impl PartitionContext {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Floor> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A new delivery of `sequence`: it is open until settled.
-    pub(crate) fn opened(&self, sequence: u64) {
-        self.lock().open.insert(sequence);
-    }
-
-    /// `sequence` will not come back (deleted from the stream while waiting for its retry).
-    pub(crate) fn forget(&self, sequence: u64) {
-        self.lock().open.remove(&sequence);
-    }
-
-    /// Settles `sequence` with `body` (`+ACK` or `+TERM`) once every earlier open sequence is
-    /// settled; sends what became sendable, in order, the last one confirmed. Returns `false`
-    /// only when a confirmation failed.
-    pub(crate) async fn settle_in_order(
-        &self,
-        ctx: &ConsumerContext,
-        sequence: u64,
-        body: Bytes,
-    ) -> bool {
-        let _sending = self.sending.lock().await;
-        let Some(reply) = ctx.held.remove(sequence) else {
-            return false;
-        };
-        let tracked = self.lock().open.contains(&sequence);
-        if !tracked {
-            // Not tracked (cannot happen for a delivered event): settle it alone.
-            return ctx.confirm(reply, body).await;
-        }
-        let batch = {
-            let mut floor = self.lock();
-            floor.ready.insert(sequence, (reply, body));
-            let mut batch = Vec::new();
-            while let Some(&first) = floor.open.first() {
-                let Some(ready) = floor.ready.remove(&first) else {
-                    break;
-                };
-                floor.open.pop_first();
-                batch.push(ready);
-            }
-            batch
-        };
-        let Some((last_reply, last_body)) = batch.last().cloned() else {
-            return true;
-        };
-        for (reply, body) in &batch[..batch.len() - 1] {
-            if let Err(e) = ctx.client.publish(reply.clone(), body.clone()).await {
-                tracing::debug!(error = %e, "acknowledgement not sent");
-            }
-        }
-        ctx.confirm(last_reply, last_body).await
-    }
-}
 
 /// The consumer name of partition `partition`'s epoch `epoch` in group `group`.
 fn consumer_name(group: &str, partition: u32, epoch: u64) -> String {

@@ -73,6 +73,7 @@ pub(crate) mod group;
 mod handle;
 mod lanes;
 mod letters;
+mod partition;
 mod process;
 mod pull;
 mod recover;

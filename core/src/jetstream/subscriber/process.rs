@@ -21,6 +21,7 @@ use crate::jetstream::subscriber::dead_letter::{
     fit_letter, letter_headers, Letter, REASON_DELIVERIES_EXHAUSTED, REASON_OUT_OF_ORDER,
     REASON_PERMANENT_ERROR, REASON_UNDECODABLE,
 };
+use crate::jetstream::subscriber::partition::PartitionContext;
 use crate::subscriber::{Delivery, EventHandler, HandlerError};
 
 /// How long the server has to confirm an acknowledgement.
@@ -129,7 +130,7 @@ pub(crate) struct ConsumerContext {
     /// at a time, in stream order, so they are checked in order).
     pub(crate) order: Mutex<VersionOrder>,
     /// For a consumer group member: the partition this consumer works.
-    pub(crate) partition: Option<Arc<crate::jetstream::subscriber::group::PartitionContext>>,
+    pub(crate) partition: Option<Arc<PartitionContext>>,
 }
 
 /// How the handling of one message ended.
@@ -323,7 +324,7 @@ impl ConsumerContext {
             return Outcome::Unconfirmed;
         };
         let confirmed = match &self.partition {
-            Some(p) => p.settle_in_order(self, sequence, AckKind::Ack.into()).await,
+            Some(p) => self.settle_in_order(p, sequence, AckKind::Ack.into()).await,
             None => {
                 let confirmed = self.confirm(entry.reply, AckKind::Ack.into()).await;
                 self.held.remove(sequence);
@@ -337,6 +338,35 @@ impl ConsumerContext {
             tracing::warn!("acknowledgement not confirmed; the event may be delivered again");
             Outcome::Unconfirmed
         }
+    }
+
+    /// For a group member: settles `sequence` with `body` (`+ACK` or `+TERM`) once every
+    /// earlier open sequence of its partition is settled; sends what became sendable, in
+    /// order, the last one confirmed. `false` only when a confirmation failed.
+    async fn settle_in_order(
+        &self,
+        partition: &PartitionContext,
+        sequence: u64,
+        body: Bytes,
+    ) -> bool {
+        let _sending = partition.sending.lock().await;
+        let Some(reply) = self.held.remove(sequence) else {
+            return false;
+        };
+        if !partition.is_open(sequence) {
+            // Not tracked (cannot happen for a delivered event): settle it alone.
+            return self.confirm(reply, body).await;
+        }
+        let batch = partition.settle(sequence, reply, body);
+        let Some((last_reply, last_body)) = batch.last().cloned() else {
+            return true;
+        };
+        for (reply, body) in &batch[..batch.len() - 1] {
+            if let Err(e) = self.client.publish(reply.clone(), body.clone()).await {
+                tracing::debug!(error = %e, "acknowledgement not sent");
+            }
+        }
+        self.confirm(last_reply, last_body).await
     }
 
     /// Asks for the event again after `delay`. The sequence stops being held first, so that
@@ -454,8 +484,8 @@ impl ConsumerContext {
             ),
         }
         if let Some(p) = &self.partition {
-            if !p
-                .settle_in_order(self, sequence, AckKind::Term.into())
+            if !self
+                .settle_in_order(p, sequence, AckKind::Term.into())
                 .await
             {
                 tracing::warn!("termination not confirmed");
