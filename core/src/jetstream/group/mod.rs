@@ -585,12 +585,12 @@ impl GroupMember {
 
     /// The partitions this member works now.
     pub fn leases(&self) -> Vec<Lease> {
-        self.state.borrow().leases.clone()
+        self.observer().leases()
     }
 
     /// The group as this member sees it (members, leases).
     pub fn status(&self) -> GroupStatus {
-        self.state.borrow().status.clone()
+        self.observer().status()
     }
 
     /// Waits until `condition` holds for this member's leases and the group, or `timeout`

@@ -22,7 +22,7 @@ use crate::jetstream::group::{GroupMember, GroupOptions, PartitionWork, StopSign
 use crate::jetstream::subscriber::builder::Options;
 use crate::jetstream::subscriber::partition::PartitionContext;
 use crate::jetstream::subscriber::process::{ConsumerContext, DeadLetterTarget, Held};
-use crate::jetstream::subscriber::{run, SubscriberError, SubscriberErrorKind};
+use crate::jetstream::subscriber::{run, setup, SubscriberError, SubscriberErrorKind};
 use crate::jetstream::{JetStreamEventStore, PartitionedView, PARTITION_PREFIX};
 use crate::subscriber::{EventHandler, Lease};
 
@@ -133,48 +133,23 @@ async fn run_partition(
                 start_sequence: info.ack_floor.stream_sequence + 1,
             }
         }
-        None => match setup.options.deliver {
-            crate::jetstream::subscriber::DeliverPolicy::New => consumer::DeliverPolicy::New,
-            crate::jetstream::subscriber::DeliverPolicy::FromTime(time) => {
-                let nanos = time.timestamp_nanos_opt().unwrap_or_default();
-                consumer::DeliverPolicy::ByStartTime {
-                    start_time: async_nats::datetime::from_nanos(i128::from(nanos))
-                        .map_err(|e| setup_error(e.to_string()))?,
-                }
-            }
-            _ => consumer::DeliverPolicy::All,
-        },
+        None => setup::deliver_policy(setup.options.deliver)?,
     };
     let filters: Vec<String> = setup
         .subjects
         .iter()
         .map(|s| format!("{PARTITION_PREFIX}.{partition}.{s}"))
         .collect();
-    let (filter_subject, filter_subjects) = match filters.as_slice() {
-        [one] => (one.clone(), Vec::new()),
-        many => (String::new(), many.to_vec()),
-    };
-    let options = &setup.options;
-    let config = consumer::pull::Config {
-        durable_name: Some(name.clone()),
-        name: Some(name.clone()),
-        description: Some(format!(
-            "cim-nats group {group}, partition {partition}, epoch {}",
-            lease.epoch
-        )),
-        deliver_policy,
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: options.ack_wait,
-        max_deliver: options
-            .max_deliveries
-            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
-        filter_subject,
-        filter_subjects,
-        replay_policy: consumer::ReplayPolicy::Instant,
-        max_ack_pending: i64::try_from(options.max_in_flight).unwrap_or(i64::MAX),
-        backoff: options.redelivery_backoff.clone(),
-        ..Default::default()
-    };
+    // The subscriber's consumer settings, named for this partition and epoch, durable.
+    let mut config = setup::consumer_config(&filters, &setup.options)?;
+    config.durable_name = Some(name.clone());
+    config.name = Some(name.clone());
+    config.description = Some(format!(
+        "cim-nats group {group}, partition {partition}, epoch {}",
+        lease.epoch
+    ));
+    config.deliver_policy = deliver_policy;
+    config.inactive_threshold = std::time::Duration::ZERO;
     let consumer = stream
         .create_consumer(config)
         .await

@@ -199,7 +199,9 @@ pub(crate) async fn resolve_streams(
     Ok(by_stream)
 }
 
-fn deliver_policy(policy: DeliverPolicy) -> Result<consumer::DeliverPolicy, SubscriberError> {
+pub(crate) fn deliver_policy(
+    policy: DeliverPolicy,
+) -> Result<consumer::DeliverPolicy, SubscriberError> {
     Ok(match policy {
         DeliverPolicy::New => consumer::DeliverPolicy::New,
         DeliverPolicy::All => consumer::DeliverPolicy::All,
@@ -223,7 +225,7 @@ fn deliver_policy(policy: DeliverPolicy) -> Result<consumer::DeliverPolicy, Subs
 }
 
 /// The pull consumer configuration for `subjects` of one stream.
-fn consumer_config(
+pub(crate) fn consumer_config(
     subjects: &[String],
     options: &Options,
 ) -> Result<consumer::pull::Config, SubscriberError> {
