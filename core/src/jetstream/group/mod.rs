@@ -25,7 +25,11 @@
 //!   its work there gracefully and then deletes the lease, so the owner takes it at once.
 //! - Every member watches the group's keys, so a released or expired lease is taken as soon as
 //!   the server says so: take-over after a kill is the lease (default 5 s) plus the server's
-//!   expiry tick.
+//!   expiry tick. The watch is not trusted blindly: records and leases are rewritten every
+//!   heartbeat, so a member or lease not seen written for a lease and a heartbeat counts as
+//!   expired (the owner then tries to take it; the server refuses while it is held), and a
+//!   watch silent for a whole lease (this member's own heartbeats no longer show: it missed
+//!   its stream's leader change on a cluster) is started again.
 //!
 //! What a member costs the server: one KV write per heartbeat for itself and one per partition
 //! it holds (default: each second), one KV watch, and what its work needs per partition (a
@@ -91,8 +95,10 @@ pub struct GroupOptions {
     pub bucket: String,
     /// This member's id (letters, digits, `-`, `_`); default `{host}-{pid}-{random}`.
     pub member: Option<String>,
-    /// Replicas of the bucket when it is created (default 1).
-    pub replicas: usize,
+    /// Replicas of the bucket when it is created. `None` (the default): as many as the event
+    /// stream's when the group is joined by a subscriber or a read model, else 1. A group on a
+    /// cluster keeps its leases through the loss of a node only with 3.
+    pub replicas: Option<usize>,
 }
 
 impl Default for GroupOptions {
@@ -103,7 +109,7 @@ impl Default for GroupOptions {
             heartbeat: Duration::from_secs(1),
             bucket: GROUPS_BUCKET.to_owned(),
             member: None,
-            replicas: 1,
+            replicas: None,
         }
     }
 }
@@ -130,7 +136,7 @@ impl GroupOptions {
 
     /// Sets the bucket's replicas (when it is created).
     pub fn replicas(mut self, replicas: usize) -> Self {
-        self.replicas = replicas.max(1);
+        self.replicas = Some(replicas.max(1));
         self
     }
 
@@ -324,6 +330,27 @@ pub struct PartitionLease {
     pub epoch: u64,
 }
 
+/// How far behind one partition of a subscriber group is ([`GroupStatus::subscriber_lag`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionLag {
+    /// The partition.
+    pub partition: u32,
+    /// Its holder.
+    pub member: String,
+    /// The lease's epoch.
+    pub epoch: u64,
+    /// Events of the partition not yet delivered.
+    pub pending: u64,
+    /// Events delivered and not yet acknowledged.
+    pub ack_pending: u64,
+}
+
+/// The consumer of a subscriber group's partition `partition` in lease epoch `epoch`.
+pub(crate) fn partition_consumer(group: &str, partition: u32, epoch: u64) -> String {
+    format!("{group}_p{partition}_e{epoch}")
+}
+
 impl GroupStatus {
     /// Reads group `group` from `bucket` (e.g. [`GROUPS_BUCKET`]), from any process.
     ///
@@ -364,6 +391,42 @@ impl GroupStatus {
         Ok(view.status(group))
     }
 
+    /// How far behind a subscriber group is, per held partition: the events of each partition's
+    /// consumer (`{group}_p{p}_e{epoch}` on `{stream}_PARTITIONED`) not yet delivered and those
+    /// delivered but not yet acknowledged. `stream` is the event stream (e.g.
+    /// `INFRASTRUCTURE_EVENTS`). A partition whose consumer cannot be read (its holder is
+    /// creating it) is left out.
+    ///
+    /// # Errors
+    ///
+    /// [`GroupErrorKind::Server`] when the partitioned view cannot be read.
+    pub async fn subscriber_lag(
+        &self,
+        client: &Client,
+        stream: &str,
+    ) -> Result<Vec<PartitionLag>, GroupError> {
+        let js = jetstream::new(client.clone());
+        let view = format!("{stream}_PARTITIONED");
+        let view_stream = js
+            .get_stream_no_info(&view)
+            .await
+            .map_err(|e| GroupError::server(&format!("stream {view}"), e))?;
+        let mut lag = Vec::with_capacity(self.leases.len());
+        for lease in &self.leases {
+            let name = partition_consumer(&self.group, lease.partition, lease.epoch);
+            if let Ok(info) = view_stream.consumer_info(&name).await {
+                lag.push(PartitionLag {
+                    partition: lease.partition,
+                    member: lease.member.clone(),
+                    epoch: lease.epoch,
+                    pending: info.num_pending,
+                    ack_pending: u64::try_from(info.num_ack_pending).unwrap_or(0),
+                });
+            }
+        }
+        Ok(lag)
+    }
+
     /// The partitions `member` holds.
     pub fn held_by(&self, member: &str) -> Vec<u32> {
         self.leases
@@ -383,6 +446,10 @@ struct View {
     leases: BTreeMap<u32, (LeaseRecord, u64)>,
     /// Revision of the last delete or expiry of a lease key.
     gone: BTreeMap<u32, u64>,
+    /// When each member's record was last seen written.
+    member_seen: BTreeMap<String, Instant>,
+    /// When each held lease was last seen written.
+    lease_seen: BTreeMap<u32, Instant>,
 }
 
 impl View {
@@ -403,9 +470,11 @@ impl View {
             match serde_json::from_slice::<MemberRecord>(&entry.value) {
                 Ok(record) if present => {
                     self.members.insert(member.to_owned(), record);
+                    self.member_seen.insert(member.to_owned(), Instant::now());
                 }
                 _ => {
                     self.members.remove(member);
+                    self.member_seen.remove(member);
                 }
             }
         } else if let Some(p) = rest
@@ -418,10 +487,12 @@ impl View {
                         record.epoch = entry.revision;
                     }
                     self.leases.insert(p, (record, entry.revision));
+                    self.lease_seen.insert(p, Instant::now());
                     self.gone.remove(&p);
                 }
                 _ => {
                     self.leases.remove(&p);
+                    self.lease_seen.remove(&p);
                     self.gone.insert(p, entry.revision);
                 }
             }
@@ -550,6 +621,8 @@ impl GroupMember {
             work,
             view: View::default(),
             synced: false,
+            last_entry: Instant::now(),
+            stale_tried: None,
             held: BTreeMap::new(),
             state: state_tx,
         };
@@ -756,7 +829,7 @@ async fn open_bucket(
             description: "consumer group members and partition leases (cim-nats)".to_owned(),
             history: 1,
             storage: jetstream::stream::StorageType::File,
-            num_replicas: options.replicas,
+            num_replicas: options.replicas.unwrap_or(1),
             limit_markers: Some(Duration::from_secs(1)),
             ..Default::default()
         })
@@ -894,6 +967,11 @@ struct Run {
     view: View,
     /// The watch has delivered the keys as they were when it started.
     synced: bool,
+    /// When the watch last delivered an entry (this member's own heartbeat is one each
+    /// heartbeat): a watch silent for longer is started again.
+    last_entry: Instant,
+    /// When leases seen held but not renewed for longer than a lease were last tried.
+    stale_tried: Option<Instant>,
     held: BTreeMap<u32, Holding>,
     state: watch::Sender<MemberState>,
 }
@@ -925,6 +1003,7 @@ impl Run {
                 _ = stop.changed() => break Ok(()),
                 entry = watch.next() => match entry {
                     Some(Ok(entry)) => {
+                        self.last_entry = Instant::now();
                         if entry.delta == 0 {
                             self.synced = true;
                         }
@@ -949,6 +1028,21 @@ impl Run {
                 _ = tick.tick() => {
                     self.beat().await;
                     self.renew().await;
+                    // A watch that missed the server's loss of its stream's leader can stay
+                    // silent without an error: this member's own heartbeats no longer show.
+                    if self.last_entry.elapsed() > self.lease {
+                        tracing::warn!(group = %self.group, silent = ?self.last_entry.elapsed(),
+                            "the group's watch delivers nothing; watching again");
+                        match self.kv.watch_with_history(format!("{}.>", self.group)).await {
+                            Ok(w) => {
+                                watch = w;
+                                self.view = View::default();
+                                self.synced = false;
+                            }
+                            Err(e) => tracing::warn!(group = %self.group, error = %e, "watching the group again failed"),
+                        }
+                        self.last_entry = Instant::now();
+                    }
                     self.balance().await;
                 }
                 _ = check.tick() => self.balance().await,
@@ -1029,8 +1123,26 @@ impl Run {
         if !self.synced {
             return;
         }
-        let mut live: BTreeSet<String> = self.view.members.keys().cloned().collect();
+        // Records and leases are written each heartbeat: one not seen written for longer than
+        // a lease and a heartbeat has expired on the server, whether the watch said so or not.
+        let stale = self.lease + self.heartbeat;
+        let mut live: BTreeSet<String> = self
+            .view
+            .members
+            .keys()
+            .filter(|m| {
+                self.view
+                    .member_seen
+                    .get(*m)
+                    .is_some_and(|t| t.elapsed() <= stale)
+            })
+            .cloned()
+            .collect();
         live.insert(self.me.to_string());
+        let try_stale = self
+            .stale_tried
+            .is_none_or(|t| t.elapsed() >= self.heartbeat);
+        let mut tried_stale = false;
         let live: Vec<String> = live.into_iter().collect();
         let owners = assign::assign(&live, self.partitions);
         let now = Instant::now();
@@ -1038,7 +1150,12 @@ impl Run {
             let owner = live[owners[partition as usize]].as_str();
             let mine = owner == &*self.me;
             let Some(holding) = self.held.get_mut(&partition) else {
-                if mine && !self.view.leases.contains_key(&partition) {
+                let seen = self.view.lease_seen.get(&partition);
+                if mine && seen.is_none() {
+                    self.acquire(partition).await;
+                } else if mine && try_stale && seen.is_some_and(|t| t.elapsed() > stale) {
+                    // Taken only if the server has no lease any more (`acquire` checks).
+                    tried_stale = true;
                     self.acquire(partition).await;
                 }
                 continue;
@@ -1055,6 +1172,9 @@ impl Run {
             } else if finished {
                 self.restart(partition, now).await;
             }
+        }
+        if tried_stale {
+            self.stale_tried = Some(Instant::now());
         }
         self.publish();
     }

@@ -38,7 +38,7 @@ impl ReadModelRunner {
         group: &str,
         make: F,
         options: ReadModelOptions,
-        group_options: GroupOptions,
+        mut group_options: GroupOptions,
     ) -> Result<GroupMember, ProjectionError>
     where
         P: KeyedProjection,
@@ -48,6 +48,9 @@ impl ReadModelRunner {
             projection: P::NAME.to_owned(),
             source,
         };
+        if group_options.replicas.is_none() {
+            group_options.replicas = Some(store.config().replicas);
+        }
         check_partitions(store.client(), group, &group_options)
             .await
             .map_err(group_error)?;

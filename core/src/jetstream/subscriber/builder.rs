@@ -217,7 +217,9 @@ impl EventSubscriberBuilder {
 
     /// How many events may be held at once (handled, or waiting behind an earlier event of
     /// the same aggregate); the server delivers no more until some are acknowledged, so memory
-    /// stays bounded. Default 64.
+    /// stays bounded. Default 64. A consumer group member ([`group`](Self::group)) holds up to
+    /// this many per partition it works, and runs at most this many handlers at once across
+    /// them.
     #[must_use]
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.options.max_in_flight = max;

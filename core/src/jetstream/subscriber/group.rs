@@ -12,6 +12,8 @@
 //!   partition is settled, so the floor is exact: nothing acknowledged is delivered again by
 //!   the next epoch. Events of other aggregates still run concurrently.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{self, consumer};
@@ -20,16 +22,14 @@ use tokio::sync::watch;
 
 use crate::jetstream::group::{GroupMember, GroupOptions, PartitionWork, StopSignal};
 use crate::jetstream::subscriber::builder::Options;
-use crate::jetstream::subscriber::partition::PartitionContext;
+use crate::jetstream::subscriber::partition::{Floor, PartitionContext};
 use crate::jetstream::subscriber::process::{ConsumerContext, DeadLetterTarget, Held};
-use crate::jetstream::subscriber::{run, setup, SubscriberError, SubscriberErrorKind};
+use crate::jetstream::subscriber::run::{self, Ended};
+use crate::jetstream::subscriber::{setup, SubscriberError, SubscriberErrorKind};
 use crate::jetstream::{JetStreamEventStore, PartitionedView, PARTITION_PREFIX};
 use crate::subscriber::{EventHandler, Lease};
 
-/// The consumer name of partition `partition`'s epoch `epoch` in group `group`.
-fn consumer_name(group: &str, partition: u32, epoch: u64) -> String {
-    format!("{group}_p{partition}_e{epoch}")
-}
+use crate::jetstream::group::partition_consumer as consumer_name;
 
 /// The epoch of a consumer of `group`'s partition `partition`, from its name.
 fn epoch_of(name: &str, group: &str, partition: u32) -> Option<u64> {
@@ -48,6 +48,12 @@ pub(crate) struct GroupSetup {
     pub(crate) handler: Arc<dyn EventHandler>,
     pub(crate) options: Arc<Options>,
     pub(crate) dead_letter: Option<DeadLetterTarget>,
+    /// Per partition, the highest view sequence this member received, in any epoch: what an
+    /// epoch it takes again marks as redeliveries even when the consumer's replicated state
+    /// lags what its lost leader delivered.
+    pub(crate) seen: Mutex<HashMap<u32, Arc<AtomicU64>>>,
+    /// The handlers this member runs at once across its partitions (`max_in_flight`).
+    pub(crate) budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Joins the group of `setup`'s stream.
@@ -71,13 +77,101 @@ pub(crate) async fn join(
         .map_err(|e| SubscriberError::new(SubscriberErrorKind::Group(e)))
 }
 
+/// What a member knows of the partition's consumer it worked, after deliveries were lost on
+/// the way (`run::Ended::Rewind`).
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    /// Every event of the partition up to this view sequence was handled and settled.
+    through: u64,
+}
+
+/// A partition's consumer, ready to be run.
+struct Opened {
+    consumer: consumer::PullConsumer,
+    name: String,
+    filters: Vec<String>,
+    start: u64,
+    redelivered_upto: u64,
+}
+
 /// Works one partition until its stop signal: creates this epoch's consumer after the
-/// previous one's floor, deletes the previous ones, and runs the subscriber's loop on it.
+/// previous one's floor, deletes the previous ones, and runs the subscriber's loop on it. When
+/// deliveries were lost on the way, creates the consumer again right after what it handled.
 async fn run_partition(
     setup: Arc<GroupSetup>,
     lease: Lease,
     stop: StopSignal,
 ) -> Result<(), SubscriberError> {
+    let mut stop: watch::Receiver<bool> = stop.into_inner();
+    let mut known: Option<Known> = None;
+    let seen = Arc::clone(
+        setup
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(lease.partition)
+            .or_default(),
+    );
+    loop {
+        let opened = match open_consumer(&setup, &lease, known, seen.load(Ordering::Relaxed)).await
+        {
+            Ok(Some(opened)) => opened,
+            Ok(None) => return Ok(()),
+            // Before the first run, the group starts the work again; after a loss, this
+            // member knows more than a new start would: it tries again itself.
+            Err(e) if known.is_some() => {
+                tracing::warn!(group = %lease.group, partition = lease.partition, error = %e,
+                    "the partition's consumer could not be created again; trying again");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let partition = Arc::new(PartitionContext {
+            origin: Arc::clone(&setup.origin),
+            lease: lease.clone(),
+            redelivered_upto: opened.redelivered_upto,
+            seen: Arc::clone(&seen),
+            state: Mutex::new(Floor::starting_at(opened.start)),
+            sending: tokio::sync::Mutex::new(()),
+        });
+        let ctx = Arc::new(ConsumerContext {
+            client: crate::jetstream::api::Conn::new(setup.client.clone()),
+            stream: Arc::from(setup.view.stream_name()),
+            consumer: Arc::from(opened.name.as_str()),
+            subjects: Arc::from(opened.filters),
+            handler: Arc::clone(&setup.handler),
+            options: Arc::clone(&setup.options),
+            dead_letter: setup.dead_letter.clone(),
+            held: Held::default(),
+            order: std::sync::Mutex::default(),
+            partition: Some(Arc::clone(&partition)),
+            budget: Some(Arc::clone(&setup.budget)),
+        });
+        match run::run(ctx, setup.js.clone(), opened.consumer, stop.clone()).await? {
+            Ended::Stopped => return Ok(()),
+            Ended::Rewind => {
+                known = Some(Known {
+                    through: partition.through(),
+                });
+            }
+        }
+    }
+}
+
+/// Creates the consumer of `lease`'s partition and epoch, starting right after the previous
+/// consumer's acknowledgement floor (or what this member `known`s it handled, if more), and
+/// deletes the previous ones; what was delivered before (up to `seen` or the previous
+/// consumer's last delivery) is marked as redelivered. `None`: a newer epoch of the partition
+/// exists.
+async fn open_consumer(
+    setup: &GroupSetup,
+    lease: &Lease,
+    known: Option<Known>,
+    seen: u64,
+) -> Result<Option<Opened>, SubscriberError> {
     let group = lease.group.to_string();
     let partition = lease.partition;
     let view_stream = setup.view.stream_name().to_owned();
@@ -108,32 +202,43 @@ async fn run_partition(
                     newer = epoch,
                     "a newer epoch of the partition exists; not working it"
                 );
-                return Ok(());
+                return Ok(None);
             }
             earlier.push((epoch, name));
         }
     }
     earlier.sort();
     let name = consumer_name(&group, partition, lease.epoch);
-    let mut redelivered_upto = 0;
-    let deliver_policy = match earlier.last() {
-        Some((_, previous)) => {
+    let mut redelivered_upto = seen;
+    let deliver_policy = match (earlier.last(), known) {
+        (Some((_, previous)), _) => {
             let info = stream
                 .consumer_info(previous)
                 .await
                 .map_err(|e| setup_error(format!("reading consumer {previous}: {e}")))?;
-            redelivered_upto = info.delivered.stream_sequence;
+            redelivered_upto = redelivered_upto.max(info.delivered.stream_sequence);
             if *previous == name {
                 stream
                     .delete_consumer(previous)
                     .await
                     .map_err(|e| setup_error(format!("replacing consumer {previous}: {e}")))?;
             }
+            let floor = info
+                .ack_floor
+                .stream_sequence
+                .max(known.map_or(0, |k| k.through));
             consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: info.ack_floor.stream_sequence + 1,
+                start_sequence: floor + 1,
             }
         }
-        None => setup::deliver_policy(setup.options.deliver)?,
+        (None, Some(known)) => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: known.through + 1,
+        },
+        (None, None) => setup::deliver_policy(setup.options.deliver)?,
+    };
+    let start = match deliver_policy {
+        consumer::DeliverPolicy::ByStartSequence { start_sequence } => start_sequence,
+        _ => 1,
     };
     let filters: Vec<String> = setup
         .subjects
@@ -169,26 +274,13 @@ async fn run_partition(
         redelivered_upto,
         "working the partition"
     );
-    let ctx = Arc::new(ConsumerContext {
-        client: crate::jetstream::api::Conn::new(setup.client.clone()),
-        stream: Arc::from(view_stream.as_str()),
-        consumer: Arc::from(name.as_str()),
-        subjects: Arc::from(filters),
-        handler: Arc::clone(&setup.handler),
-        options: Arc::clone(&setup.options),
-        dead_letter: setup.dead_letter.clone(),
-        held: Held::default(),
-        order: std::sync::Mutex::default(),
-        partition: Some(Arc::new(PartitionContext {
-            origin: Arc::clone(&setup.origin),
-            lease,
-            redelivered_upto,
-            state: Mutex::default(),
-            sending: tokio::sync::Mutex::new(()),
-        })),
-    });
-    let stop: watch::Receiver<bool> = stop.into_inner();
-    run::run(ctx, setup.js.clone(), consumer, stop).await
+    Ok(Some(Opened {
+        consumer,
+        name,
+        filters,
+        start,
+        redelivered_upto,
+    }))
 }
 
 /// The partitioned view and group member of one stream of a subscriber.
@@ -201,7 +293,7 @@ pub(crate) async fn start_member(
     options: Arc<Options>,
     dead_letter: Option<DeadLetterTarget>,
     group: &str,
-    group_options: GroupOptions,
+    mut group_options: GroupOptions,
 ) -> Result<GroupMember, SubscriberError> {
     let store = JetStreamEventStore::attach(client.clone(), stream)
         .await
@@ -211,6 +303,9 @@ pub(crate) async fn start_member(
                 description: e.to_string(),
             })
         })?;
+    if group_options.replicas.is_none() {
+        group_options.replicas = Some(store.config().replicas);
+    }
     // The group's partition count first: a member started with another one is told so.
     crate::jetstream::group::check_partitions(client, group, &group_options)
         .await
@@ -223,6 +318,7 @@ pub(crate) async fn start_member(
                 description: e.to_string(),
             })
         })?;
+    let budget = Arc::new(tokio::sync::Semaphore::new(options.max_in_flight));
     let setup = GroupSetup {
         js: jetstream::new(client.clone()),
         client: client.clone(),
@@ -232,6 +328,8 @@ pub(crate) async fn start_member(
         handler,
         options,
         dead_letter,
+        seen: Mutex::default(),
+        budget,
     };
     join(setup, group, group_options).await
 }

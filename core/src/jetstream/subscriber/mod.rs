@@ -247,13 +247,10 @@ impl EventSubscriber {
                 held: Held::default(),
                 order: std::sync::Mutex::default(),
                 partition: None,
+                budget: None,
             });
-            runs.push(Box::pin(run::run(
-                ctx,
-                js.clone(),
-                consumer,
-                stop_rx.clone(),
-            )));
+            let run = run::run(ctx, js.clone(), consumer, stop_rx.clone());
+            runs.push(Box::pin(async move { run.await.map(|_| ()) }));
             // A durable consumer's dead letters can be handled again on request.
             if let (Some(config), true) =
                 (&self.options.dead_letter, self.options.durable.is_some())

@@ -2,6 +2,7 @@
 //! (see `group.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::Subject;
@@ -16,6 +17,9 @@ pub(crate) struct PartitionContext {
     pub(crate) lease: Lease,
     /// View sequences up to this one were delivered by an earlier epoch's consumer.
     pub(crate) redelivered_upto: u64,
+    /// The highest view sequence this member received in the partition, in any epoch (it
+    /// outlives the work of one epoch, which may be aborted when its lease is lost).
+    pub(crate) seen: Arc<AtomicU64>,
     /// Delivered and not yet settled, and settled but waiting for an earlier one.
     pub(crate) state: Mutex<Floor>,
     /// One drain at a time, so settlements reach the server in order.
@@ -27,6 +31,19 @@ pub(crate) struct PartitionContext {
 pub(crate) struct Floor {
     open: BTreeSet<u64>,
     ready: BTreeMap<u64, (Subject, Bytes)>,
+    /// Every delivery up to this sequence was settled and its settlement sent (the consumer's
+    /// start less one at first).
+    through: u64,
+}
+
+impl Floor {
+    /// The floor of a consumer that starts at view sequence `start`.
+    pub(crate) fn starting_at(start: u64) -> Self {
+        Self {
+            through: start.saturating_sub(1),
+            ..Self::default()
+        }
+    }
 }
 
 impl PartitionContext {
@@ -37,6 +54,17 @@ impl PartitionContext {
     /// A new delivery of `sequence`: it is open until settled.
     pub(crate) fn opened(&self, sequence: u64) {
         self.lock().open.insert(sequence);
+        self.seen.fetch_max(sequence, Ordering::Relaxed);
+    }
+
+    /// Every delivery up to this sequence was settled, in order, and its settlement sent; with
+    /// no delivery lost on the way, every event of the partition up to it.
+    pub(crate) fn through(&self) -> u64 {
+        let floor = self.lock();
+        match floor.open.first() {
+            Some(&open) => floor.through.min(open.saturating_sub(1)),
+            None => floor.through,
+        }
     }
 
     /// `sequence` will not come back (deleted from the stream while waiting for its retry).
@@ -67,6 +95,7 @@ impl PartitionContext {
                     break;
                 };
                 floor.open.pop_first();
+                floor.through = floor.through.max(first);
                 batch.push(ready);
             }
             batch

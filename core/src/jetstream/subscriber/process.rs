@@ -131,6 +131,9 @@ pub(crate) struct ConsumerContext {
     pub(crate) order: Mutex<VersionOrder>,
     /// For a consumer group member: the partition this consumer works.
     pub(crate) partition: Option<Arc<PartitionContext>>,
+    /// For a consumer group member: the handlers it may run at once across its partitions
+    /// (`max_in_flight`), shared by its partitions' consumers.
+    pub(crate) budget: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// How the handling of one message ended.

@@ -125,7 +125,15 @@ struct Dispatcher {
 impl Dispatcher {
     fn spawn(&mut self, key: Arc<str>, sequence: u64, message: jetstream::Message) {
         let ctx = Arc::clone(&self.ctx);
-        self.running.start(ctx.process(key, sequence, message));
+        match ctx.budget.clone() {
+            // A group member's partitions share its budget of handlers running at once: the
+            // event waits (held, its lane busy) for a place.
+            Some(budget) => self.running.start(async move {
+                let _place = budget.acquire_owned().await;
+                ctx.process(key, sequence, message).await
+            }),
+            None => self.running.start(ctx.process(key, sequence, message)),
+        }
     }
 
     /// Records a delivered message and offers it to its lane; returns it if its lane is free.
@@ -256,6 +264,21 @@ async fn drain(d: &mut Dispatcher, arrived: Vec<jetstream::Message>, ended: Vec<
     }
 }
 
+/// How a consumer's loop ended, when not with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// It was asked to stop.
+    Stopped,
+    /// A group partition's deliveries or acknowledgements were lost on the way (a gap in the
+    /// consumer's delivery sequence, the client reconnected, or an acknowledgement was not
+    /// confirmed): the events received before the loss were handled and settled in order,
+    /// nothing after it was; the partition's consumer is to be created again right after them
+    /// (`group.rs`). A replicated consumer whose leader died
+    /// may not know what the old leader delivered, so giving the lost events back (as a
+    /// single subscriber does, `recover.rs`) could not keep their order.
+    Rewind,
+}
+
 /// Runs one consumer until `stop` is set (or its sender dropped), then shuts down gracefully:
 /// stops pulling (draining the pull subscription), gives back messages not yet started, waits
 /// for running handlers (up to the shutdown timeout) and their acknowledgements.
@@ -264,7 +287,9 @@ pub(crate) async fn run(
     js: jetstream::Context,
     consumer: PullConsumer,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), SubscriberError> {
+) -> Result<Ended, SubscriberError> {
+    let partitioned = ctx.partition.is_some();
+    let mut rewind = false;
     let delivered = &consumer.cached_info().delivered;
     let mut continuity = Continuity::new(
         &ctx.client,
@@ -335,14 +360,29 @@ pub(crate) async fn run(
                     break Ok(());
                 }
             }
-            Some(done) = d.running.next() => d.on_done(done),
+            Some(done) = d.running.next() => {
+                // A group partition whose acknowledgement went unconfirmed (its consumer's
+                // leader was lost) starts again after what it handled, rather than have the
+                // server deliver that event again after later ones.
+                let unconfirmed = partitioned
+                    && matches!(&done, Some(done) if done.outcome == Outcome::Unconfirmed);
+                d.on_done(done);
+                if unconfirmed {
+                    rewind = true;
+                    break Ok(());
+                }
+            }
             message = puller.recv() => match message.map(|m| puller.on_message(m)) {
                 Some(Pulled::Message(message)) => match &mut recovering {
                     Some(recovery) => recovery.held_back.push(message),
-                    None if continuity.check(&message) == Check::Gap => {
-                        recovering = Some(Recovery { held_back: vec![message] });
-                    }
-                    None => d.on_message(message),
+                    None => match continuity.check(&message) {
+                        Check::InOrder => d.on_message(message),
+                        Check::Gap if partitioned => {
+                            rewind = true;
+                            break Ok(());
+                        }
+                        Check::Gap => recovering = Some(Recovery { held_back: vec![message] }),
+                    },
                 },
                 Some(Pulled::Status) => {}
                 Some(Pulled::Fatal(kind, why)) => break Err(SubscriberError::with_source(kind, why)),
@@ -355,9 +395,17 @@ pub(crate) async fn run(
             }
         }
         if recovering.is_none() && continuity.reconnected() {
+            if partitioned {
+                rewind = true;
+                break Ok(());
+            }
             recovering = Some(Recovery::default());
         }
     };
+    if rewind {
+        tracing::warn!(stream = %ctx.stream, consumer = %ctx.consumer,
+            "deliveries lost on the way; the partition's consumer starts again after what was handled");
+    }
     // Deliveries held back by an unfinished recovery go back to the server, in order.
     if let Some(recovery) = recovering {
         let mut held_back = recovery.held_back;
@@ -386,9 +434,13 @@ pub(crate) async fn run(
         }
     };
     arrived.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
-    if ctx.partition.is_some() {
+    if partitioned {
         // A group member handing a partition over handles what it holds first, so that every
         // event it was given is acknowledged and the next member starts right after them.
+        // After a loss, what arrived after it is not handled: it comes again, in order.
+        if rewind {
+            arrived.clear();
+        }
         drain(&mut d, arrived, ended).await;
         arrived = Vec::new();
         ended = Vec::new();
@@ -443,5 +495,9 @@ pub(crate) async fn run(
             SubscriberErrorKind::ShutdownTimedOut { unfinished },
         ));
     }
-    Ok(())
+    Ok(if rewind {
+        Ended::Rewind
+    } else {
+        Ended::Stopped
+    })
 }
