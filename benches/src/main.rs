@@ -2,6 +2,7 @@
 //! on one server in one run, printed as a Markdown table of both figures and their ratio.
 
 mod across;
+mod group;
 mod harness;
 mod hot;
 mod project;
@@ -31,7 +32,7 @@ struct Options {
 }
 
 /// The cases, by the names `--only` takes.
-const CASES: [&str; 15] = [
+const CASES: [&str; 16] = [
     "append",
     "pipelined",
     "batch",
@@ -45,6 +46,7 @@ const CASES: [&str; 15] = [
     "topologykv",
     "snapshot",
     "subscriber",
+    "group",
     "topology",
     "memory",
 ];
@@ -566,6 +568,15 @@ async fn main() {
     }
     if options.runs("subscriber") {
         project::subscriber(&client, if quick { 10_000 } else { 100_000 }, &mut rows).await;
+    }
+    if options.runs("group") {
+        group::group(
+            &client,
+            &server.url(),
+            if quick { 5_000 } else { 20_000 },
+            &mut rows,
+        )
+        .await;
     }
     if options.runs("topology") {
         project::topology_rebuild(&client, if quick { 100 } else { 10_000 }, &mut rows).await;

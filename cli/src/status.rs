@@ -2,6 +2,7 @@
 //! and lag) and the dead letters.
 
 use async_nats::jetstream::{self, kv};
+use cim_nats::jetstream::group::{GroupStatus, GROUPS_BUCKET};
 use cim_nats::jetstream::{checkpoint_partition, Checkpoint, CheckpointFront, Pointer};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
@@ -68,6 +69,11 @@ pub(crate) async fn run(client: &async_nats::Client, as_json: bool) -> Result<()
     }
 
     let read_models = read_models(&js, &last_sequences).await?;
+    let views: Vec<String> = all
+        .iter()
+        .filter_map(|n| n.strip_suffix("_PARTITIONED").map(str::to_owned))
+        .collect();
+    let groups = groups(client, &js, &views).await?;
 
     let mut dead_letters = Vec::new();
     if let Ok(dlq) = js.get_stream("DLQ").await {
@@ -94,6 +100,7 @@ pub(crate) async fn run(client: &async_nats::Client, as_json: bool) -> Result<()
         },
         "streams": streams,
         "read_models": read_models,
+        "groups": groups,
         "dead_letters": dead_letters,
     });
     if as_json {
@@ -139,6 +146,68 @@ async fn read_models(
             "stream": stream,
             "checkpoint": checkpoint,
             "lag": lag,
+        }));
+    }
+    Ok(out)
+}
+
+/// Each consumer group of bucket `CIM_GROUPS`: members, and each partition's holder, epoch and
+/// (for a subscriber group) lag.
+async fn groups(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    views: &[String],
+) -> Result<Vec<Value>, Error> {
+    let Ok(bucket) = js.get_key_value(GROUPS_BUCKET).await else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = bucket
+        .keys()
+        .await?
+        .try_collect::<Vec<String>>()
+        .await?
+        .into_iter()
+        .filter_map(|k| k.strip_suffix(".config").map(str::to_owned))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let status = GroupStatus::read(client, GROUPS_BUCKET, &name).await?;
+        // A subscriber group's partitions are consumers of one stream's partitioned view.
+        let mut lag = Vec::new();
+        for stream in views {
+            if let Ok(found) = status.subscriber_lag(client, stream).await {
+                if !found.is_empty() {
+                    lag = found;
+                    break;
+                }
+            }
+        }
+        let partitions: Vec<Value> = status
+            .leases
+            .iter()
+            .map(|l| {
+                let lag = lag.iter().find(|x| x.partition == l.partition);
+                json!({
+                    "partition": l.partition,
+                    "member": l.member,
+                    "epoch": l.epoch,
+                    "pending": lag.map(|x| x.pending),
+                    "ack_pending": lag.map(|x| x.ack_pending),
+                })
+            })
+            .collect();
+        out.push(json!({
+            "group": name,
+            "partitions": status.partitions,
+            "members": status.members.iter().map(|m| json!({
+                "member": m.member,
+                "host": m.host,
+                "pid": m.pid,
+                "joined": m.joined,
+                "partitions": m.partitions,
+            })).collect::<Vec<_>>(),
+            "leases": partitions,
         }));
     }
     Ok(out)
@@ -275,6 +344,24 @@ fn print_tables(status: &Value) {
             ]);
         }
         println!("\nread models\n{rows}");
+    }
+    for g in status["groups"].as_array().into_iter().flatten() {
+        let members = g["members"].as_array().map_or(0, Vec::len);
+        let mut rows = table(&["partition", "member", "epoch", "pending", "ack pending"]);
+        for l in g["leases"].as_array().into_iter().flatten() {
+            rows.add_row(vec![
+                text(&l["partition"]),
+                text(&l["member"]),
+                text(&l["epoch"]),
+                text(&l["pending"]),
+                text(&l["ack_pending"]),
+            ]);
+        }
+        println!(
+            "\ngroup {}: {} partitions, members: {members}\n{rows}",
+            text(&g["group"]),
+            text(&g["partitions"]),
+        );
     }
     let letters = status["dead_letters"]
         .as_array()

@@ -288,3 +288,72 @@ async fn dead_letters_listed_shown_redriven_and_discarded() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("no dead letter"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_consumer_group_its_members_partitions_and_lag() {
+    use cim_nats::jetstream::group::GroupOptions;
+    use cim_nats::jetstream::subscriber::EventSubscriberBuilder;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let test = TestStore::start("bank").await.expect("fixture");
+    account_events(&test).await;
+    let url = test.server.url();
+    let handled = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&handled);
+    let handle = EventSubscriberBuilder::new()
+        .client(test.client.clone())
+        .subject("bank.>")
+        .durable("audit")
+        .handler(cim_nats::AsyncFnHandler::new(
+            move |_: cim_nats::StoredEvent| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            },
+        ))
+        .group(GroupOptions::default().partitions(4).member("m1"))
+        .build()
+        .expect("subscriber")
+        .subscribe()
+        .await
+        .expect("subscribe");
+    cim_nats::testing::wait_until(
+        Duration::from_secs(20),
+        "the group to handle 4 events",
+        || {
+            let n = handled.load(Ordering::Relaxed);
+            async move { n == 4 }
+        },
+    )
+    .await;
+    // The group as the tool shows it: one member holding the 4 partitions, nothing pending.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let group = loop {
+        let status = &json_lines(&cli(&url, &["status", "--json"]))[0];
+        let group = status["groups"][0].clone();
+        let settled = group["leases"].as_array().is_some_and(|l| {
+            l.len() == 4 && l.iter().all(|p| p["pending"] == 0 && p["ack_pending"] == 0)
+        });
+        if settled || std::time::Instant::now() > deadline {
+            break group;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(group["group"], "audit", "{group}");
+    assert_eq!(group["partitions"], 4);
+    assert_eq!(group["members"][0]["member"], "m1");
+    let leases = group["leases"].as_array().expect("leases");
+    assert_eq!(leases.len(), 4, "{group}");
+    assert!(leases
+        .iter()
+        .all(|l| l["member"] == "m1" && l["pending"] == 0 && l["ack_pending"] == 0));
+    let table = String::from_utf8_lossy(&cli(&url, &["status"]).stdout).into_owned();
+    assert!(
+        table.contains("group audit: 4 partitions, members: 1"),
+        "{table}"
+    );
+    handle.shutdown().await.expect("shutdown");
+}
