@@ -389,6 +389,40 @@ impl LiveTopology {
     }
 }
 
+/// The topology as the live read model holds it now, read from JetStream KV by any process
+/// (the model's pointer in bucket `READ_MODELS`, then every row of its live bucket), and the
+/// stream sequence whose effect it holds: what a tool or a read-only service shows without
+/// running the model. A service that keeps it current is
+/// [`ProjectionManager::start`](super::ProjectionManager::start).
+///
+/// # Errors
+///
+/// [`ProjectionError::Store`] when the buckets cannot be read or the model has no live
+/// version (no service has built it).
+pub async fn read_topology(
+    client: &async_nats::Client,
+) -> Result<(Topology, cim_nats::StreamSequence), ProjectionError> {
+    let pointers = cim_nats::jetstream::ReadModelOptions::default().pointer_bucket;
+    let bucket = async_nats::jetstream::new(client.clone())
+        .get_key_value(&pointers)
+        .await
+        .map_err(|e| store_error(&pointers, e))?;
+    match bucket.get(TopologyModel::NAME).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(store_error(
+                &pointers,
+                "no live version of the topology model (no service has built it)",
+            ))
+        }
+        Err(e) => return Err(store_error(&pointers, e)),
+    }
+    let live = LiveTopology::start(client.clone(), &pointers).await?;
+    let topology = live.state.read().await.clone();
+    let seen = cim_nats::StreamSequence(*live.seen.borrow());
+    Ok((topology, seen))
+}
+
 impl Drop for LiveTopology {
     fn drop(&mut self) {
         self.task.abort();

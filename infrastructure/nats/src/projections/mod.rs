@@ -37,7 +37,7 @@ mod kv_topology;
 mod manager;
 mod topology;
 
-pub use kv_topology::TopologyModel;
+pub use kv_topology::{read_topology, TopologyModel};
 pub use manager::ProjectionManager;
 pub use topology::{
     ComputeResourceView, ConnectionView, NetworkView, PolicyView, SoftwareView, Topology,
