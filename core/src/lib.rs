@@ -37,6 +37,7 @@ pub mod headers;
 pub mod id;
 pub mod identity;
 pub mod memory;
+pub mod metrics;
 pub mod projection;
 pub mod publisher;
 pub mod repository;

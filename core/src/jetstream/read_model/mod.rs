@@ -1160,6 +1160,11 @@ impl<P: KeyedProjection> Run<P> {
             "read model committed"
         );
         let _ = self.committed.send(sequence);
+        let progress = *self.progress.borrow();
+        crate::metrics::projection_lag(
+            P::NAME,
+            progress.pending + progress.sequence.saturating_sub(sequence),
+        );
         Ok(())
     }
 

@@ -265,9 +265,11 @@ impl EventStore for JetStreamEventStore {
         after_version: u64,
         after_sequence: StreamSequence,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let started = std::time::Instant::now();
         let result = self
             .read_aggregate_after_inner(aggregate_id, after_version, after_sequence)
             .await;
+        crate::metrics::load(self.stream_name(), started.elapsed());
         self.reclassify(result).await
     }
 
@@ -278,6 +280,7 @@ impl EventStore for JetStreamEventStore {
         after_version: u64,
         after_sequence: StreamSequence,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let started = std::time::Instant::now();
         let result = self
             .read_aggregate_routed_inner(
                 aggregate_id,
@@ -286,6 +289,7 @@ impl EventStore for JetStreamEventStore {
                 after_sequence,
             )
             .await;
+        crate::metrics::load(self.stream_name(), started.elapsed());
         self.reclassify(result).await
     }
 
@@ -407,8 +411,22 @@ impl JetStreamEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
+        let started = std::time::Instant::now();
         let result = self.append_inner(aggregate_id, expected, events).await;
-        self.reclassify(result).await
+        let result = self.reclassify(result).await;
+        self.record_append(started, result.as_ref().err());
+        result
+    }
+
+    /// Records an append's time and outcome (`crate::metrics`).
+    fn record_append(&self, started: std::time::Instant, error: Option<&StoreError>) {
+        use crate::metrics::AppendEnd;
+        let end = match error.map(StoreError::kind) {
+            None => AppendEnd::Stored,
+            Some(StoreErrorKind::WrongExpectedVersion { .. }) => AppendEnd::Conflict,
+            Some(_) => AppendEnd::Failed,
+        };
+        crate::metrics::append(self.stream_name(), started.elapsed(), end);
     }
 
     /// [`EventStore::append_multi`] without the box a trait object's future needs.
@@ -420,8 +438,11 @@ impl JetStreamEventStore {
         &self,
         parts: Vec<AggregateAppend>,
     ) -> Result<Vec<AppendResult>, StoreError> {
+        let started = std::time::Instant::now();
         let result = self.append_multi_inner(parts).await;
-        self.reclassify(result).await
+        let result = self.reclassify(result).await;
+        self.record_append(started, result.as_ref().err());
+        result
     }
 
     /// "No responders" for an existing stream is not a missing stream: its leader is being

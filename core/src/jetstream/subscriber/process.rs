@@ -277,9 +277,19 @@ impl ConsumerContext {
                 lease: None,
             },
         };
+        let labels = (Arc::clone(&delivery.stream), Arc::clone(&delivery.consumer));
+        let count = delivery.delivery_count;
+        let started = std::time::Instant::now();
         let result = AssertUnwindSafe(self.handler.handle_delivery(delivery))
             .catch_unwind()
             .await;
+        crate::metrics::handled(
+            &labels.0,
+            &labels.1,
+            started.elapsed(),
+            !matches!(result, Ok(Ok(()))),
+            count,
+        );
         let error = match result {
             Ok(Ok(())) => return self.ack(sequence).await,
             Ok(Err(e)) => e,
@@ -454,12 +464,15 @@ impl ConsumerContext {
                     error,
                 };
                 match self.send_letter(target, original, &letter).await {
-                    Ok(()) => tracing::error!(
-                        dead_letter = %target.subject,
-                        reason,
-                        error,
-                        "event sent to the dead letter"
-                    ),
+                    Ok(()) => {
+                        crate::metrics::dead_letter(stream, consumer);
+                        tracing::error!(
+                            dead_letter = %target.subject,
+                            reason,
+                            error,
+                            "event sent to the dead letter"
+                        );
+                    }
                     Err(e) => {
                         let more = self
                             .options
