@@ -7,6 +7,7 @@
 //!                 [--from SEQ | --since TIME] [--limit N] [--follow] [--json]
 //! cim-nats aggregate DOMAIN ID [--json]
 //! cim-nats dlq list [--stream S] [--consumer C] [--json] | show SEQ | redrive SEQ | discard SEQ
+//! cim-nats projection list [--json] | lag NAME [--json]
 //! ```
 //!
 //! The infrastructure domain's topology has a tool of its own beside it, `cim-infrastructure`
@@ -21,6 +22,7 @@ mod connection;
 mod dlq;
 mod events;
 mod output;
+mod projection;
 mod status;
 
 use std::process::ExitCode;
@@ -55,6 +57,9 @@ enum Command {
     Events(events::Args),
     /// Dead letters: list, show, redrive (handled again by the running subscriber), discard.
     Dlq(dlq::Args),
+    /// Read models: list them, or one's checkpoint and lag.
+    #[command(subcommand)]
+    Projection(projection::Action),
     /// One aggregate's history, read through the store (literal subjects, no consumer).
     Aggregate {
         /// The domain (its stream is `{DOMAIN}_EVENTS` unless `--stream` says otherwise).
@@ -76,6 +81,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Status { json } => status::run(&client, json).await,
         Command::Events(args) => events::run(&client, args).await,
         Command::Dlq(args) => dlq::run(&client, args, cli.connection.timeout).await,
+        Command::Projection(action) => projection::run(&client, action).await,
         Command::Aggregate {
             domain,
             id,

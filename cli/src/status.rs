@@ -112,7 +112,7 @@ pub(crate) async fn run(client: &async_nats::Client, as_json: bool) -> Result<()
 }
 
 /// Each read model of bucket `READ_MODELS`: its live bucket, checkpoint and lag.
-async fn read_models(
+pub(crate) async fn read_models(
     js: &jetstream::Context,
     last_sequences: &std::collections::HashMap<String, u64>,
 ) -> Result<Vec<Value>, Error> {

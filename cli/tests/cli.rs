@@ -104,6 +104,23 @@ async fn status_events_and_an_aggregate_as_json_and_tables() {
     let table = cli(&url, &["status"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("BANK_EVENTS") && text.contains("mailer") && text.contains("balances"));
+    // The read models on their own.
+    let models = json_lines(&cli(&url, &["projection", "list", "--json"]));
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0]["name"], "balances");
+    assert_eq!(models[0]["lag"], 1);
+    let lag = cli(&url, &["projection", "lag", "balances"]);
+    assert!(
+        String::from_utf8_lossy(&lag.stdout).contains("checkpoint 3 of stream BANK_EVENTS, lag 1"),
+        "{}",
+        String::from_utf8_lossy(&lag.stdout)
+    );
+    let missing = cli(&url, &["projection", "lag", "nothing"]);
+    assert!(!missing.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr).trim(),
+        "cim-nats: no read model nothing in bucket READ_MODELS"
+    );
 
     let events = json_lines(&cli(&url, &["events", "--domain", "bank", "--json"]));
     assert_eq!(events.len(), 4);

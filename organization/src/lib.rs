@@ -14,8 +14,6 @@
 //! - [`nats`] (feature `jetstream`, on by default) puts it on JetStream: stream
 //!   `ORGANIZATION_EVENTS` on `organization.>`. Without the feature the crate does no I/O.
 //!
-//! The [`guide`] shows how this domain was put together, step by step, as a model for others.
-//!
 //! ```
 //! use cim_domain_organization::{
 //!     DepartmentId, Organization, OrganizationCommand, OrganizationEvent, OrganizationId,
@@ -65,6 +63,3 @@ pub use directory::{Directory, DirectoryDepartment, Listing};
 pub use event::OrganizationEvent;
 pub use ids::{DepartmentCode, DepartmentId, DepartmentIdError, OrganizationId, PersonId};
 pub use values::{InventoryItem, Role, UnknownRole};
-
-#[doc = include_str!("../../docs/new-domain.md")]
-pub mod guide {}

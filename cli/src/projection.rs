@@ -1,0 +1,103 @@
+//! `cim-nats projection`: the read models of bucket `READ_MODELS`, their checkpoint and lag.
+
+use async_nats::jetstream;
+use futures::TryStreamExt;
+use serde_json::Value;
+
+use crate::output::table;
+use crate::Error;
+
+/// What to show of the read models.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Action {
+    /// Every read model: version, live bucket, stream, checkpoint and lag.
+    List {
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One read model's checkpoint and lag behind its stream.
+    Lag {
+        /// The read model's name.
+        name: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The read models, as `status` reads them.
+async fn models(js: &jetstream::Context) -> Result<Vec<Value>, Error> {
+    let mut last = std::collections::HashMap::new();
+    let mut names = js.stream_names();
+    while let Some(name) = names.try_next().await? {
+        if name.starts_with("KV_") || name.starts_with("OBJ_") {
+            continue;
+        }
+        let mut stream = js.get_stream(&name).await?;
+        let sequence = stream.info().await?.state.last_sequence;
+        last.insert(name, sequence);
+    }
+    crate::status::read_models(js, &last).await
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) async fn run(client: &async_nats::Client, action: Action) -> Result<(), Error> {
+    let js = jetstream::new(client.clone());
+    match action {
+        Action::List { json } => {
+            let models = models(&js).await?;
+            if json {
+                for m in &models {
+                    println!("{m}");
+                }
+                return Ok(());
+            }
+            let mut rows = table(&[
+                "read model",
+                "version",
+                "bucket",
+                "stream",
+                "checkpoint",
+                "lag",
+            ]);
+            for m in &models {
+                rows.add_row(vec![
+                    text(&m["name"]),
+                    text(&m["version"]),
+                    text(&m["bucket"]),
+                    text(&m["stream"]),
+                    text(&m["checkpoint"]),
+                    text(&m["lag"]),
+                ]);
+            }
+            println!("{rows}");
+            Ok(())
+        }
+        Action::Lag { name, json } => {
+            let models = models(&js).await?;
+            let Some(model) = models.into_iter().find(|m| m["name"] == name.as_str()) else {
+                return Err(format!("no read model {name} in bucket READ_MODELS").into());
+            };
+            if json {
+                println!("{model}");
+            } else {
+                println!(
+                    "{name}: version {}, checkpoint {} of stream {}, lag {} events",
+                    text(&model["version"]),
+                    text(&model["checkpoint"]),
+                    text(&model["stream"]),
+                    text(&model["lag"]),
+                );
+            }
+            Ok(())
+        }
+    }
+}
