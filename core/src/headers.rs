@@ -42,3 +42,10 @@ pub const BATCH_ID: &str = "Nats-Batch-Id";
 pub const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
 /// JetStream atomic batch: set on the last message to commit the batch.
 pub const BATCH_COMMIT: &str = "Nats-Batch-Commit";
+
+/// W3C trace context of the span that appended the event (`00-{trace}-{span}-{flags}`), present
+/// only when the append ran in a sampled span (feature `otel`).
+pub const TRACEPARENT: &str = "traceparent";
+
+/// W3C vendor trace state that goes with [`TRACEPARENT`], when not empty.
+pub const TRACESTATE: &str = "tracestate";

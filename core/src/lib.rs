@@ -46,6 +46,7 @@ pub mod snapshot;
 pub mod store;
 pub mod subject;
 pub mod subscriber;
+pub(crate) mod trace;
 pub mod typed;
 
 #[cfg(feature = "jetstream")]

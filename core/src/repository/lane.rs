@@ -23,6 +23,7 @@ use super::claims;
 use super::{CommandError, CommandOutcome, CommitStats, Loaded, Repository};
 use crate::aggregate::Aggregate;
 use crate::encode::encode_events;
+use crate::event::EventId;
 use crate::identity::MessageIdentity;
 use crate::store::MAX_EVENTS_PER_APPEND;
 use crate::store::{
@@ -161,6 +162,8 @@ struct Entry<A: Aggregate> {
     ticket: u64,
     request: Request<A>,
     reply: Arc<Reply<A>>,
+    /// The trace context of the caller's span, for its events' headers (`crate::trace`).
+    trace: Option<crate::trace::TraceContext>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -423,6 +426,7 @@ impl<A: Aggregate> Repository<A> {
                     ticket,
                     request,
                     reply: Arc::clone(&reply),
+                    trace: crate::trace::current(),
                     _permit: permit,
                 });
                 let lead = !inner.leading;
@@ -629,37 +633,54 @@ impl<A: Aggregate> Repository<A> {
                     }),
                 &group.reservations,
             );
+            // Each command's events carry the trace context of the caller that sent it.
+            let traces: HashMap<EventId, crate::trace::TraceContext> = group.members[start..end]
+                .iter()
+                .filter_map(|m| match (&m.decided, &m.entry.trace) {
+                    (Decided::Events { new, claims, .. }, Some(trace)) => Some(
+                        new.iter()
+                            .chain(claims.iter().map(|(_, e)| e))
+                            .map(|e| (e.event_id, trace.clone()))
+                            .collect::<Vec<_>>(),
+                    ),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
             lead.group = Some(group);
             let started = Instant::now();
-            let result = if parts.is_empty() {
-                self.append_resending(lead.id, expected, events).await
-            } else {
-                // With the reservations they claim, in one atomic write.
-                let written: Vec<(AggregateId, u64)> = parts
-                    .iter()
-                    .map(|p| (p.aggregate_id.clone(), p.events.len() as u64))
-                    .collect();
-                let mut all = Vec::with_capacity(parts.len() + 1);
-                all.push(AggregateAppend::new(lead.id.clone(), expected, events));
-                all.extend(parts);
-                let result = self.append_multi_resending(all).await;
-                if result.is_ok() {
-                    if let Some(group) = lead.group.as_mut() {
-                        for (id, n) in written {
-                            *group.reservations.entry(id).or_insert(0) += n;
+            let result = crate::trace::scope(traces, async {
+                if parts.is_empty() {
+                    self.append_resending(lead.id, expected, events).await
+                } else {
+                    // With the reservations they claim, in one atomic write.
+                    let written: Vec<(AggregateId, u64)> = parts
+                        .iter()
+                        .map(|p| (p.aggregate_id.clone(), p.events.len() as u64))
+                        .collect();
+                    let mut all = Vec::with_capacity(parts.len() + 1);
+                    all.push(AggregateAppend::new(lead.id.clone(), expected, events));
+                    all.extend(parts);
+                    let result = self.append_multi_resending(all).await;
+                    if result.is_ok() {
+                        if let Some(group) = lead.group.as_mut() {
+                            for (id, n) in written {
+                                *group.reservations.entry(id).or_insert(0) += n;
+                            }
                         }
                     }
+                    result.and_then(|mut results| {
+                        if results.is_empty() {
+                            Err(StoreError::new(StoreErrorKind::UnexpectedAnswer(
+                                "a multi-aggregate append answered with no results".to_owned(),
+                            )))
+                        } else {
+                            Ok(results.remove(0))
+                        }
+                    })
                 }
-                result.and_then(|mut results| {
-                    if results.is_empty() {
-                        Err(StoreError::new(StoreErrorKind::UnexpectedAnswer(
-                            "a multi-aggregate append answered with no results".to_owned(),
-                        )))
-                    } else {
-                        Ok(results.remove(0))
-                    }
-                })
-            };
+            })
+            .await;
             let Some(g) = lead.group.take() else {
                 unreachable!("the group is kept by the leader")
             };

@@ -85,6 +85,12 @@ pub(crate) fn event_headers(
     if let Some(actor) = &event.actor {
         headers.insert(names::ACTOR, actor.as_str());
     }
+    if let Some(trace) = crate::trace::for_event(&event.event_id) {
+        headers.insert(h::TRACEPARENT, trace.traceparent.as_str());
+        if let Some(state) = &trace.tracestate {
+            headers.insert(h::TRACESTATE, state.as_str());
+        }
+    }
     headers
 }
 
@@ -408,6 +414,17 @@ pub(crate) fn decode_view_delivery(
 
 #[cfg(test)]
 mod proptests;
+
+/// The span of one event's application, when the event carries a trace (`crate::trace`).
+pub(crate) fn trace_span(projection: &str, raw: &RawMessage) -> Option<tracing::Span> {
+    let header = |name: &str| raw.headers.get(name).map(|v| v.as_str());
+    crate::trace::projection_span(
+        projection,
+        raw.sequence,
+        header(crate::headers::TRACEPARENT),
+        header(crate::headers::TRACESTATE),
+    )
+}
 
 #[cfg(test)]
 mod ack_subjects {

@@ -15,6 +15,7 @@ use async_nats::jetstream::kv;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::{watch, RwLock, RwLockReadGuard};
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::envelope::StreamSequence;
 use crate::event::NatsEvent;
@@ -322,6 +323,7 @@ where
                         if sequence <= last {
                             continue;
                         }
+                        let span = crate::jetstream::codec::trace_span(&self.name, &raw);
                         // A check marker of an append to several aggregates is not an event.
                         let decoded = (!is_check_marker(&raw.subject)).then(|| {
                             decode_in_order(raw, &mut order).and_then(decode_envelope::<P::Event>)
@@ -330,7 +332,11 @@ where
                             None => {}
                             Some(Ok(envelope)) => {
                                 let mut state = self.shared.state.write().await;
-                                state.apply(&envelope).await?;
+                                let applied = state.apply(&envelope);
+                                match span {
+                                    Some(span) => applied.instrument(span).await?,
+                                    None => applied.await?,
+                                }
                             }
                             Some(Err(e)) => match (self.options.on_unreadable, e.kind()) {
                                 (OnUnreadable::SkipAndRecord, StoreErrorKind::Decode { .. }) => {

@@ -55,6 +55,7 @@ use lru::LruCache;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::envelope::{Envelope, StreamSequence};
 use crate::event::NatsEvent;
@@ -971,6 +972,7 @@ impl<P: KeyedProjection> Run<P> {
                         if sequence <= last {
                             continue;
                         }
+                        let span = crate::jetstream::codec::trace_span(P::NAME, &raw);
                         // A check marker of an append to several aggregates is not an event.
                         let decoded = (!is_check_marker(&raw.subject)).then(|| {
                             decode_in_order(raw, &mut order).and_then(decode_envelope::<P::Event>)
@@ -979,7 +981,12 @@ impl<P: KeyedProjection> Run<P> {
                             None => {}
                             Some(Ok(envelope)) => {
                                 let mut rows = Rows { rows: &mut self.rows, sequence };
-                                if let Err(e) = self.projection.apply(&envelope, &mut rows).await {
+                                let applied = self.projection.apply(&envelope, &mut rows);
+                                let applied = match span {
+                                    Some(span) => applied.instrument(span).await,
+                                    None => applied.await,
+                                };
+                                if let Err(e) = applied {
                                     self.rows.event.clear();
                                     if last > written {
                                         self.commit(last).await?;

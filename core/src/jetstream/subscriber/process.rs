@@ -186,6 +186,19 @@ impl ConsumerContext {
             event_type = tracing::field::Empty,
             aggregate_id = %key,
         );
+        // The trace of the span that appended the event, carried in its headers.
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+        };
+        crate::trace::set_parent(
+            &span,
+            header(crate::headers::TRACEPARENT),
+            header(crate::headers::TRACESTATE),
+        );
         let outcome = AssertUnwindSafe(self.handle(sequence, delivered, &message))
             .catch_unwind()
             .instrument(span)
