@@ -1166,12 +1166,13 @@ impl<P: KeyedProjection> Run<P> {
             behind = self.progress.borrow().pending,
             "read model committed"
         );
-        let _ = self.committed.send(sequence);
+        // The lag first: a reader woken by the commit sees the gauge of it.
         let progress = *self.progress.borrow();
         crate::metrics::projection_lag(
             P::NAME,
             progress.pending + progress.sequence.saturating_sub(sequence),
         );
+        let _ = self.committed.send(sequence);
         Ok(())
     }
 
