@@ -8,6 +8,7 @@ mod hot;
 mod project;
 mod read_model;
 mod sample;
+mod traced;
 mod write;
 
 use std::future::IntoFuture;
@@ -32,8 +33,9 @@ struct Options {
 }
 
 /// The cases, by the names `--only` takes.
-const CASES: [&str; 16] = [
+const CASES: [&str; 17] = [
     "append",
+    "traced",
     "pipelined",
     "batch",
     "commands",
@@ -519,6 +521,9 @@ async fn main() {
     let reps = if quick { 200 } else { 2000 };
     if options.runs("append") {
         write::append_one(&client, reps, &mut rows).await;
+    }
+    if options.runs("traced") {
+        traced::append_traced(&client, reps, &mut rows).await;
     }
     if options.runs("pipelined") {
         write::append_pipelined(&client, if quick { 5 } else { 20 }, &mut rows).await;

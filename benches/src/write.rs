@@ -42,7 +42,28 @@ pub(crate) async fn raw_append(
     last: u64,
     payload: Bytes,
 ) -> u64 {
-    let mut headers = HeaderMap::new();
+    raw_append_with(
+        js,
+        domain,
+        aggregate,
+        version,
+        last,
+        payload,
+        HeaderMap::new(),
+    )
+    .await
+}
+
+/// [`raw_append`] with `headers` (e.g. a trace context) besides the store's.
+pub(crate) async fn raw_append_with(
+    js: &async_nats::jetstream::Context,
+    domain: &str,
+    aggregate: &str,
+    version: u64,
+    last: u64,
+    payload: Bytes,
+    mut headers: HeaderMap,
+) -> u64 {
     headers.insert(h::MSG_ID, EventId::new().to_string().as_str());
     headers.insert(h::EVENT_TYPE, "Recorded");
     headers.insert(h::EVENT_VERSION, "1");

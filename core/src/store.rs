@@ -207,10 +207,18 @@ pub(crate) fn check_append<'a>(
                 first.routing_subject, event.routing_subject
             ));
         }
-        if tokens.count() != 2 {
+        let kind = tokens.next();
+        if kind.is_none() || tokens.count() != 1 {
             return invalid(format!(
                 "routing subject {:?} is not {{domain}}.{{aggregate}}.{{operation}}",
                 event.routing_subject
+            ));
+        }
+        if kind != Some(&*event.entity_kind) {
+            return invalid(format!(
+                "entity kind {:?} is not the routing subject's second token ({:?}): readers \
+                 would refuse the event",
+                event.entity_kind, event.routing_subject
             ));
         }
         subjects.push(Subject::for_event(&event.routing_subject, aggregate_id));

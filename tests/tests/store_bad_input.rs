@@ -218,3 +218,47 @@ async fn a_header_repeated_with_different_values_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_entity_kind_the_subject_does_not_name_is_refused_on_append_and_on_read() {
+    let (_server, client) = support::server().await;
+    let store = JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("shop"))
+        .await
+        .unwrap();
+    // Appending: refused before anything is sent.
+    let mut wrong = event(b"{}".to_vec());
+    wrong.entity_kind = "invoice".into();
+    let err = store
+        .append(
+            &AggregateId::new("o1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![wrong],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), StoreErrorKind::InvalidAppend(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"invoice\""), "{err}");
+    // Stored by another client: an unreadable event naming its sequence.
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", EventId::new().to_string().as_str());
+    headers.insert("Cim-Event-Type", "Placed");
+    headers.insert("Cim-Aggregate-Type", "invoice");
+    headers.insert("Cim-Aggregate-Version", "1");
+    async_nats::jetstream::new(client)
+        .publish_with_headers("shop.order.placed.o2", headers, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let items: Vec<_> = store.stream(ReadFrom::Start).collect().await;
+    assert_eq!(items.len(), 1, "the refused append stored nothing");
+    let err = items[0].as_ref().unwrap_err();
+    assert!(
+        matches!(err.kind(), StoreErrorKind::Decode { sequence: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("another entity kind"), "{err}");
+}

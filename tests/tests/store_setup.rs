@@ -231,3 +231,36 @@ async fn a_client_that_never_connects_is_reported_as_not_connected() {
     );
     assert!(err.to_string().contains("not connected"), "{err}");
 }
+
+#[tokio::test]
+async fn an_existing_stream_whose_events_can_be_deleted_is_refused() {
+    let (_server, client) = support::server().await;
+    // A stream made by hand like the store's, but allowing deletes.
+    JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("model"))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut config = js
+        .get_stream("MODEL_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.name = "LEDGER_EVENTS".into();
+    config.subjects = vec!["ledger.>".into()];
+    config.deny_delete = false;
+    js.create_stream(config).await.unwrap();
+    let err = JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("ledger"))
+        .await
+        .unwrap_err();
+    match err.kind() {
+        SetupErrorKind::StreamConfigMismatch { differences, .. } => {
+            assert_eq!(differences.len(), 1, "{differences:?}");
+            assert!(differences[0].starts_with("deny_delete"), "{differences:?}");
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+}

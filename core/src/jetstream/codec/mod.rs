@@ -323,9 +323,18 @@ pub(crate) fn decode_parts(
         _ => AggregateId::new(last_token)
             .map_err(|e| decode_error_from(seq, "the subject's last token", e))?,
     };
+    let kind_token = subject.split('.').nth(1).unwrap_or_default();
     let entity_kind = match found.entity_kind {
-        Some(t) => t.to_owned(),
-        None => subject.split('.').nth(1).unwrap_or_default().to_owned(),
+        Some(t) if t != kind_token => {
+            return Err(decode_error(
+                seq,
+                format!(
+                    "header {} is {t:?} but the subject {subject:?} names another entity kind",
+                    h::AGGREGATE_TYPE
+                ),
+            ))
+        }
+        _ => kind_token.to_owned(),
     };
     let timestamp = match found.timestamp {
         Some(t) => DateTime::parse_from_rfc3339(t)

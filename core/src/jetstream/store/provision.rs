@@ -118,6 +118,12 @@ fn differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
         want.allow_atomic_publish.to_string(),
         have.allow_atomic_publish.to_string(),
     );
+    // An event stream whose events can be deleted one by one is not a history.
+    check(
+        "deny_delete",
+        want.deny_delete.to_string(),
+        have.deny_delete.to_string(),
+    );
     diffs
 }
 
