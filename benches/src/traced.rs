@@ -58,7 +58,9 @@ pub(crate) async fn append_traced(client: &async_nats::Client, reps: usize, rows
                     .expect("append");
                 v.set(result.version);
             }
-            .instrument(tracing::info_span!("command"))
+            .instrument(tracing::dispatcher::with_default(&dispatch, || {
+                tracing::info_span!("command")
+            }))
             .with_subscriber(dispatch.clone())
         },
         |_| {
@@ -79,7 +81,9 @@ pub(crate) async fn append_traced(client: &async_nats::Client, reps: usize, rows
                 v.set(v.get() + 1);
                 last.set(seq);
             }
-            .instrument(tracing::info_span!("command"))
+            .instrument(tracing::dispatcher::with_default(&dispatch, || {
+                tracing::info_span!("command")
+            }))
             .with_subscriber(dispatch.clone())
         },
     )
