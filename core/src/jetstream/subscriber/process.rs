@@ -143,6 +143,9 @@ pub(crate) enum Outcome {
     Acked,
     /// Handled, but the acknowledgement was not confirmed: it may be delivered again.
     Unconfirmed,
+    /// Its handling panicked in the framework's own code (not the handler's, which is an
+    /// error like any other): it is delivered again after the ack wait.
+    Abandoned,
     /// Failed; it will be delivered again after this delay.
     Retry(Duration),
     /// Dead-lettered (or dropped, with no dead letter) and terminated.
@@ -210,7 +213,7 @@ impl ConsumerContext {
                     "handling a message panicked; it will be delivered again"
                 );
                 self.held.remove(sequence);
-                Outcome::Unconfirmed
+                Outcome::Abandoned
             });
         Done {
             key,
