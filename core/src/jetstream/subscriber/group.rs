@@ -77,6 +77,12 @@ pub(crate) async fn join(
         .map_err(|e| SubscriberError::new(SubscriberErrorKind::Group(e)))
 }
 
+/// The first pause before a partition's consumer is created again after a loss (doubled for
+/// each loss that follows within [`REWIND_QUIET`]).
+const REWIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+/// A run of a partition's consumer this long resets the count of losses.
+const REWIND_QUIET: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a member knows of the partition's consumer it worked, after deliveries were lost on
 /// the way (`run::Ended::Rewind`).
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +110,7 @@ async fn run_partition(
 ) -> Result<(), SubscriberError> {
     let mut stop: watch::Receiver<bool> = stop.into_inner();
     let mut known: Option<Known> = None;
+    let mut rewinds: u32 = 0;
     let seen = Arc::clone(
         setup
             .seen
@@ -150,12 +157,28 @@ async fn run_partition(
             partition: Some(Arc::clone(&partition)),
             budget: Some(Arc::clone(&setup.budget)),
         });
+        let began = std::time::Instant::now();
         match run::run(ctx, setup.js.clone(), opened.consumer, stop.clone()).await? {
             Ended::Stopped => return Ok(()),
             Ended::Rewind => {
                 known = Some(Known {
                     through: partition.through(),
                 });
+                // Losses one after another (a connection that keeps breaking): wait a little
+                // longer each time before creating the consumer again, up to 5 s; a run that
+                // lasted starts the count again.
+                rewinds = if began.elapsed() > REWIND_QUIET {
+                    1
+                } else {
+                    rewinds + 1
+                };
+                let pause = REWIND_PAUSE
+                    .saturating_mul(1 << rewinds.min(8))
+                    .min(std::time::Duration::from_secs(5));
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                    () = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }
