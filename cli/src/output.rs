@@ -12,6 +12,36 @@ pub(crate) fn table(header: &[&str]) -> Table {
     table
 }
 
+/// A JSON value as a table cell: strings without quotes, `null` as `-`.
+pub(crate) fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The read models (as `status` reads them) as a table.
+pub(crate) fn read_model_table(models: &[Value]) -> Table {
+    let mut rows = table(&[
+        "read model",
+        "version",
+        "bucket",
+        "stream",
+        "checkpoint",
+        "lag",
+    ]);
+    for m in models {
+        rows.add_row(
+            ["name", "version", "bucket", "stream", "checkpoint", "lag"]
+                .iter()
+                .map(|field| text(&m[*field]))
+                .collect::<Vec<_>>(),
+        );
+    }
+    rows
+}
+
 /// A header's value, or "".
 pub(crate) fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> &'a str {
     headers.and_then(|h| h.get(name)).map_or("", |v| v.as_str())

@@ -4,7 +4,7 @@ use async_nats::jetstream;
 use futures::TryStreamExt;
 use serde_json::Value;
 
-use crate::output::table;
+use crate::output::{read_model_table, text};
 use crate::Error;
 
 /// What to show of the read models.
@@ -41,14 +41,6 @@ async fn models(js: &jetstream::Context) -> Result<Vec<Value>, Error> {
     crate::status::read_models(js, &last).await
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    }
-}
-
 pub(crate) async fn run(client: &async_nats::Client, action: Action) -> Result<(), Error> {
     let js = jetstream::new(client.clone());
     match action {
@@ -60,25 +52,7 @@ pub(crate) async fn run(client: &async_nats::Client, action: Action) -> Result<(
                 }
                 return Ok(());
             }
-            let mut rows = table(&[
-                "read model",
-                "version",
-                "bucket",
-                "stream",
-                "checkpoint",
-                "lag",
-            ]);
-            for m in &models {
-                rows.add_row(vec![
-                    text(&m["name"]),
-                    text(&m["version"]),
-                    text(&m["bucket"]),
-                    text(&m["stream"]),
-                    text(&m["checkpoint"]),
-                    text(&m["lag"]),
-                ]);
-            }
-            println!("{rows}");
+            println!("{}", read_model_table(&models));
             Ok(())
         }
         Action::Lag { name, json } => {

@@ -7,7 +7,7 @@ use cim_nats::jetstream::{checkpoint_partition, Checkpoint, CheckpointFront, Poi
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
-use crate::output::table;
+use crate::output::{read_model_table, table, text};
 use crate::Error;
 
 /// The error for a stream that is not there.
@@ -265,11 +265,6 @@ fn print_tables(status: &Value) {
         server["streams"],
         server["consumers"],
     );
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    };
     let mut streams = table(&[
         "stream",
         "subjects",
@@ -325,25 +320,7 @@ fn print_tables(status: &Value) {
         .cloned()
         .unwrap_or_default();
     if !models.is_empty() {
-        let mut rows = table(&[
-            "read model",
-            "version",
-            "bucket",
-            "stream",
-            "checkpoint",
-            "lag",
-        ]);
-        for m in &models {
-            rows.add_row(vec![
-                text(&m["name"]),
-                text(&m["version"]),
-                text(&m["bucket"]),
-                text(&m["stream"]),
-                text(&m["checkpoint"]),
-                text(&m["lag"]),
-            ]);
-        }
-        println!("\nread models\n{rows}");
+        println!("\nread models\n{}", read_model_table(&models));
     }
     for g in status["groups"].as_array().into_iter().flatten() {
         let members = g["members"].as_array().map_or(0, Vec::len);

@@ -66,26 +66,43 @@ pub(crate) fn load(stream: &str, took: Duration) {
 }
 
 #[cfg(feature = "jetstream")]
-/// Records one handling by `consumer` of `stream`'s event delivered `delivered` times.
-pub(crate) fn handled(stream: &str, consumer: &str, took: Duration, failed: bool, delivered: u64) {
+/// Records one handling by `consumer` of `stream`'s event delivered `delivered` times (the
+/// labels shared, not copied: this runs for every event).
+pub(crate) fn handled(
+    stream: &std::sync::Arc<str>,
+    consumer: &std::sync::Arc<str>,
+    took: Duration,
+    failed: bool,
+    delivered: u64,
+) {
     let labels = [
-        ("stream", stream.to_owned()),
-        ("consumer", consumer.to_owned()),
+        metrics::Label::new(
+            "stream",
+            metrics::SharedString::from(std::sync::Arc::clone(stream)),
+        ),
+        metrics::Label::new(
+            "consumer",
+            metrics::SharedString::from(std::sync::Arc::clone(consumer)),
+        ),
     ];
-    metrics::histogram!(HANDLER_SECONDS, &labels).record(took.as_secs_f64());
+    metrics::histogram!(HANDLER_SECONDS, labels.iter()).record(took.as_secs_f64());
     if failed {
-        metrics::counter!(HANDLER_FAILURES, &labels).increment(1);
+        metrics::counter!(HANDLER_FAILURES, labels.iter()).increment(1);
     }
     if delivered >= 2 {
-        metrics::counter!(REDELIVERIES, &labels).increment(1);
+        metrics::counter!(REDELIVERIES, labels.iter()).increment(1);
     }
 }
 
 #[cfg(feature = "jetstream")]
 /// Records one dead letter of `consumer` of `stream`.
-pub(crate) fn dead_letter(stream: &str, consumer: &str) {
-    metrics::counter!(DEAD_LETTERS, "stream" => stream.to_owned(), "consumer" => consumer.to_owned())
-        .increment(1);
+pub(crate) fn dead_letter(stream: &std::sync::Arc<str>, consumer: &std::sync::Arc<str>) {
+    metrics::counter!(
+        DEAD_LETTERS,
+        "stream" => metrics::SharedString::from(std::sync::Arc::clone(stream)),
+        "consumer" => metrics::SharedString::from(std::sync::Arc::clone(consumer))
+    )
+    .increment(1);
 }
 
 #[cfg(feature = "jetstream")]

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use cim_nats::jetstream::subscriber::{DeliverPolicy, EventSubscriberBuilder};
 use cim_nats::jetstream::{
-    JetStreamEventStore, ProjectionHandle, ProjectionOptions, ProjectionRunner, StoreConfig,
-    SubscriptionHandle,
+    JetStreamEventStore, ProjectionHandle, ProjectionOptions, ProjectionRunner, SubscriptionHandle,
 };
 use cim_nats::testing::{wait_until, NatsCluster};
 use cim_nats::{AsyncFnHandler, Delivery, StreamSequence};
@@ -25,12 +24,6 @@ use tokio::task::JoinHandle;
 /// Deadline around elections and catching up.
 const WAIT: Duration = Duration::from_secs(60);
 const SUBSCRIBER: &str = "cluster-subscriber";
-
-async fn connect(urls: &[String]) -> async_nats::Client {
-    async_nats::connect(urls)
-        .await
-        .expect("connect to the cluster")
-}
 
 /// The stream's info, or `None` while no leader answers.
 async fn info(js: &jetstream::Context, name: &str) -> Option<stream::Info> {
@@ -58,29 +51,6 @@ async fn wait_for_leader(
     None
 }
 
-/// Index of server `n1`..`n3`.
-fn index_of(name: &str) -> usize {
-    name.trim_start_matches('n')
-        .parse::<usize>()
-        .expect("server name n<i>")
-        - 1
-}
-
-async fn open_store(client: async_nats::Client) -> JetStreamEventStore {
-    let config = StoreConfig::for_domain(rs::DOMAIN).with_replicas(3);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match JetStreamEventStore::new(client.clone(), config.clone()).await {
-            Ok(store) => return store,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("store not ready yet: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("store: {e}"),
-        }
-    }
-}
-
 /// What a supervisor saw: the errors its component stopped with before it was restarted.
 type Stops = Arc<Mutex<Vec<String>>>;
 
@@ -94,7 +64,7 @@ fn supervise_subscriber(
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let client = connect(&urls).await;
+        let client = rs::cluster_connect(&urls).await;
         let subscribe = || async {
             let handled = Arc::clone(&handled);
             let deadline = Instant::now() + WAIT;
@@ -200,13 +170,13 @@ async fn killing_the_stream_leader_mid_load_loses_nothing_and_the_node_catches_u
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let urls = cluster.urls();
-    let client = connect(&urls).await;
+    let client = rs::cluster_connect(&urls).await;
     let js = jetstream::new(client.clone());
     // Polls leadership with short requests, so an unanswered one costs little.
     let probe = jetstream::ContextBuilder::new()
         .timeout(Duration::from_millis(250))
         .build(client.clone());
-    let store = open_store(client.clone()).await;
+    let store = rs::cluster_store(client.clone(), WAIT).await;
     let name = store.stream_name().to_owned();
 
     // A durable subscriber and a projection (checkpoint in a 3-replica KV bucket), each on a
@@ -223,7 +193,7 @@ async fn killing_the_stream_leader_mid_load_loses_nothing_and_the_node_catches_u
     let applied = Arc::new(AtomicU64::new(0));
     let projection_stops = Stops::default();
     let projection = supervise_projection(
-        open_store(connect(&urls).await).await,
+        rs::cluster_store(rs::cluster_connect(&urls).await, WAIT).await,
         Arc::clone(&applied),
         Arc::clone(&projection_stops),
         stop_rx,
@@ -254,7 +224,7 @@ async fn killing_the_stream_leader_mid_load_loses_nothing_and_the_node_catches_u
     })
     .await;
     let old_leader = leader(&js, &name).await.expect("a stream leader");
-    let victim = index_of(&old_leader);
+    let victim = rs::server_index(&old_leader);
     let killed = Instant::now();
     tokio::task::block_in_place(|| cluster.server_mut(victim).expect("server").kill());
     let acked_at_kill = progress.acked.load(Ordering::Relaxed);

@@ -18,8 +18,7 @@ use async_trait::async_trait;
 use cim_nats::jetstream::group::{GroupMember, GroupOptions, GroupStatus, GROUPS_BUCKET};
 use cim_nats::jetstream::subscriber::EventSubscriberBuilder;
 use cim_nats::jetstream::{
-    JetStreamEventStore, KeyedProjection, ReadModel, ReadModelOptions, ReadModelRunner, Rows,
-    StoreConfig, SubscriptionHandle,
+    KeyedProjection, ReadModel, ReadModelOptions, ReadModelRunner, Rows, SubscriptionHandle,
 };
 use cim_nats::testing::{wait_until, NatsCluster};
 use cim_nats::{AsyncFnHandler, Delivery, Envelope, EventStore, ProjectionError};
@@ -94,30 +93,9 @@ fn describe(handled: &[&Handled]) -> String {
         .join(" ")
 }
 
-async fn connect(urls: &[String]) -> async_nats::Client {
-    async_nats::connect(urls)
-        .await
-        .expect("connect to the cluster")
-}
-
-async fn open_store(client: async_nats::Client) -> JetStreamEventStore {
-    let config = StoreConfig::for_domain(rs::DOMAIN).with_replicas(3);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match JetStreamEventStore::new(client.clone(), config.clone()).await {
-            Ok(store) => return store,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("store not ready yet: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("store: {e}"),
-        }
-    }
-}
-
 /// A subscriber-group member on a client of its own that records what it handles.
 async fn subscriber_member(urls: &[String], member: &'static str, log: Log) -> SubscriptionHandle {
-    let client = connect(urls).await;
+    let client = rs::cluster_connect(urls).await;
     let deadline = Instant::now() + WAIT;
     loop {
         let log = Arc::clone(&log);
@@ -164,7 +142,7 @@ async fn subscriber_member(urls: &[String], member: &'static str, log: Log) -> S
 
 /// A read-model-group member on a client of its own.
 async fn model_member(urls: &[String], member: &'static str) -> GroupMember {
-    let store = open_store(connect(urls).await).await;
+    let store = rs::cluster_store(rs::cluster_connect(urls).await, WAIT).await;
     let options = ReadModelOptions {
         commit_interval: Duration::from_millis(100),
         ..ReadModelOptions::default()
@@ -190,14 +168,6 @@ async fn model_member(urls: &[String], member: &'static str) -> GroupMember {
             Err(e) => panic!("{member}: {e}"),
         }
     }
-}
-
-/// Index of server `n1`..`n3`.
-fn index_of(name: &str) -> usize {
-    name.trim_start_matches('n')
-        .parse::<usize>()
-        .expect("server name n<i>")
-        - 1
 }
 
 async fn status(client: &async_nats::Client, group: &str) -> GroupStatus {
@@ -242,9 +212,9 @@ async fn scale_out_groups_on_a_cluster_lose_nothing_when_the_stream_leader_is_ki
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let urls = cluster.urls();
-    let client = connect(&urls).await;
+    let client = rs::cluster_connect(&urls).await;
     let js = jetstream::new(client.clone());
-    let store = open_store(client.clone()).await;
+    let store = rs::cluster_store(client.clone(), WAIT).await;
     let name = store.stream_name().to_owned();
 
     let log: Log = Arc::default();
@@ -306,7 +276,7 @@ async fn scale_out_groups_on_a_cluster_lose_nothing_when_the_stream_leader_is_ki
     let killed = Instant::now();
     tokio::task::block_in_place(|| {
         cluster
-            .server_mut(index_of(&leader))
+            .server_mut(rs::server_index(&leader))
             .expect("server")
             .kill()
     });

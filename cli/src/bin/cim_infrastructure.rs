@@ -71,12 +71,7 @@ fn tables(topology: &Topology, sequence: u64) -> String {
     resources.sort_by(|a, b| a.hostname.as_str().cmp(b.hostname.as_str()));
     for r in &resources {
         let links = topology.connections_of(r.id);
-        let mut networks: Vec<String> = links
-            .iter()
-            .filter_map(|c| topology.network(c.network).map(|n| n.name.clone()))
-            .collect();
-        networks.sort();
-        networks.dedup();
+        let networks = topology.network_names_of(r.id);
         let software: Vec<String> = topology
             .software_on(r.id)
             .iter()

@@ -525,3 +525,35 @@ pub fn count_store_resends() {
         let _ = tracing::subscriber::set_global_default(subscriber);
     });
 }
+
+/// A client of every server of a cluster.
+pub async fn cluster_connect(urls: &[String]) -> async_nats::Client {
+    async_nats::connect(urls)
+        .await
+        .expect("connect to the cluster")
+}
+
+/// The [`DOMAIN`] store on three replicas, retried until the cluster can create it (or `wait`
+/// passes).
+pub async fn cluster_store(client: async_nats::Client, wait: Duration) -> JetStreamEventStore {
+    let config = cim_nats::jetstream::StoreConfig::for_domain(DOMAIN).with_replicas(3);
+    let deadline = Instant::now() + wait;
+    loop {
+        match JetStreamEventStore::new(client.clone(), config.clone()).await {
+            Ok(store) => return store,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("store not ready yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("store: {e}"),
+        }
+    }
+}
+
+/// The index of cluster server `n1`..`n3`.
+pub fn server_index(name: &str) -> usize {
+    name.trim_start_matches('n')
+        .parse::<usize>()
+        .expect("server name n<i>")
+        - 1
+}

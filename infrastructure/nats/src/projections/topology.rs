@@ -491,6 +491,18 @@ impl Topology {
             .collect()
     }
 
+    /// The names of the networks `resource` is connected on, sorted, each once.
+    pub fn network_names_of(&self, resource: ResourceId) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .connections_of(resource)
+            .iter()
+            .filter_map(|c| self.network(c.network).map(|n| n.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The established connections that belong to a network.
     pub fn connections_on(&self, network: NetworkId) -> Vec<&ConnectionView> {
         self.connections
