@@ -47,6 +47,8 @@ pub(crate) struct Options {
     pub(crate) backoff: Vec<Duration>,
     pub(crate) redelivery_backoff: Vec<Duration>,
     pub(crate) dead_letter: Option<DeadLetterConfig>,
+    /// Park an aggregate's later events behind its dead letter.
+    pub(crate) sequenced_dead_letters: bool,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) inactive_threshold: Duration,
     pub(crate) description: Option<String>,
@@ -71,6 +73,7 @@ impl Default for Options {
             ],
             redelivery_backoff: Vec::new(),
             dead_letter: Some(DeadLetterConfig::default()),
+            sequenced_dead_letters: false,
             shutdown_timeout: Duration::from_secs(30),
             inactive_threshold: Duration::from_secs(300),
             description: None,
@@ -290,6 +293,25 @@ impl EventSubscriberBuilder {
         self
     }
 
+    /// Sequenced dead letters: while an aggregate has an event in the dead letter, this
+    /// subscriber's later events of that aggregate are not handled but parked behind it (in
+    /// the dead letter, reason `parked`), and are handled in order when the first is redriven
+    /// or discarded ([`super::DeadLetters`]); other aggregates' events flow on. The parked state
+    /// lives in the KV bucket `{DLQ}_PARKED`, so a process that restarts, or a consumer group
+    /// member that takes a partition over, honours it. Requires a durable consumer and a dead
+    /// letter.
+    ///
+    /// Off by default: most handlers are independent side effects (a mail, a notification)
+    /// that need no order between a failed event and the next, and parking stops an
+    /// aggregate's progress until someone acts. Turn it on when a handler's effect depends on
+    /// the previous events of the aggregate having been handled (a projection into another
+    /// system, a workflow).
+    #[must_use]
+    pub fn sequenced_dead_letters(mut self) -> Self {
+        self.options.sequenced_dead_letters = true;
+        self
+    }
+
     /// No dead letter: an event whose last delivery failed is only logged and terminated.
     #[must_use]
     pub fn without_dead_letter(mut self) -> Self {
@@ -441,6 +463,22 @@ impl EventSubscriberBuilder {
         if let Some(dl) = &o.dead_letter {
             dl.validate()
                 .map_err(|why| SubscriberError::new(SubscriberErrorKind::InvalidConfig(why)))?;
+        }
+        if o.sequenced_dead_letters {
+            if o.dead_letter.is_none() {
+                return invalid(
+                    "sequenced dead letters park events behind a dead letter: they need one \
+                     (drop without_dead_letter)"
+                        .to_owned(),
+                );
+            }
+            if o.durable.is_none() {
+                return invalid(
+                    "sequenced dead letters need a durable consumer: an ephemeral one's parked \
+                     events could never be redriven"
+                        .to_owned(),
+                );
+            }
         }
         Ok(EventSubscriber {
             client,

@@ -55,7 +55,8 @@ pub const DELIVERY_COUNT: &str = "Cim-Dead-Letter-Deliveries";
 /// Header: the last error (one line, at most 4 KiB).
 pub const ERROR: &str = "Cim-Dead-Letter-Error";
 /// Header: why the event was dead-lettered: [`REASON_DELIVERIES_EXHAUSTED`],
-/// [`REASON_PERMANENT_ERROR`], [`REASON_UNDECODABLE`] or [`REASON_OUT_OF_ORDER`].
+/// [`REASON_PERMANENT_ERROR`], [`REASON_UNDECODABLE`], [`REASON_OUT_OF_ORDER`] or
+/// [`REASON_PARKED`].
 pub const REASON: &str = "Cim-Dead-Letter-Reason";
 /// Header: when the event was dead-lettered, RFC 3339.
 pub const TIME: &str = "Cim-Dead-Letter-Time";
@@ -74,6 +75,9 @@ pub const REASON_UNDECODABLE: &str = "undecodable";
 /// [`REASON`]: the event's aggregate version is not above that of the previous event of its
 /// aggregate the subscriber saw (another client stored it out of order).
 pub const REASON_OUT_OF_ORDER: &str = "out-of-order";
+/// [`REASON`]: not handled but parked behind an earlier event of its aggregate that is in the
+/// dead letter (sequenced dead letters, [`super::EventSubscriberBuilder::sequenced_dead_letters`]).
+pub const REASON_PARKED: &str = "parked";
 
 /// Longest error text kept in the [`ERROR`] header.
 const MAX_ERROR_LEN: usize = 4096;

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::jetstream::group::{GroupMember, GroupOptions, PartitionWork, StopSignal};
 use crate::jetstream::subscriber::builder::Options;
+use crate::jetstream::subscriber::parked::Parking;
 use crate::jetstream::subscriber::partition::{Floor, PartitionContext};
 use crate::jetstream::subscriber::process::{ConsumerContext, DeadLetterTarget, Held};
 use crate::jetstream::subscriber::run::{self, Ended};
@@ -54,6 +55,8 @@ pub(crate) struct GroupSetup {
     pub(crate) seen: Mutex<HashMap<u32, Arc<AtomicU64>>>,
     /// The handlers this member runs at once across its partitions (`max_in_flight`).
     pub(crate) budget: Arc<tokio::sync::Semaphore>,
+    /// Sequenced dead letters: the bucket of parked aggregates.
+    pub(crate) parked: Option<async_nats::jetstream::kv::Store>,
 }
 
 /// Joins the group of `setup`'s stream.
@@ -144,6 +147,18 @@ async fn run_partition(
             state: Mutex::new(Floor::starting_at(opened.start)),
             sending: tokio::sync::Mutex::new(()),
         });
+        // The aggregates parked for the group, as they are now: whoever parked them.
+        let parking = match &setup.parked {
+            Some(kv) => Some(Arc::new(
+                Parking::load(
+                    kv.clone(),
+                    Arc::clone(&setup.origin),
+                    Arc::clone(&lease.group),
+                )
+                .await?,
+            )),
+            None => None,
+        };
         let ctx = Arc::new(ConsumerContext {
             client: crate::jetstream::api::Conn::new(setup.client.clone()),
             stream: Arc::from(setup.view.stream_name()),
@@ -156,6 +171,7 @@ async fn run_partition(
             order: std::sync::Mutex::default(),
             partition: Some(Arc::clone(&partition)),
             budget: Some(Arc::clone(&setup.budget)),
+            parking,
         });
         let began = std::time::Instant::now();
         match run::run(ctx, setup.js.clone(), opened.consumer, stop.clone()).await? {
@@ -315,6 +331,7 @@ pub(crate) async fn start_member(
     handler: Arc<dyn EventHandler>,
     options: Arc<Options>,
     dead_letter: Option<DeadLetterTarget>,
+    parked: Option<async_nats::jetstream::kv::Store>,
     group: &str,
     mut group_options: GroupOptions,
 ) -> Result<GroupMember, SubscriberError> {
@@ -353,6 +370,7 @@ pub(crate) async fn start_member(
         dead_letter,
         seen: Mutex::default(),
         budget,
+        parked,
     };
     join(setup, group, group_options).await
 }

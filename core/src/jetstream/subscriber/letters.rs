@@ -7,6 +7,13 @@
 //! event from the letter, hands it to its handler once, and deletes the letter only when the
 //! handler succeeded. The answer is JSON: `{"handled": true, "sequence": N}` or
 //! `{"handled": false, "error": "..."}`.
+//!
+//! With sequenced dead letters (see `parked`), a letter of a parked aggregate is redriven or
+//! discarded only as the aggregate's first remaining letter, and always by the subscriber: the
+//! request is JSON, `{"redrive": N}` or `{"discard": N}`; after it, the aggregate's parked
+//! letters are handled in order, each removed when handled, until one fails (it becomes the
+//! head: `"stopped_at"`) or none is left (the aggregate is released). The answer adds
+//! `"released"`: how many parked letters were handled after the first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +25,12 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::watch;
 
+use async_nats::jetstream::kv;
+
 use crate::envelope::StoredEvent;
 use crate::headers as h;
 use crate::jetstream::subscriber::dead_letter::{self as dl, DeadLetterConfig};
+use crate::jetstream::subscriber::parked::{self, ParkedAggregate, REDRIVE_HOLD};
 use crate::jetstream::subscriber::{SubscriberError, SubscriberErrorKind};
 use crate::store::{StoreError, StoreErrorKind};
 use crate::subscriber::{Delivery, EventHandler};
@@ -65,6 +75,13 @@ fn text(headers: &HeaderMap, name: &str) -> String {
 }
 
 impl DeadLetter {
+    /// The id of the aggregate of the event (`Cim-Aggregate-Id`, else the subject's last
+    /// token): what sequenced dead letters park by.
+    pub fn aggregate(&self) -> String {
+        crate::jetstream::codec::aggregate_key(Some(&self.headers), &self.original_subject)
+            .to_string()
+    }
+
     fn from_parts(sequence: u64, headers: HeaderMap, body: Bytes) -> Self {
         Self {
             sequence,
@@ -118,8 +135,51 @@ impl DeadLetter {
 pub enum Redriven {
     /// The handler took the event; the letter is gone.
     Handled,
+    /// Sequenced dead letters: the handler took the event, then the `released` events parked
+    /// behind it, in order; the aggregate is no longer parked.
+    Released {
+        /// Parked events handled after the first.
+        released: u64,
+    },
+    /// Sequenced dead letters: the handler took the event and `released` parked events after
+    /// it, then failed on the letter `head`, which the aggregate now waits on (`None`: on an
+    /// event being parked whose letter is not stored yet: redrive it when it is).
+    Stopped {
+        /// Parked events handled after the first.
+        released: u64,
+        /// The letter the aggregate waits on now.
+        head: Option<u64>,
+        /// Its handler's error.
+        error: String,
+    },
     /// The handler failed again; the letter stays.
     Failed(String),
+}
+
+/// What a discard came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discarded {
+    /// There is no such letter.
+    Missing,
+    /// The letter is deleted.
+    Deleted,
+    /// Sequenced dead letters: the letter is deleted and the `released` events parked behind it
+    /// were handled in order; the aggregate is no longer parked.
+    Released {
+        /// Parked events handled.
+        released: u64,
+    },
+    /// Sequenced dead letters: the letter is deleted, `released` parked events after it were
+    /// handled, then the handler failed on the letter `head`, which the aggregate now waits on
+    /// (`None`: as for [`Redriven::Stopped`]).
+    Stopped {
+        /// Parked events handled.
+        released: u64,
+        /// The letter the aggregate waits on now.
+        head: Option<u64>,
+        /// Its handler's error.
+        error: String,
+    },
 }
 
 /// The dead letters of a dead-letter stream ([`DeadLetterConfig`]).
@@ -225,12 +285,88 @@ impl DeadLetters {
         }
     }
 
-    /// Deletes the dead letter at `sequence` without handling it; `false` if there was none.
+    /// The aggregates parked behind dead letters (sequenced dead letters) of `consumer` of
+    /// `stream` (of every one when either is `None`), by head.
     ///
     /// # Errors
     ///
-    /// The server refused or could not be reached.
-    pub async fn discard(&self, sequence: u64) -> Result<bool, SubscriberError> {
+    /// The parked bucket cannot be read.
+    pub async fn parked(
+        &self,
+        stream: Option<&str>,
+        consumer: Option<&str>,
+    ) -> Result<Vec<ParkedAggregate>, SubscriberError> {
+        match parked::existing(&self.js, &self.config).await? {
+            Some(kv) => parked::list(&kv, stream, consumer).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The parked state of the letter's aggregate, if it is parked.
+    async fn parked_of(
+        &self,
+        letter: &DeadLetter,
+    ) -> Result<Option<ParkedAggregate>, SubscriberError> {
+        let Some(kv) = parked::existing(&self.js, &self.config).await? else {
+            return Ok(None);
+        };
+        let key = parked::parked_key(&letter.stream, &letter.consumer, &letter.aggregate());
+        Ok(parked::read(&kv, &key).await?.map(|(p, _)| p))
+    }
+
+    /// Discards the dead letter at `sequence` without handling it.
+    ///
+    /// A letter of an aggregate parked behind it (sequenced dead letters) is discarded by the
+    /// running subscriber of its consumer, which then handles the events parked behind it in
+    /// order (it must be running; `timeout` bounds the wait for its answer); a letter parked
+    /// behind an earlier one is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`SubscriberErrorKind::InvalidConfig`] when the letter waits behind an earlier one of its
+    /// aggregate, or its aggregate is parked and no subscriber of its consumer is running; a
+    /// connection error otherwise.
+    pub async fn discard(
+        &self,
+        sequence: u64,
+        timeout: Duration,
+    ) -> Result<Discarded, SubscriberError> {
+        let Some(letter) = self.get(sequence).await? else {
+            return Ok(Discarded::Missing);
+        };
+        if self.parked_of(&letter).await?.is_none() {
+            return Ok(if self.delete(sequence).await? {
+                Discarded::Deleted
+            } else {
+                Discarded::Missing
+            });
+        }
+        let answer = self
+            .ask(&letter, json!({ "discard": sequence }), timeout)
+            .await?;
+        if let Some(error) = answer["refused"].as_str() {
+            return Err(SubscriberError::new(SubscriberErrorKind::InvalidConfig(
+                error.to_owned(),
+            )));
+        }
+        let released = answer["released"].as_u64().unwrap_or(0);
+        Ok(match answer.get("stopped_at") {
+            Some(head) => Discarded::Stopped {
+                released,
+                head: head.as_u64(),
+                error: answer["error"].as_str().unwrap_or("unknown").to_owned(),
+            },
+            None if answer["discarded"] == true => Discarded::Released { released },
+            None => {
+                return Err(failed(
+                    answer["error"].as_str().unwrap_or("the discard failed"),
+                ))
+            }
+        })
+    }
+
+    /// Deletes the dead letter at `sequence`; `false` if there was none.
+    async fn delete(&self, sequence: u64) -> Result<bool, SubscriberError> {
         let Some(dlq) = self.stream().await? else {
             return Ok(false);
         };
@@ -257,10 +393,45 @@ impl DeadLetters {
                 self.config.stream
             )))
         })?;
+        let answer = self
+            .ask(&letter, json!({ "redrive": sequence }), timeout)
+            .await?;
+        if let Some(error) = answer["refused"].as_str() {
+            return Err(SubscriberError::new(SubscriberErrorKind::InvalidConfig(
+                error.to_owned(),
+            )));
+        }
+        let error = || answer["error"].as_str().unwrap_or("unknown").to_owned();
+        let released = answer["released"].as_u64();
+        Ok(
+            match (
+                answer["handled"] == true,
+                released,
+                answer.get("stopped_at"),
+            ) {
+                (true, _, Some(head)) => Redriven::Stopped {
+                    released: released.unwrap_or(0),
+                    head: head.as_u64(),
+                    error: error(),
+                },
+                (true, Some(released), None) => Redriven::Released { released },
+                (true, None, None) => Redriven::Handled,
+                (false, ..) => Redriven::Failed(error()),
+            },
+        )
+    }
+
+    /// Sends `request` to the running subscriber of the letter's consumer.
+    async fn ask(
+        &self,
+        letter: &DeadLetter,
+        request: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, SubscriberError> {
         let subject = redrive_subject(&letter.stream, &letter.consumer);
         let request = self
             .client
-            .request(subject.clone(), sequence.to_string().into());
+            .request(subject.clone(), request.to_string().into());
         let reply = match tokio::time::timeout(timeout, request).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
@@ -279,15 +450,59 @@ impl DeadLetters {
                 )))
             }
         };
-        let answer: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(failed)?;
-        if answer["handled"] == true {
-            Ok(Redriven::Handled)
-        } else {
-            Ok(Redriven::Failed(
-                answer["error"].as_str().unwrap_or("unknown").to_owned(),
-            ))
+        serde_json::from_slice(&reply.payload).map_err(failed)
+    }
+}
+
+/// What the subscriber is asked to do with a letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Redrive(u64),
+    Discard(u64),
+}
+
+impl Request {
+    /// A sequence (a redrive), or `{"redrive": N}` / `{"discard": N}`.
+    fn parse(payload: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(payload).ok()?.trim();
+        if let Ok(sequence) = text.parse::<u64>() {
+            return Some(Self::Redrive(sequence));
+        }
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        if let Some(sequence) = value["redrive"].as_u64() {
+            return Some(Self::Redrive(sequence));
+        }
+        value["discard"].as_u64().map(Self::Discard)
+    }
+
+    fn sequence(self) -> u64 {
+        match self {
+            Self::Redrive(s) | Self::Discard(s) => s,
         }
     }
+
+    /// The answer's field saying the first letter is done with.
+    fn done_field(self) -> &'static str {
+        match self {
+            Self::Redrive(_) => "handled",
+            Self::Discard(_) => "discarded",
+        }
+    }
+}
+
+/// How often a redrive looks again for a parked event whose letter is on its way, and how many
+/// times.
+const PARKED_POLL: Duration = Duration::from_millis(100);
+const PARKED_POLLS: u32 = 50;
+
+/// The subscriber's side of [`DeadLetters::redrive`] and of [`DeadLetters::discard`] for a
+/// parked aggregate.
+struct Server {
+    letters: DeadLetters,
+    stream: Arc<str>,
+    consumer: Arc<str>,
+    handler: Arc<dyn EventHandler>,
+    parked: Option<kv::Store>,
 }
 
 /// Serves redrive requests of one consumer until `stop`: the subscriber's side of
@@ -298,6 +513,7 @@ pub(crate) async fn serve_redrive(
     stream: Arc<str>,
     consumer: Arc<str>,
     handler: Arc<dyn EventHandler>,
+    parked: Option<kv::Store>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SubscriberError> {
     let subject = redrive_subject(&stream, &consumer);
@@ -305,7 +521,13 @@ pub(crate) async fn serve_redrive(
         .queue_subscribe(subject.clone(), "cim-redrive".to_owned())
         .await
         .map_err(failed)?;
-    let letters = DeadLetters::new(client.clone(), config);
+    let server = Server {
+        letters: DeadLetters::new(client.clone(), config),
+        stream,
+        consumer,
+        handler,
+        parked,
+    };
     loop {
         let request = tokio::select! {
             _ = stop.changed() => return Ok(()),
@@ -317,12 +539,9 @@ pub(crate) async fn serve_redrive(
         let Some(reply) = request.reply.clone() else {
             continue;
         };
-        let answer = match std::str::from_utf8(&request.payload)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-        {
+        let answer = match Request::parse(&request.payload) {
             None => json!({ "handled": false, "error": "the request is not a sequence" }),
-            Some(sequence) => redrive_one(&letters, &stream, &consumer, &handler, sequence).await,
+            Some(request) => server.serve(request).await,
         };
         if let Err(e) = client.publish(reply, answer.to_string().into()).await {
             tracing::warn!(%subject, error = %e, "a redrive's answer was not sent");
@@ -330,50 +549,259 @@ pub(crate) async fn serve_redrive(
     }
 }
 
-async fn redrive_one(
-    letters: &DeadLetters,
-    stream: &Arc<str>,
-    consumer: &Arc<str>,
-    handler: &Arc<dyn EventHandler>,
-    sequence: u64,
-) -> serde_json::Value {
-    let letter = match letters.get(sequence).await {
-        Ok(Some(letter)) => letter,
-        Ok(None) => {
-            return json!({ "handled": false, "error": format!("no dead letter {sequence}") })
+fn error_answer(e: impl std::fmt::Display) -> serde_json::Value {
+    json!({ "handled": false, "error": e.to_string() })
+}
+
+impl Server {
+    async fn serve(&self, request: Request) -> serde_json::Value {
+        let sequence = request.sequence();
+        let letter = match self.letters.get(sequence).await {
+            Ok(Some(letter)) => letter,
+            Ok(None) => return error_answer(format!("no dead letter {sequence}")),
+            Err(e) => return error_answer(e),
+        };
+        if letter.stream != *self.stream || letter.consumer != *self.consumer {
+            return error_answer(format!(
+                "dead letter {sequence} is of consumer {:?} of {}",
+                letter.consumer, letter.stream
+            ));
         }
-        Err(e) => return json!({ "handled": false, "error": e.to_string() }),
-    };
-    if letter.stream != **stream || letter.consumer != **consumer {
-        return json!({
-            "handled": false,
-            "error": format!("dead letter {sequence} is of consumer {:?} of {}", letter.consumer, letter.stream),
-        });
-    }
-    let event = match letter.event() {
-        Ok(event) => event,
-        Err(e) => return json!({ "handled": false, "error": e.to_string() }),
-    };
-    let delivery = Delivery {
-        event,
-        delivery_count: letter.deliveries + 1,
-        max_deliveries: None,
-        stream: Arc::clone(stream),
-        consumer: Arc::clone(consumer),
-        lease: None,
-    };
-    match handler.handle_delivery(delivery).await {
-        Ok(()) => match letters.discard(sequence).await {
-            Ok(_) => {
-                tracing::info!(stream = %stream, consumer = %consumer, sequence,
-                    original = letter.original_sequence, "dead letter handled and removed");
-                json!({ "handled": true, "sequence": letter.original_sequence })
+        // A parked aggregate (this subscriber's, or left by an earlier run in sequenced mode).
+        let kv = match &self.parked {
+            Some(kv) => Some(kv.clone()),
+            None => match parked::existing(&self.letters.js, &self.letters.config).await {
+                Ok(kv) => kv,
+                Err(e) => return error_answer(e),
+            },
+        };
+        if let Some(kv) = kv {
+            let aggregate = letter.aggregate();
+            let key = parked::parked_key(&self.stream, &self.consumer, &aggregate);
+            match parked::read(&kv, &key).await {
+                Ok(Some(_)) => return self.release(&kv, &key, &aggregate, letter, request).await,
+                Ok(None) => {}
+                Err(e) => return error_answer(e),
             }
-            Err(e) => json!({
-                "handled": false,
-                "error": format!("handled, but the letter could not be removed: {e}"),
-            }),
-        },
-        Err(e) => json!({ "handled": false, "error": e.to_string() }),
+        }
+        match request {
+            Request::Redrive(_) => match self.handle(&letter).await {
+                Ok(()) => match self.letters.delete(sequence).await {
+                    Ok(_) => {
+                        tracing::info!(stream = %self.stream, consumer = %self.consumer, sequence,
+                            original = letter.original_sequence, "dead letter handled and removed");
+                        json!({ "handled": true, "sequence": letter.original_sequence })
+                    }
+                    Err(e) => {
+                        error_answer(format!("handled, but the letter could not be removed: {e}"))
+                    }
+                },
+                Err(e) => error_answer(e),
+            },
+            Request::Discard(_) => match self.letters.delete(sequence).await {
+                Ok(_) => json!({ "discarded": true }),
+                Err(e) => json!({ "discarded": false, "error": e.to_string() }),
+            },
+        }
+    }
+
+    /// Hands the letter's event to the handler once.
+    async fn handle(&self, letter: &DeadLetter) -> Result<(), String> {
+        let event = letter.event().map_err(|e| e.to_string())?;
+        let delivery = Delivery {
+            event,
+            delivery_count: letter.deliveries + 1,
+            max_deliveries: None,
+            stream: Arc::clone(&self.stream),
+            consumer: Arc::clone(&self.consumer),
+            lease: None,
+        };
+        self.handler
+            .handle_delivery(delivery)
+            .await
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// The letters of this consumer's events of `aggregate`, oldest first.
+    async fn letters_of(&self, aggregate: &str) -> Result<Vec<DeadLetter>, SubscriberError> {
+        Ok(self
+            .letters
+            .list(Some(&self.stream), Some(&self.consumer))
+            .await?
+            .into_iter()
+            .filter(|l| l.aggregate() == aggregate)
+            .collect())
+    }
+
+    /// Sequenced dead letters: redrives (or discards) the first letter of a parked aggregate,
+    /// then handles the letters parked behind it in order; releases the aggregate when none is
+    /// left.
+    async fn release(
+        &self,
+        kv: &kv::Store,
+        key: &str,
+        aggregate: &str,
+        letter: DeadLetter,
+        request: Request,
+    ) -> serde_json::Value {
+        let done = request.done_field();
+        let refuse = |why: String| json!({ done: false, "refused": why });
+        match self.letters_of(aggregate).await {
+            Ok(mine) => {
+                if let Some(first) = mine.first().filter(|f| f.sequence != letter.sequence) {
+                    return refuse(format!(
+                        "dead letter {} waits behind dead letter {} of aggregate {aggregate}: \
+                         redrive or discard that one first",
+                        letter.sequence, first.sequence
+                    ));
+                }
+            }
+            Err(e) => return json!({ done: false, "error": e.to_string() }),
+        }
+        // Hold the aggregate: one redrive at a time.
+        let now = chrono::Utc::now().timestamp_millis();
+        let held = parked::rewrite(kv, key, |p| {
+            if p.redriving_until.is_some_and(|until| until > now) {
+                return false;
+            }
+            p.redriving_until = Some(now + REDRIVE_HOLD.as_millis() as i64);
+            true
+        })
+        .await;
+        match held {
+            Ok(Some(true)) => {}
+            Ok(Some(false)) => {
+                return refuse(format!(
+                    "a redrive of aggregate {aggregate} is under way; try again when it ends"
+                ))
+            }
+            Ok(None) => {
+                return json!({ done: false, "error": "the aggregate was released meanwhile: ask again" })
+            }
+            Err(e) => return json!({ done: false, "error": e }),
+        }
+        let mut hold_until = now + REDRIVE_HOLD.as_millis() as i64;
+        // The first letter.
+        let first = match request {
+            Request::Redrive(_) => self.handle(&letter).await,
+            Request::Discard(_) => Ok(()),
+        };
+        if let Err(e) = first {
+            self.stop_at(kv, key, letter.sequence).await;
+            return json!({ done: false, "error": e });
+        }
+        if let Err(e) = self.letters.delete(letter.sequence).await {
+            self.stop_at(kv, key, letter.sequence).await;
+            return json!({ done: false, "error": format!("the letter could not be removed: {e}") });
+        }
+        let mut covered = letter.original_sequence;
+        let mut released = 0u64;
+        let mut polls = 0;
+        loop {
+            let next = match self.letters_of(aggregate).await {
+                Ok(next) => next,
+                Err(e) => {
+                    self.stop_at(kv, key, 0).await;
+                    return json!({
+                        done: true,
+                        "released": released,
+                        "stopped_at": null,
+                        "error": e.to_string(),
+                    });
+                }
+            };
+            for parked_letter in next {
+                let now = chrono::Utc::now().timestamp_millis();
+                if hold_until - now < REDRIVE_HOLD.as_millis() as i64 / 2 {
+                    hold_until = now + REDRIVE_HOLD.as_millis() as i64;
+                    let _ = parked::rewrite(kv, key, |p| {
+                        p.redriving_until = Some(hold_until);
+                        true
+                    })
+                    .await;
+                }
+                let handled = match self.handle(&parked_letter).await {
+                    Ok(()) => self
+                        .letters
+                        .delete(parked_letter.sequence)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("handled, but the letter could not be removed: {e}")),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = handled {
+                    self.stop_at(kv, key, parked_letter.sequence).await;
+                    tracing::warn!(stream = %self.stream, consumer = %self.consumer, aggregate,
+                        released, head = parked_letter.sequence, error = %e,
+                        "a parked event failed again: the aggregate waits on it");
+                    return json!({
+                        done: true,
+                        "released": released,
+                        "stopped_at": parked_letter.sequence,
+                        "error": e,
+                    });
+                }
+                released += 1;
+                covered = covered.max(parked_letter.original_sequence);
+            }
+            // None left: release the aggregate if every event parked is covered, with the
+            // revision read, so that one parked meanwhile is handled first.
+            let state = match parked::read(kv, key).await {
+                Ok(state) => state,
+                Err(e) => {
+                    return json!({
+                        done: true,
+                        "released": released,
+                        "stopped_at": null,
+                        "error": e.to_string(),
+                    })
+                }
+            };
+            let Some((state, revision)) = state else {
+                return json!({ done: true, "released": released });
+            };
+            if state.last <= covered {
+                match kv.delete_expect_revision(key, Some(revision)).await {
+                    Ok(()) => {
+                        tracing::info!(stream = %self.stream, consumer = %self.consumer, aggregate,
+                            released, "parked aggregate released");
+                        return json!({ done: true, "released": released });
+                    }
+                    // An event was parked meanwhile: handle it too.
+                    Err(_) => continue,
+                }
+            }
+            polls += 1;
+            if polls > PARKED_POLLS {
+                self.stop_at(kv, key, 0).await;
+                return json!({
+                    done: true,
+                    "released": released,
+                    "stopped_at": null,
+                    "error": format!(
+                        "event {} of aggregate {aggregate} is being parked but is not in the \
+                         dead letter yet: redrive it when it is",
+                        state.last
+                    ),
+                });
+            }
+            tokio::time::sleep(PARKED_POLL).await;
+        }
+    }
+
+    /// Ends a redrive that did not release the aggregate: `head` (if not 0) is what it waits
+    /// on now; the hold is given up.
+    async fn stop_at(&self, kv: &kv::Store, key: &str, head: u64) {
+        let written = parked::rewrite(kv, key, |p| {
+            if head != 0 {
+                p.head = head;
+            }
+            p.redriving_until = None;
+            true
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(key, error = %e, "the parked aggregate's head could not be updated");
+        }
     }
 }

@@ -73,6 +73,7 @@ pub(crate) mod group;
 mod handle;
 mod lanes;
 mod letters;
+mod parked;
 mod partition;
 mod process;
 mod pull;
@@ -93,7 +94,8 @@ pub use builder::{DeliverPolicy, EventSubscriberBuilder, DEFAULT_MAX_IN_FLIGHT};
 pub use dead_letter::DeadLetterConfig;
 pub use error::{SubscriberError, SubscriberErrorKind};
 pub use handle::{ShutdownTrigger, SubscribedConsumer, SubscriptionFuture, SubscriptionHandle};
-pub use letters::{redrive_subject, DeadLetter, DeadLetters, Redriven};
+pub use letters::{redrive_subject, DeadLetter, DeadLetters, Discarded, Redriven};
+pub use parked::{parked_bucket, parked_key, ParkedAggregate};
 
 use builder::Options;
 use handle::ConsumerRun;
@@ -148,6 +150,14 @@ impl EventSubscriber {
         if let Some(dl) = &self.options.dead_letter {
             dl.ensure(&js).await?;
         }
+        // Sequenced dead letters: the bucket of parked aggregates.
+        let parked = match (
+            &self.options.dead_letter,
+            self.options.sequenced_dead_letters,
+        ) {
+            (Some(dl), true) => Some(parked::open(&js, dl).await?),
+            _ => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let mut runs: Vec<ConsumerRun> = Vec::with_capacity(by_stream.len());
         let mut consumers = Vec::with_capacity(by_stream.len());
@@ -162,6 +172,7 @@ impl EventSubscriber {
                     .dead_letter
                     .as_ref()
                     .map(|dl| DeadLetterTarget {
+                        stream: dl.stream.clone(),
                         subject: dl.subject_for(&stream, durable),
                         js: js.clone(),
                     });
@@ -172,6 +183,7 @@ impl EventSubscriber {
                     Arc::clone(&self.handler),
                     Arc::clone(&self.options),
                     dead_letter.clone(),
+                    parked.clone(),
                     durable,
                     group_options.clone(),
                 )
@@ -206,6 +218,7 @@ impl EventSubscriber {
                         Arc::from(stream.as_str()),
                         Arc::from(durable.as_str()),
                         Arc::clone(&self.handler),
+                        parked.clone(),
                         stop_rx.clone(),
                     )));
                 }
@@ -226,6 +239,7 @@ impl EventSubscriber {
                 .dead_letter
                 .as_ref()
                 .map(|dl| DeadLetterTarget {
+                    stream: dl.stream.clone(),
                     subject: dl.subject_for(&stream, &name),
                     js: js.clone(),
                 });
@@ -236,6 +250,22 @@ impl EventSubscriber {
                 subjects,
                 dead_letter_subject: dead_letter.as_ref().map(|d| d.subject.clone()),
             });
+            let parking = match &parked {
+                Some(kv) => match parked::Parking::load(
+                    kv.clone(),
+                    Arc::from(stream.as_str()),
+                    Arc::from(name.as_str()),
+                )
+                .await
+                {
+                    Ok(parking) => Some(Arc::new(parking)),
+                    Err(e) => {
+                        handle::cleanup(&js, &consumers).await;
+                        return Err(e);
+                    }
+                },
+                None => None,
+            };
             let ctx = Arc::new(ConsumerContext {
                 client: crate::jetstream::api::Conn::new(self.client.clone()),
                 stream: Arc::from(stream.as_str()),
@@ -248,6 +278,7 @@ impl EventSubscriber {
                 order: std::sync::Mutex::default(),
                 partition: None,
                 budget: None,
+                parking,
             });
             let run = run::run(ctx, js.clone(), consumer, stop_rx.clone());
             runs.push(Box::pin(async move { run.await.map(|_| ()) }));
@@ -261,6 +292,7 @@ impl EventSubscriber {
                     Arc::from(stream.as_str()),
                     Arc::from(name.as_str()),
                     Arc::clone(&self.handler),
+                    parked.clone(),
                     stop_rx.clone(),
                 )));
             }

@@ -19,8 +19,9 @@ use crate::jetstream::order::VersionOrder;
 use crate::jetstream::subscriber::builder::Options;
 use crate::jetstream::subscriber::dead_letter::{
     fit_letter, letter_headers, Letter, REASON_DELIVERIES_EXHAUSTED, REASON_OUT_OF_ORDER,
-    REASON_PERMANENT_ERROR, REASON_UNDECODABLE,
+    REASON_PARKED, REASON_PERMANENT_ERROR, REASON_UNDECODABLE,
 };
+use crate::jetstream::subscriber::parked::{Behind, Parking};
 use crate::jetstream::subscriber::partition::PartitionContext;
 use crate::subscriber::{Delivery, EventHandler, HandlerError};
 
@@ -111,6 +112,8 @@ impl<'a> Original<'a> {
 /// Where this consumer's dead letters go.
 #[derive(Debug, Clone)]
 pub(crate) struct DeadLetterTarget {
+    /// The dead-letter stream.
+    pub(crate) stream: String,
     pub(crate) subject: String,
     pub(crate) js: jetstream::Context,
 }
@@ -134,6 +137,8 @@ pub(crate) struct ConsumerContext {
     /// For a consumer group member: the handlers it may run at once across its partitions
     /// (`max_in_flight`), shared by its partitions' consumers.
     pub(crate) budget: Option<Arc<tokio::sync::Semaphore>>,
+    /// Sequenced dead letters: the aggregates parked behind a dead letter.
+    pub(crate) parking: Option<Arc<Parking>>,
 }
 
 /// How the handling of one message ended.
@@ -150,6 +155,9 @@ pub(crate) enum Outcome {
     Retry(Duration),
     /// Dead-lettered (or dropped, with no dead letter) and terminated.
     Settled,
+    /// Not parked after all: its aggregate was released meanwhile (only ever returned by
+    /// `settle` for a parked event, which is then handled).
+    Released,
 }
 
 /// The end of one message's handling, for its lane.
@@ -202,7 +210,7 @@ impl ConsumerContext {
             header(crate::headers::TRACEPARENT),
             header(crate::headers::TRACESTATE),
         );
-        let outcome = AssertUnwindSafe(self.handle(sequence, delivered, &message))
+        let outcome = AssertUnwindSafe(self.handle(&key, sequence, delivered, &message))
             .catch_unwind()
             .instrument(span)
             .await
@@ -222,7 +230,13 @@ impl ConsumerContext {
         }
     }
 
-    async fn handle(&self, sequence: u64, delivered: u64, message: &jetstream::Message) -> Outcome {
+    async fn handle(
+        &self,
+        key: &str,
+        sequence: u64,
+        delivered: u64,
+        message: &jetstream::Message,
+    ) -> Outcome {
         if crate::store::is_check_marker(message.subject.as_str()) {
             // A check marker of an append to several aggregates: not an event, nothing to do.
             return self.ack(sequence).await;
@@ -235,6 +249,7 @@ impl ConsumerContext {
             Some(Ok(event)) => event,
             Some(Err(e)) => {
                 return Box::pin(self.settle(
+                    key,
                     sequence,
                     delivered,
                     message,
@@ -245,6 +260,7 @@ impl ConsumerContext {
             }
             None => {
                 return Box::pin(self.settle(
+                    key,
                     sequence,
                     delivered,
                     message,
@@ -261,6 +277,7 @@ impl ConsumerContext {
         );
         if let Err(reason) = in_order {
             return Box::pin(self.settle(
+                key,
                 sequence,
                 delivered,
                 message,
@@ -270,6 +287,21 @@ impl ConsumerContext {
             .await;
         }
         tracing::Span::current().record("event_type", event.event_type.as_str());
+        if self.parking.as_ref().is_some_and(|p| p.is_parked(key)) {
+            // Sequenced dead letters: behind its aggregate's dead letter, unless released.
+            let outcome = Box::pin(self.settle(
+                key,
+                sequence,
+                delivered,
+                message,
+                REASON_PARKED,
+                "its aggregate is parked behind an earlier event in the dead letter",
+            ))
+            .await;
+            if outcome != Outcome::Released {
+                return outcome;
+            }
+        }
         let delivery = match &self.partition {
             Some(p) => Delivery {
                 event,
@@ -322,7 +354,7 @@ impl ConsumerContext {
             } else {
                 REASON_PERMANENT_ERROR
             };
-            return Box::pin(self.settle(sequence, delivered, message, reason, &text)).await;
+            return Box::pin(self.settle(key, sequence, delivered, message, reason, &text)).await;
         }
         if self
             .options
@@ -331,6 +363,7 @@ impl ConsumerContext {
         {
             tracing::warn!(error = %text, "handler failed on the last delivery");
             return Box::pin(self.settle(
+                key,
                 sequence,
                 delivered,
                 message,
@@ -436,14 +469,23 @@ impl ConsumerContext {
 
     /// Sends the event to the dead letter, then terminates it. If the dead letter cannot be
     /// stored and the server would deliver the event again, it is retried later instead.
+    ///
+    /// With sequenced dead letters, the event's aggregate (`key`) is parked behind its letter,
+    /// or, if it is parked already, the event is parked behind the head (its `last` raised
+    /// before the letter is stored); an event stored out of order parks nothing.
     async fn settle(
         &self,
+        key: &str,
         sequence: u64,
         delivered: u64,
         message: &jetstream::Message,
         reason: &'static str,
         error: &str,
     ) -> Outcome {
+        let parking = self
+            .parking
+            .as_deref()
+            .filter(|_| reason != REASON_OUT_OF_ORDER);
         match &self.dead_letter {
             Some(target) => {
                 // A group member's dead letter names the event stream, its sequence and the
@@ -471,39 +513,87 @@ impl ConsumerContext {
                         Original::of(message),
                     ),
                 };
+                // Parked behind the aggregate's head (raised `last` first), or the new head.
+                let mut head = parking.is_some();
+                let mut error = std::borrow::Cow::Borrowed(error);
+                if let Some(parking) = parking.filter(|p| p.is_parked(key)) {
+                    match parking.promise(key, letter_sequence).await {
+                        Ok(Behind::Head(letter)) => {
+                            head = false;
+                            if reason == REASON_PARKED {
+                                error = format!("parked behind dead letter {letter}").into();
+                            }
+                        }
+                        Ok(Behind::Released) if reason == REASON_PARKED => {
+                            return Outcome::Released
+                        }
+                        Ok(Behind::Released) => {}
+                        Err(e) => {
+                            if let Some(retry) = self
+                                .retry_unsettled(
+                                    sequence,
+                                    delivered,
+                                    "parked state not written",
+                                    &e,
+                                )
+                                .await
+                            {
+                                return retry;
+                            }
+                            // The last delivery: stored as a letter of its own rather than lost.
+                        }
+                    }
+                }
                 let letter = Letter {
                     stream,
                     consumer,
                     sequence: letter_sequence,
                     delivered,
                     reason,
-                    error,
+                    error: &error,
                 };
                 match self.send_letter(target, original, &letter).await {
-                    Ok(()) => {
+                    Ok(stored) => {
+                        if let (true, Some(parking)) = (head, parking) {
+                            if let Err(e) = parking.park(key, stored, letter_sequence).await {
+                                // Not terminated without its parked state while it can come
+                                // back: the letter goes and the event is delivered again. On
+                                // the last delivery the letter stays, unparked.
+                                if self.may_deliver_again(delivered) {
+                                    self.remove_letter(target, stored).await;
+                                }
+                                if let Some(retry) = self
+                                    .retry_unsettled(
+                                        sequence,
+                                        delivered,
+                                        "parked state not written",
+                                        &e,
+                                    )
+                                    .await
+                                {
+                                    return retry;
+                                }
+                            }
+                        }
                         crate::metrics::dead_letter(stream, consumer);
                         tracing::error!(
                             dead_letter = %target.subject,
                             reason,
-                            error,
+                            error = %error,
                             "event sent to the dead letter"
                         );
                     }
                     Err(e) => {
-                        let more = self
-                            .options
-                            .max_deliveries
-                            .is_none_or(|max| delivered < max);
-                        if more {
-                            let delay = self.options.backoff_for(delivered);
-                            tracing::error!(error = %e, "dead letter not stored; the event will be delivered again");
-                            self.nak(sequence, delay).await;
-                            return Outcome::Retry(delay);
+                        if let Some(retry) = self
+                            .retry_unsettled(sequence, delivered, "dead letter not stored", &e)
+                            .await
+                        {
+                            return retry;
                         }
                         tracing::error!(
                             error = %e,
                             reason,
-                            handler_error = error,
+                            handler_error = %error,
                             "dead letter not stored on the last delivery; the event is terminated and stays only in its stream"
                         );
                     }
@@ -528,6 +618,47 @@ impl ConsumerContext {
             }
         }
         Outcome::Settled
+    }
+
+    /// Will the server deliver the event again after delivery `delivered`?
+    fn may_deliver_again(&self, delivered: u64) -> bool {
+        self.options
+            .max_deliveries
+            .is_none_or(|max| delivered < max)
+    }
+
+    /// The event could not be settled (`what`): if the server delivers it again, it comes back
+    /// after the backoff ([`Outcome::Retry`]); `None` on its last delivery.
+    async fn retry_unsettled(
+        &self,
+        sequence: u64,
+        delivered: u64,
+        what: &str,
+        error: &str,
+    ) -> Option<Outcome> {
+        if !self.may_deliver_again(delivered) {
+            return None;
+        }
+        let delay = self.options.backoff_for(delivered);
+        tracing::error!(error, "{what}; the event will be delivered again");
+        self.nak(sequence, delay).await;
+        Some(Outcome::Retry(delay))
+    }
+
+    /// Removes a dead letter this consumer stored (its parked state could not be written).
+    async fn remove_letter(&self, target: &DeadLetterTarget, sequence: u64) {
+        let removed = match target.js.get_stream(&target.stream).await {
+            Ok(stream) => stream
+                .delete_message(sequence)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = removed {
+            tracing::error!(error = %e, dead_letter = sequence,
+                "a dead letter whose parked state was not written could not be removed; discard it");
+        }
     }
 
     /// Sends a message the client cannot parse (read through the JSON API, its headers
@@ -556,7 +687,7 @@ impl ConsumerContext {
             error,
         };
         match self.send_letter(target, *original, &letter).await {
-            Ok(()) => tracing::error!(
+            Ok(_) => tracing::error!(
                 dead_letter = %target.subject,
                 stream_sequence = sequence,
                 error,
@@ -576,7 +707,7 @@ impl ConsumerContext {
         target: &DeadLetterTarget,
         original: Original<'_>,
         letter: &Letter<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
         let headers = letter_headers(original.headers, original.subject, letter);
         let max = self.client.server_info().max_payload;
         let (headers, payload) = fit_letter(headers, original.payload, letter, max);
@@ -592,7 +723,8 @@ impl ConsumerContext {
                     .map_err(|e| e.to_string())
             };
             match sent.await {
-                Ok(_) => return Ok(()),
+                // A retry the server recognised answers with the first copy's sequence.
+                Ok(ack) => return Ok(ack.sequence),
                 Err(e) => last = e,
             }
             if attempt < DEAD_LETTER_ATTEMPTS {

@@ -187,7 +187,11 @@ impl Dispatcher {
                     until: due + self.ctx.options.effective_ack_wait() + RETRY_GRACE,
                 })
             }
-            Outcome::Acked | Outcome::Unconfirmed | Outcome::Abandoned | Outcome::Settled => None,
+            Outcome::Acked
+            | Outcome::Unconfirmed
+            | Outcome::Abandoned
+            | Outcome::Settled
+            | Outcome::Released => None,
         }
     }
 
