@@ -3,27 +3,19 @@
 
 use std::time::Duration;
 
-use cim_nats::jetstream::subscriber::{DeadLetter, DeadLetterConfig, DeadLetters, Redriven};
+use cim_nats::jetstream::subscriber::{
+    DeadLetter, DeadLetterConfig, DeadLetters, Discarded, Redriven,
+};
 use serde_json::json;
 
-use crate::output::table;
+use crate::output::{confirm, table};
 use crate::Error;
 
 /// What to do with dead letters.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Action {
     /// The dead letters, oldest first.
-    List {
-        /// Only those of consumers of this stream.
-        #[arg(long)]
-        stream: Option<String>,
-        /// Only those of this consumer.
-        #[arg(long)]
-        consumer: Option<String>,
-        /// JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    List(Filter),
     /// One dead letter, whole: why, its headers and the event's body.
     Show {
         /// Its sequence in the dead-letter stream.
@@ -32,17 +24,42 @@ pub(crate) enum Action {
         #[arg(long)]
         json: bool,
     },
+    /// The aggregates parked behind a dead letter (subscribers with sequenced dead letters):
+    /// their later events wait, in order, until the head is redriven or discarded.
+    Parked(Filter),
     /// Has the subscriber that gave up on it handle it again (it must be running); the letter
-    /// leaves only when handled.
+    /// leaves only when handled. The head of a parked aggregate: then the events parked behind
+    /// it, in order.
     Redrive {
         /// Its sequence in the dead-letter stream.
         sequence: u64,
+        /// Do not ask (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
     },
-    /// Deletes it without handling it.
+    /// Deletes it without handling it. The head of a parked aggregate: by the running
+    /// subscriber, which then handles the events parked behind it, in order.
     Discard {
         /// Its sequence in the dead-letter stream.
         sequence: u64,
+        /// Do not ask (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
     },
+}
+
+/// Whose dead letters or parked aggregates, and how to show them.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Filter {
+    /// Only those of consumers of this stream.
+    #[arg(long)]
+    stream: Option<String>,
+    /// Only those of this consumer.
+    #[arg(long)]
+    consumer: Option<String>,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The dead-letter stream's options.
@@ -91,6 +108,17 @@ fn letter_json(letter: &DeadLetter) -> serde_json::Value {
     })
 }
 
+/// The line of a redrive or discard of a parked aggregate's head that did not release it.
+fn stopped(sequence: u64, done: &str, released: u64, head: Option<u64>, error: &str) -> String {
+    let waits = match head {
+        Some(head) => {
+            format!("the handler failed on dead letter {head} ({error}): the aggregate waits on it")
+        }
+        None => format!("the aggregate still waits: {error}"),
+    };
+    format!("dead letter {sequence}: {done}, removed; {released} parked events after it handled; {waits}")
+}
+
 pub(crate) async fn run(
     client: &async_nats::Client,
     args: Args,
@@ -103,11 +131,11 @@ pub(crate) async fn run(
     };
     let letters = DeadLetters::new(client.clone(), config);
     match args.action {
-        Action::List {
+        Action::List(Filter {
             stream,
             consumer,
             json,
-        } => {
+        }) => {
             let list = letters.list(stream.as_deref(), consumer.as_deref()).await?;
             if json {
                 for letter in &list {
@@ -164,12 +192,60 @@ pub(crate) async fn run(
                 println!("{}", serde_json::to_string_pretty(&value)?);
             }
         }
-        Action::Redrive { sequence } => {
+        Action::Parked(Filter {
+            stream,
+            consumer,
+            json,
+        }) => {
+            let parked = letters
+                .parked(stream.as_deref(), consumer.as_deref())
+                .await?;
+            if json {
+                for p in &parked {
+                    println!("{}", serde_json::to_value(p)?);
+                }
+                return Ok(());
+            }
+            if parked.is_empty() {
+                println!("no aggregate parked behind a dead letter");
+                return Ok(());
+            }
+            let mut rows = table(&[
+                "stream",
+                "consumer",
+                "aggregate",
+                "head",
+                "last event seq",
+                "since",
+            ]);
+            for p in &parked {
+                rows.add_row(vec![
+                    p.stream.clone(),
+                    p.consumer.clone(),
+                    p.aggregate.clone(),
+                    p.head.to_string(),
+                    p.last.to_string(),
+                    p.since.clone(),
+                ]);
+            }
+            println!("{rows}");
+        }
+        Action::Redrive { sequence, yes } => {
+            confirm(&format!("redrive dead letter {sequence}"), yes)?;
             match letters
                 .redrive(sequence, Duration::from_secs(timeout.max(1) * 6))
                 .await?
             {
                 Redriven::Handled => println!("dead letter {sequence}: handled, removed"),
+                Redriven::Released { released } => println!(
+                    "dead letter {sequence}: handled, removed; {released} parked events after it \
+                     handled in order; the aggregate is released"
+                ),
+                Redriven::Stopped {
+                    released,
+                    head,
+                    error,
+                } => return Err(stopped(sequence, "handled", released, head, &error).into()),
                 Redriven::Failed(e) => {
                     return Err(format!(
                         "dead letter {sequence}: the handler failed again ({e}); it stays"
@@ -178,15 +254,29 @@ pub(crate) async fn run(
                 }
             }
         }
-        Action::Discard { sequence } => {
-            if letters.discard(sequence).await? {
-                println!("dead letter {sequence}: discarded");
-            } else {
-                return Err(format!(
-                    "no dead letter at sequence {sequence} of {}",
-                    args.dlq_stream
-                )
-                .into());
+        Action::Discard { sequence, yes } => {
+            confirm(&format!("discard dead letter {sequence}"), yes)?;
+            match letters
+                .discard(sequence, Duration::from_secs(timeout.max(1) * 6))
+                .await?
+            {
+                Discarded::Deleted => println!("dead letter {sequence}: discarded"),
+                Discarded::Released { released } => println!(
+                    "dead letter {sequence}: discarded; {released} parked events after it \
+                     handled in order; the aggregate is released"
+                ),
+                Discarded::Stopped {
+                    released,
+                    head,
+                    error,
+                } => return Err(stopped(sequence, "discarded", released, head, &error).into()),
+                Discarded::Missing => {
+                    return Err(format!(
+                        "no dead letter at sequence {sequence} of {}",
+                        args.dlq_stream
+                    )
+                    .into())
+                }
             }
         }
     }

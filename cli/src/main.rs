@@ -6,7 +6,8 @@
 //! cim-nats events --domain bank [--aggregate ID] [--type T] [--entity K] [--correlation C]
 //!                 [--from SEQ | --since TIME] [--limit N] [--follow] [--json]
 //! cim-nats aggregate DOMAIN ID [--json]
-//! cim-nats dlq list [--stream S] [--consumer C] [--json] | show SEQ | redrive SEQ | discard SEQ
+//! cim-nats dlq list [--stream S] [--consumer C] [--json] | show SEQ | parked [--json]
+//!              | redrive SEQ [--yes] | discard SEQ [--yes]
 //! cim-nats projection list [--json] | lag NAME [--json]
 //! ```
 //!

@@ -96,3 +96,26 @@ pub(crate) fn event_row(event: &Value) -> Vec<String> {
 
 /// The header of the events table.
 pub(crate) const EVENT_HEADER: [&str; 6] = ["seq", "time", "type", "aggregate", "version", "actor"];
+
+/// Asks before a change (`question`, e.g. "redrive dead letter 7"): `--yes` skips the question;
+/// without it, a terminal is asked (`y` goes on) and anything else is refused, so that a script
+/// cannot change anything by accident.
+pub(crate) fn confirm(question: &str, yes: bool) -> Result<(), crate::Error> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(format!("not on a terminal: pass --yes to {question}").into());
+    }
+    eprint!("{question}? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err("cancelled".into())
+    }
+}

@@ -280,7 +280,13 @@ async fn dead_letters_listed_shown_redriven_and_discarded() {
     assert!(shown["error"].as_str().unwrap().contains("smtp down"));
 
     down.store(false, Ordering::SeqCst);
-    let redriven = cli(&url, &["dlq", "redrive", &first.to_string()]);
+    // A change asks for --yes when not on a terminal (the test's stdin is not one).
+    let unconfirmed = cli(&url, &["dlq", "redrive", &first.to_string()]);
+    assert!(!unconfirmed.status.success());
+    let err = String::from_utf8_lossy(&unconfirmed.stderr);
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(handled.load(Ordering::SeqCst), 0, "nothing redriven");
+    let redriven = cli(&url, &["dlq", "redrive", &first.to_string(), "--yes"]);
     assert!(
         redriven.status.success(),
         "{}",
@@ -288,7 +294,7 @@ async fn dead_letters_listed_shown_redriven_and_discarded() {
     );
     assert!(String::from_utf8_lossy(&redriven.stdout).contains("handled, removed"));
     assert_eq!(handled.load(Ordering::SeqCst), 1);
-    let discarded = cli(&url, &["dlq", "discard", &second.to_string()]);
+    let discarded = cli(&url, &["dlq", "discard", &second.to_string(), "--yes"]);
     assert!(discarded.status.success());
     assert!(json_lines(&cli(&url, &["dlq", "list", "--json"])).is_empty());
     assert_eq!(
@@ -299,7 +305,7 @@ async fn dead_letters_listed_shown_redriven_and_discarded() {
 
     // Nobody to redrive with: one line, naming the consumer.
     subscription.shutdown().await.unwrap();
-    let missing = cli(&url, &["dlq", "redrive", &first.to_string()]);
+    let missing = cli(&url, &["dlq", "redrive", &first.to_string(), "--yes"]);
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
