@@ -2,7 +2,8 @@
 //! OpenTelemetry span stores `traceparent` with the event; a subscriber's handling span is a
 //! child of that trace; an append with no span stores no trace header; commands decided
 //! together by a repository's command lane each carry their own caller's trace; a read model
-//! applies a traced event in a span of its trace.
+//! applies a traced event in a span of its trace; a subscriber in another process
+//! (`trace-subscriber`) handles a command's event in the command's trace.
 
 mod support;
 
@@ -53,7 +54,7 @@ async fn a_trace_goes_from_the_appending_span_to_the_handlers_span() {
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("operations_traces")));
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 
-    let (_server, client) = support::server().await;
+    let (server, client) = support::server().await;
     let store = JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("bank"))
         .await
         .expect("store");
@@ -200,4 +201,63 @@ async fn a_trace_goes_from_the_appending_span_to_the_handlers_span() {
     assert!(applied
         .iter()
         .any(|s| s.span_context.trace_id() == command_trace));
+
+    // Another process: a subscriber in a process of its own handles a command's event in the
+    // command's trace, its exported span a child of the appending span.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trace-subscriber"))
+        .arg(server.url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("trace-subscriber");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(next(&mut lines).await, "ready");
+    let span = tracing::info_span!("deposit from afar");
+    let remote_trace = span.in_scope(current_trace);
+    let deposited = repo
+        .execute(&acc1, AccountCommand::Deposit(7))
+        .instrument(span)
+        .await
+        .expect("deposit")
+        .last_sequence();
+    assert_eq!(
+        next(&mut lines).await,
+        format!("handled {} {remote_trace}", deposited.0),
+        "the other process's handler runs in the command's trace"
+    );
+    use std::io::Write as _;
+    writeln!(child.stdin.as_mut().expect("stdin"), "stop").expect("stop");
+    let mut exported = Vec::new();
+    loop {
+        let line = next(&mut lines).await;
+        if line == "done" {
+            break;
+        }
+        exported.push(line);
+    }
+    assert!(child.wait().expect("exit").success());
+    assert_eq!(exported.len(), 1, "{exported:?}");
+    let parts: Vec<&str> = exported[0].split(' ').collect();
+    assert_eq!(parts[1], remote_trace.to_string());
+    assert_eq!(parts[3], "true", "its parent is the appending span, remote");
+}
+
+/// The next line of the other process, within 20 s.
+async fn next(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), lines.recv())
+        .await
+        .expect("a line in time")
+        .expect("the process runs")
 }
