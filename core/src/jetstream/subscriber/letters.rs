@@ -622,14 +622,15 @@ impl Server {
             .map_err(|e| format!("{e:#}"))
     }
 
-    /// The letters of this consumer's events of `aggregate`, oldest first.
+    /// The letters of this consumer's events of `aggregate`, oldest first; not those stored out
+    /// of order (a stale copy of an earlier version is not one of the events parked).
     async fn letters_of(&self, aggregate: &str) -> Result<Vec<DeadLetter>, SubscriberError> {
         Ok(self
             .letters
             .list(Some(&self.stream), Some(&self.consumer))
             .await?
             .into_iter()
-            .filter(|l| l.aggregate() == aggregate)
+            .filter(|l| l.reason != dl::REASON_OUT_OF_ORDER && l.aggregate() == aggregate)
             .collect())
     }
 
