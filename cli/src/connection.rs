@@ -6,6 +6,30 @@ use std::time::Duration;
 /// What went wrong, as one line.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// The first refusal by the server's permissions on a connection (its text names the subject).
+#[derive(Debug)]
+pub(crate) struct Denied(tokio::sync::watch::Receiver<Option<String>>);
+
+impl Denied {
+    /// Runs `work`, or ends it at once with "permission denied: ..." when the server refuses
+    /// something it sends.
+    pub(crate) async fn guard<T>(
+        mut self,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let refused = async move {
+            match self.0.wait_for(Option::is_some).await {
+                Ok(text) => text.clone().unwrap_or_default(),
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            done = work => done,
+            text = refused => Err(format!("permission denied: {text}").into()),
+        }
+    }
+}
+
 /// How to reach the server (the `nats` CLI's names).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Connection {
@@ -48,9 +72,27 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects with these options; `name` is the client's name the server shows.
-    pub(crate) async fn connect(&self, name: &str) -> Result<async_nats::Client, Error> {
+    /// Connects with these options (`name` is the client's name the server shows), and watches
+    /// what the server refuses: NATS drops a publish or subscription the user may not make and
+    /// says so only to the connection's event callback (a request would just go unanswered).
+    pub(crate) async fn connect(&self, name: &str) -> Result<(async_nats::Client, Denied), Error> {
+        let (denied_tx, denied) = tokio::sync::watch::channel(None);
+        let denied_tx = std::sync::Arc::new(denied_tx);
         let mut options = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let denied_tx = std::sync::Arc::clone(&denied_tx);
+                async move {
+                    if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) =
+                        event
+                    {
+                        if text.to_lowercase().contains("permissions violation") {
+                            denied_tx.send_if_modified(|slot| {
+                                slot.is_none().then(|| *slot = Some(text)).is_some()
+                            });
+                        }
+                    }
+                }
+            })
             .name(name)
             .connection_timeout(Duration::from_secs(self.timeout))
             .request_timeout(Some(Duration::from_secs(self.timeout)));
@@ -89,7 +131,7 @@ impl Connection {
         let servers: Vec<String> = self.server.split(',').map(str::to_owned).collect();
         let connecting = options.connect(servers.as_slice());
         match tokio::time::timeout(Duration::from_secs(self.timeout), connecting).await {
-            Ok(Ok(client)) => Ok(client),
+            Ok(Ok(client)) => Ok((client, Denied(denied))),
             Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.server).into()),
             Err(_) => Err(format!(
                 "cannot connect to {}: no server answered within {} s",

@@ -77,11 +77,18 @@ enum Command {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let client = cli.connection.connect("cim-nats").await?;
-    match cli.command {
+    let (client, denied) = cli.connection.connect("cim-nats").await?;
+    // A refusal by the server's permissions ends the command at once, naming the subject.
+    denied
+        .guard(command(client, cli.command, cli.connection.timeout))
+        .await
+}
+
+async fn command(client: async_nats::Client, command: Command, timeout: u64) -> Result<(), Error> {
+    match command {
         Command::Status { json } => status::run(&client, json).await,
         Command::Events(args) => events::run(&client, args).await,
-        Command::Dlq(args) => dlq::run(&client, args, cli.connection.timeout).await,
+        Command::Dlq(args) => dlq::run(&client, args, timeout).await,
         Command::Projection(action) => projection::run(&client, action).await,
         Command::Aggregate {
             domain,

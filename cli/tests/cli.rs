@@ -232,6 +232,53 @@ async fn errors_are_one_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_the_servers_permissions_is_one_line_naming_the_subject() {
+    use cim_nats::testing::NatsServerBuilder;
+    let server = NatsServerBuilder::new()
+        .config(
+            "authorization {\n  users: [\n    { user: admin, password: admin }\n    \
+             { user: viewer, password: viewer, permissions: { publish: { deny: \
+             [\"$JS.API.STREAM.INFO.BANK_EVENTS\"] } } }\n  ]\n}",
+        )
+        .start()
+        .expect("server");
+    let url = server.url();
+    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
+        .connect(&url)
+        .await
+        .expect("admin");
+    cim_nats::jetstream::JetStreamEventStore::new(
+        admin,
+        cim_nats::jetstream::StoreConfig::for_domain("bank"),
+    )
+    .await
+    .expect("the bank's stream");
+    let started = std::time::Instant::now();
+    let denied = cli(
+        &url,
+        &[
+            "--user",
+            "viewer",
+            "--password",
+            "viewer",
+            "aggregate",
+            "bank",
+            "acc-1",
+        ],
+    );
+    assert!(!denied.status.success());
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains("$JS.API.STREAM.INFO.BANK_EVENTS"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "said at once, not after the request timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_listed_shown_redriven_and_discarded() {
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::Arc;

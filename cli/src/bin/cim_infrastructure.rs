@@ -109,8 +109,12 @@ fn tables(topology: &Topology, sequence: u64) -> String {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
-    let client = cli.connection.connect("cim-infrastructure").await?;
-    match cli.command {
+    let (client, denied) = cli.connection.connect("cim-infrastructure").await?;
+    denied.guard(command(client, cli.command)).await
+}
+
+async fn command(client: async_nats::Client, command: Command) -> Result<(), Error> {
+    match command {
         Command::Topology {
             format,
             infrastructure,
