@@ -86,7 +86,21 @@ pub(crate) async fn run(client: &async_nats::Client, as_json: bool) -> Result<()
                 "stream": parts.next().unwrap_or_default(),
                 "consumer": parts.next().unwrap_or_default(),
                 "letters": count,
+                "parked_aggregates": 0,
             }));
+        }
+        // Sequenced dead letters: the aggregates parked behind them, per consumer.
+        let letters = cim_nats::jetstream::subscriber::DeadLetters::new(
+            client.clone(),
+            cim_nats::jetstream::subscriber::DeadLetterConfig::default(),
+        );
+        for parked in letters.parked(None, None).await? {
+            if let Some(row) = dead_letters.iter_mut().find(|d| {
+                d["stream"] == parked.stream.as_str() && d["consumer"] == parked.consumer.as_str()
+            }) {
+                row["parked_aggregates"] =
+                    json!(row["parked_aggregates"].as_u64().unwrap_or(0) + 1);
+            }
         }
     }
 
@@ -345,12 +359,13 @@ fn print_tables(status: &Value) {
         .cloned()
         .unwrap_or_default();
     if !letters.is_empty() {
-        let mut rows = table(&["stream", "consumer", "dead letters"]);
+        let mut rows = table(&["stream", "consumer", "dead letters", "parked aggregates"]);
         for l in &letters {
             rows.add_row(vec![
                 text(&l["stream"]),
                 text(&l["consumer"]),
                 text(&l["letters"]),
+                text(&l["parked_aggregates"]),
             ]);
         }
         println!("\ndead letters\n{rows}");

@@ -427,3 +427,83 @@ async fn status_shows_a_consumer_group_its_members_partitions_and_lag() {
     );
     handle.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_aggregate_shown_and_released_by_redriving_its_head() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use cim_nats::jetstream::subscriber::EventSubscriberBuilder;
+    use cim_nats::subscriber::FnEventHandler;
+    use cim_nats::{HandlerError, StoredEvent};
+
+    let test = TestStore::start("bank").await.expect("fixture");
+    let url = test.server.url();
+    let down = Arc::new(AtomicBool::new(true));
+    let handled: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let (d, h) = (Arc::clone(&down), Arc::clone(&handled));
+    let subscription = EventSubscriberBuilder::new()
+        .client(test.client.clone())
+        .subject("bank.>")
+        .durable("ledger")
+        .sequenced_dead_letters()
+        .handler(FnEventHandler::new(move |e: StoredEvent| {
+            if e.aggregate_id.as_str() == "acc-1" && d.load(Ordering::SeqCst) {
+                return Err(HandlerError::msg("ledger down").permanent());
+            }
+            h.lock()
+                .unwrap()
+                .push((e.aggregate_id.to_string(), e.aggregate_version));
+            Ok(())
+        }))
+        .build()
+        .unwrap()
+        .subscribe()
+        .await
+        .unwrap();
+    // acc-1: versions 1 to 3, the first refused, the others parked behind it; acc-2 flows.
+    account_events(&test).await;
+    cim_nats::testing::wait_until(Duration::from_secs(10), "acc-1 parked", || {
+        let n = json_lines(&cli(&url, &["dlq", "list", "--json"])).len();
+        async move { n == 3 }
+    })
+    .await;
+    let parked = json_lines(&cli(&url, &["dlq", "parked", "--json"]));
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0]["aggregate"], "acc-1");
+    assert_eq!(parked[0]["consumer"], "ledger");
+    let status: Value = serde_json::from_slice(&cli(&url, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["dead_letters"][0]["letters"], 3);
+    assert_eq!(status["dead_letters"][0]["parked_aggregates"], 1);
+    let table = String::from_utf8_lossy(&cli(&url, &["dlq", "parked"]).stdout).to_string();
+    assert!(
+        table.contains("acc-1") && table.contains("ledger"),
+        "{table}"
+    );
+    assert_eq!(*handled.lock().unwrap(), vec![("acc-2".to_owned(), 1)]);
+
+    down.store(false, Ordering::SeqCst);
+    let head = parked[0]["head"].as_u64().unwrap().to_string();
+    let redriven = cli(&url, &["dlq", "redrive", &head, "--yes"]);
+    let out = String::from_utf8_lossy(&redriven.stdout);
+    assert!(
+        redriven.status.success(),
+        "{}",
+        String::from_utf8_lossy(&redriven.stderr)
+    );
+    assert!(
+        out.contains("2 parked events after it handled in order"),
+        "{out}"
+    );
+    assert_eq!(
+        *handled.lock().unwrap(),
+        vec![
+            ("acc-2".to_owned(), 1),
+            ("acc-1".to_owned(), 1),
+            ("acc-1".to_owned(), 2),
+            ("acc-1".to_owned(), 3)
+        ]
+    );
+    assert!(json_lines(&cli(&url, &["dlq", "parked", "--json"])).is_empty());
+    subscription.shutdown().await.unwrap();
+}
