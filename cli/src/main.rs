@@ -7,7 +7,7 @@
 //!                 [--from SEQ | --since TIME] [--limit N] [--follow] [--json]
 //! cim-nats aggregate DOMAIN ID [--json]
 //! cim-nats dlq list [--stream S] [--consumer C] [--json] | show SEQ | redrive SEQ | discard SEQ
-//! cim-nats projection list [--json] | lag NAME [--json]
+//! cim-nats projection list [--json] | lag NAME [--json] | rebuild NAME [--yes] [--json]
 //! ```
 //!
 //! The infrastructure domain's topology has a tool of its own beside it, `cim-infrastructure`
@@ -23,6 +23,7 @@ mod dlq;
 mod events;
 mod output;
 mod projection;
+mod rebuild;
 mod status;
 
 use std::process::ExitCode;
@@ -57,7 +58,8 @@ enum Command {
     Events(events::Args),
     /// Dead letters: list, show, redrive (handled again by the running subscriber), discard.
     Dlq(dlq::Args),
-    /// Read models: list them, or one's checkpoint and lag.
+    /// Read models: list them, one's checkpoint and lag, or rebuild one (by its running
+    /// service).
     #[command(subcommand)]
     Projection(projection::Action),
     /// One aggregate's history, read through the store (literal subjects, no consumer).
@@ -81,7 +83,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Status { json } => status::run(&client, json).await,
         Command::Events(args) => events::run(&client, args).await,
         Command::Dlq(args) => dlq::run(&client, args, cli.connection.timeout).await,
-        Command::Projection(action) => projection::run(&client, action).await,
+        Command::Projection(action) => {
+            projection::run(&client, action, cli.connection.timeout).await
+        }
         Command::Aggregate {
             domain,
             id,
