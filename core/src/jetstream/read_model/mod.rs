@@ -439,9 +439,9 @@ pub struct Pointer {
     pub bucket: String,
     /// Its model version.
     pub version: u32,
-    /// Its generation: how many times this version was rebuilt into a new bucket
-    /// ([`ReadModelOptions::generation_bucket`]); 0, and absent from the JSON, for the version's
-    /// first bucket, so pointers written before rebuilds existed read as generation 0.
+    /// Its generation ([`ReadModelOptions::generation_bucket`]): 0, absent from the JSON, for
+    /// the version's first bucket (so pointers written before rebuilds existed read as
+    /// generation 0); each rebuild builds the next one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u32,
     /// The rebuild of the live version under way, if one is (absent from the JSON otherwise):
