@@ -8,7 +8,7 @@
 //! cim-nats aggregate DOMAIN ID [--json]
 //! cim-nats dlq list [--stream S] [--consumer C] [--json] | show SEQ | parked [--json]
 //!              | redrive SEQ [--yes] | discard SEQ [--yes]
-//! cim-nats projection list [--json] | lag NAME [--json]
+//! cim-nats projection list [--json] | lag NAME [--json] | rebuild NAME [--yes] [--json]
 //! ```
 //!
 //! The infrastructure domain's topology has a tool of its own beside it, `cim-infrastructure`
@@ -24,6 +24,7 @@ mod dlq;
 mod events;
 mod output;
 mod projection;
+mod rebuild;
 mod status;
 
 use std::process::ExitCode;
@@ -58,7 +59,8 @@ enum Command {
     Events(events::Args),
     /// Dead letters: list, show, redrive (handled again by the running subscriber), discard.
     Dlq(dlq::Args),
-    /// Read models: list them, or one's checkpoint and lag.
+    /// Read models: list them, one's checkpoint and lag, or rebuild one (by its running
+    /// service).
     #[command(subcommand)]
     Projection(projection::Action),
     /// One aggregate's history, read through the store (literal subjects, no consumer).
@@ -89,7 +91,7 @@ async fn command(client: async_nats::Client, command: Command, timeout: u64) -> 
         Command::Status { json } => status::run(&client, json).await,
         Command::Events(args) => events::run(&client, args).await,
         Command::Dlq(args) => dlq::run(&client, args, timeout).await,
-        Command::Projection(action) => projection::run(&client, action).await,
+        Command::Projection(action) => projection::run(&client, action, timeout).await,
         Command::Aggregate {
             domain,
             id,

@@ -1,4 +1,5 @@
-//! `cim-nats projection`: the read models of bucket `READ_MODELS`, their checkpoint and lag.
+//! `cim-nats projection`: the read models of bucket `READ_MODELS`, their checkpoint and lag,
+//! and rebuilding one ([`crate::rebuild`]).
 
 use async_nats::jetstream;
 use futures::TryStreamExt;
@@ -24,6 +25,19 @@ pub(crate) enum Action {
         #[arg(long)]
         json: bool,
     },
+    /// Has the running service rebuild a read model from the start of its stream into a new
+    /// bucket, beside the live one that keeps serving; readers switch once it has caught up.
+    /// Shows its progress until then; --timeout SECS is also how long it may make no progress.
+    Rebuild {
+        /// The read model's name.
+        name: String,
+        /// Do not ask (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// JSON lines (progress, then the outcome) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The read models, as `status` reads them.
@@ -41,9 +55,16 @@ async fn models(js: &jetstream::Context) -> Result<Vec<Value>, Error> {
     crate::status::read_models(js, &last).await
 }
 
-pub(crate) async fn run(client: &async_nats::Client, action: Action) -> Result<(), Error> {
+pub(crate) async fn run(
+    client: &async_nats::Client,
+    action: Action,
+    timeout: u64,
+) -> Result<(), Error> {
     let js = jetstream::new(client.clone());
     match action {
+        Action::Rebuild { name, yes, json } => {
+            crate::rebuild::run(client, &name, yes, json, timeout).await
+        }
         Action::List { json } => {
             let models = models(&js).await?;
             if json {

@@ -65,6 +65,18 @@ pub enum ProjectionError {
         /// The sequence it had reached.
         reached: u64,
     },
+    /// No runner of the read model is running to serve a request made of it (nothing answers
+    /// on the subject its runners serve).
+    #[error(
+        "no runner of read model {projection} is running (nothing answers on {subject}): start \
+         the service that runs it"
+    )]
+    NotRunning {
+        /// The read model's name.
+        projection: String,
+        /// The subject nothing answers on.
+        subject: String,
+    },
     /// The runner task ended abnormally (it panicked, or was aborted).
     #[error("projection {0:?} runner ended abnormally")]
     Aborted(String),

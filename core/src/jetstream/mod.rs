@@ -20,9 +20,10 @@ pub use config::{Storage, StoreConfig};
 pub use partition::{partition_of, PartitionedView, PARTITION_PREFIX};
 pub use projection::{ProjectionHandle, ProjectionOptions, ProjectionRunner, Skipped};
 pub use read_model::{
-    checkpoint_key, checkpoint_partition, follow_bucket, parse_row_key, row_key, BucketEntry,
-    Checkpoint, CheckpointFront, KeyedProjection, Lag, Pointer, ReadModel, ReadModelHandle,
-    ReadModelOptions, ReadModelRunner, RowChange, Rows, CHECKPOINT_PREFIX, MAX_ROWS_PER_COMMIT,
+    checkpoint_key, checkpoint_partition, follow_bucket, parse_row_key, rebuild_subject,
+    request_rebuild, row_key, BucketEntry, Checkpoint, CheckpointFront, KeyedProjection, Lag,
+    Pointer, ReadModel, ReadModelHandle, ReadModelOptions, ReadModelRunner, Rebuild, RebuildAnswer,
+    RowChange, Rows, CHECKPOINT_PREFIX, MAX_ROWS_PER_COMMIT,
 };
 pub use setup::{
     check_server_info, ServerVersion, SetupError, SetupErrorKind, ACCEPTED_SERVER_VERSIONS,

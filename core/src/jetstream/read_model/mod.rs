@@ -8,7 +8,10 @@
 //!
 //! - The live bucket of read model `NAME` is named by the key `NAME` of the bucket
 //!   `READ_MODELS` (the pointer, JSON `{"bucket": "RM_NAME_V1", "version": 1}`); version `V` of
-//!   the model lives in the bucket `RM_NAME_V{V}` (prefix [`ReadModelOptions::prefix`]).
+//!   the model lives in the bucket `RM_NAME_V{V}` (prefix [`ReadModelOptions::prefix`]), and
+//!   after its `g`-th rebuild in `RM_NAME_V{V}_G{g}`, the pointer then saying `"generation": g`
+//!   (absent: 0). While a rebuild is under way the pointer also holds
+//!   `"rebuild": {"bucket", "generation", "target"}` ([`Pointer`], [`Rebuild`]).
 //! - Row `id` of table `table` is the key `{table}.r.{id}`, or `{table}.h.x{hex of id}` when the id
 //!   has characters KV keys do not allow; its value is the row as JSON. A deleted row is a KV
 //!   delete (`KV-Operation: DEL`).
@@ -37,10 +40,44 @@
 //! the checkpoint. The runner commits at event boundaries, so between two batches a reader sees
 //! the model as of a checkpoint; an event that changes more than 999 rows stops the runner with
 //! [`ProjectionError::Apply`] (it could not be committed atomically).
+//!
+//! # Rebuilds
+//!
+//! A running runner rebuilds its model on request, without a new version (after a fix to
+//! `apply` that keeps the rows' meaning, or to drop what a bug wrote): [`request_rebuild`] asks
+//! on [`rebuild_subject`] (`_CIM.rebuild.{pointer bucket}.{NAME}`, served in a queue group by
+//! every runner whose version is live; `cim-nats projection rebuild NAME` from the command
+//! line). The runner that takes the request makes the bucket of the next generation, records
+//! the rebuild in the pointer (an update expecting the pointer's revision) with its target, the
+//! stream's last event now, and answers at once ([`RebuildAnswer`]: accepted, or the rebuild
+//! already under way, or why not). Every runner of the model then builds its partition into the
+//! new bucket from the start of the stream, beside the live bucket, which keeps serving readers
+//! and keeps being updated; both runs are in the runner's one task. Once the new bucket's
+//! checkpoints have all reached the target (and this runner's new bucket is as far as its live
+//! one), the pointer moves to it, by an update expecting its revision as for a new version:
+//! readers follow, the runner goes on in the new bucket as the live one (its
+//! [`ReadModelHandle`] speaks of it), and the old bucket is deleted
+//! [`ReadModelOptions::retire_after`] later. A runner started afterwards opens the generation
+//! the pointer names.
+//!
+//! A model worked as partitions ([`ReadModelRunner::start_partition`]) is rebuilt by each
+//! partition's runner, each committing its partition fenced on its own checkpoint key in the
+//! new bucket; the pointer moves when every partition has reached the target. A rebuild waits
+//! for a partition whose runner is not running.
+//!
+//! Readers never see a half-built bucket: the pointer moves only once it has caught up. A
+//! runner that stops (or crashes) during a rebuild leaves it recorded in the pointer and the
+//! new bucket as far as its last commit (rows and checkpoint are committed together): a runner
+//! started again resumes the rebuild from that checkpoint. A rebuild that fails (an event
+//! `apply` refuses, a bucket that cannot be written) is given up: the record is cleared from
+//! the pointer, the new bucket deleted, and the live bucket stays, its runner going on. A new
+//! version going live gives up a rebuild of the older one (its bucket is deleted).
 
 mod commit;
 mod partitioned;
 mod reader;
+mod rebuild;
+mod supervisor;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -50,7 +87,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
-use futures::StreamExt;
 use lru::LruCache;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::watch;
@@ -70,6 +106,7 @@ use crate::typed::decode_envelope;
 
 pub use commit::MAX_ROWS_PER_COMMIT;
 pub use reader::{follow_bucket, BucketEntry, ReadModel, RowChange};
+pub use rebuild::{rebuild_subject, request_rebuild, RebuildAnswer};
 
 use commit::Committer;
 use partitioned::ViewFeed;
@@ -307,9 +344,19 @@ impl Default for ReadModelOptions {
 }
 
 impl ReadModelOptions {
-    /// The bucket of version `version` of model `name`.
+    /// The bucket of version `version` of model `name` (its first generation).
     pub fn bucket(&self, name: &str, version: u32) -> String {
         format!("{}_{name}_V{version}", self.prefix)
+    }
+
+    /// The bucket of generation `generation` of version `version` of model `name`:
+    /// [`ReadModelOptions::bucket`] for generation 0, `{prefix}_{NAME}_V{V}_G{generation}` for
+    /// the buckets rebuilds build.
+    pub fn generation_bucket(&self, name: &str, version: u32, generation: u32) -> String {
+        match generation {
+            0 => self.bucket(name, version),
+            g => format!("{}_G{g}", self.bucket(name, version)),
+        }
     }
 }
 
@@ -392,6 +439,47 @@ pub struct Pointer {
     pub bucket: String,
     /// Its model version.
     pub version: u32,
+    /// Its generation ([`ReadModelOptions::generation_bucket`]): 0, absent from the JSON, for
+    /// the version's first bucket (so pointers written before rebuilds existed read as
+    /// generation 0); each rebuild builds the next one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
+    /// The rebuild of the live version under way, if one is (absent from the JSON otherwise):
+    /// its runners build it beside the live bucket, and the pointer moves to it (this field
+    /// cleared) once it has caught up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<Rebuild>,
+}
+
+impl Pointer {
+    /// The pointer to generation `generation` of version `version` in `bucket`, no rebuild
+    /// under way.
+    pub fn new(bucket: impl Into<String>, version: u32, generation: u32) -> Self {
+        Self {
+            bucket: bucket.into(),
+            version,
+            generation,
+            rebuild: None,
+        }
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A rebuild under way, as the pointer records it ([`Pointer::rebuild`]): the live version is
+/// built again from the start of the stream into a bucket of a new generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebuild {
+    /// The bucket it builds into (`{prefix}_{NAME}_V{V}_G{generation}`).
+    pub bucket: String,
+    /// Its generation (the live one's plus one).
+    pub generation: u32,
+    /// The event stream's last sequence when it was asked for: the pointer moves to the new
+    /// bucket once every partition's checkpoint there has reached it and its runner has caught
+    /// up with the stream.
+    pub target: u64,
 }
 
 /// How far a read model is behind its stream ([`ReadModelHandle::lag`]).
@@ -410,14 +498,19 @@ pub struct Lag {
 pub struct ReadModelRunner;
 
 /// A running read model: its progress, waiting for a sequence, stopping it.
+///
+/// After a rebuild went live ([`request_rebuild`]) the handle speaks of the new bucket: its
+/// runner goes on there, and [`ReadModelHandle::bucket`], [`ReadModelHandle::committed`],
+/// [`ReadModelHandle::lag`] and [`ReadModelHandle::wait_for`] are of it.
 pub struct ReadModelHandle<P: KeyedProjection> {
     committed: watch::Receiver<u64>,
     progress: watch::Receiver<Progress>,
     live: watch::Receiver<bool>,
+    bucket: watch::Receiver<String>,
+    rebuilding: watch::Receiver<Option<String>>,
     wanted: watch::Sender<u64>,
     stop: watch::Sender<bool>,
     stopped: Arc<std::sync::Mutex<Option<Arc<ProjectionError>>>>,
-    bucket: String,
     task: JoinHandle<()>,
     _projection: std::marker::PhantomData<fn() -> P>,
 }
@@ -426,7 +519,7 @@ impl<P: KeyedProjection> fmt::Debug for ReadModelHandle<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadModelHandle")
             .field("name", &P::NAME)
-            .field("bucket", &self.bucket)
+            .field("bucket", &*self.bucket.borrow())
             .field("committed", &*self.committed.borrow())
             .finish_non_exhaustive()
     }
@@ -492,14 +585,37 @@ async fn open_model_bucket(
     Ok(store)
 }
 
+/// Is `name` a read model's name (letters, digits, `-` and `_`)?
+fn check_name(name: &str) -> Result<(), ProjectionError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    {
+        return Err(ProjectionError::Apply {
+            projection: name.to_owned(),
+            sequence: 0,
+            reason: "a read model's name is made of letters, digits, '-' and '_'".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 impl ReadModelRunner {
-    /// Starts read model `P`: opens (creating them if needed) its bucket for
-    /// [`KeyedProjection::VERSION`] and the pointer bucket, resumes from the checkpoint in its
-    /// bucket (or the start of the stream), then follows new events as they are stored.
+    /// Starts read model `P`: opens (creating them if needed) the pointer bucket and the bucket
+    /// the pointer names for [`KeyedProjection::VERSION`] (the version's first,
+    /// [`ReadModelOptions::bucket`], when the pointer names no bucket of it), resumes from the
+    /// checkpoint in that bucket (or the start of the stream), then follows new events as they
+    /// are stored.
     ///
     /// When the pointer names no bucket yet, it is pointed at this one at once. When it names an
     /// older version, this one is built beside it and the pointer moves when it has caught up
     /// (readers switch then); the old bucket is then deleted.
+    ///
+    /// While its version is live the runner serves rebuild requests of the model
+    /// ([`request_rebuild`], on [`rebuild_subject`]); when the pointer records a rebuild under
+    /// way (asked of this runner, of another, or of one that stopped before it was done) the
+    /// runner builds it beside the live bucket and goes on in the new bucket once it is live.
     ///
     /// # Errors
     ///
@@ -513,52 +629,56 @@ impl ReadModelRunner {
         projection: P,
         options: ReadModelOptions,
     ) -> Result<ReadModelHandle<P>, ProjectionError> {
-        let opened = Opened::open::<P>(store, &options, (0, 1)).await?;
-        let start = opened.checkpoint.as_ref().map_or(0, |c| c.sequence);
-        let reader = OrderedReader::start(
-            store.client().clone(),
-            ReadSpec {
-                stream: store.stream_name().to_owned(),
-                filter: Some(<P::Event as NatsEvent>::DOMAIN_WILDCARD.to_owned()),
-                start: Start::Sequence(start + 1),
-                follow: true,
-                timeout: store.request_timeout(),
-            },
-        );
-        // A version built beside a live one goes live once it has read what the stream held now.
-        let target = crate::store::EventStore::last_sequence(store)
-            .await
-            .map_err(|e| ProjectionError::Store {
-                projection: P::NAME.to_owned(),
-                source: e,
-            })?
-            .0;
-        let progress = reader.progress();
-        Ok(launch(
-            opened,
-            projection,
-            options,
-            (reader, progress),
-            target,
-            None,
-        ))
+        start_from(store, projection, options, Source::Stream).await
     }
 }
 
+/// What a runner reads the model's events from.
+enum Source {
+    /// The event stream, the whole model as one partition ([`ReadModelRunner::start`]).
+    Stream,
+    /// One partition of the partitioned view ([`ReadModelRunner::start_partition`]).
+    View {
+        /// The view.
+        view: crate::jetstream::partition::PartitionedView,
+        /// The partition worked, of how many.
+        lease: crate::subscriber::Lease,
+    },
+}
+
+/// Starts the runner's task of read model `P`, reading `source`.
+async fn start_from<P: KeyedProjection>(
+    store: &JetStreamEventStore,
+    projection: P,
+    options: ReadModelOptions,
+    source: Source,
+) -> Result<ReadModelHandle<P>, ProjectionError> {
+    supervisor::start(store, projection, options, source).await
+}
+
+/// What a runner builds: the bucket the pointer names for its version (or the version's first
+/// one, built beside an older version), or the bucket of a rebuild under way.
+#[derive(Debug, Clone)]
+enum Build {
+    Live,
+    Rebuild(Rebuild),
+}
+
 /// What a runner sets up before it reads, alike for a whole model and for a partition: the
-/// pointer (created if there is none), the version's bucket, the partition's checkpoint and the
+/// pointer (created if there is none), the bucket, the partition's checkpoint and the
 /// committer fenced on it.
 struct Opened {
     context: jetstream::Context,
     pointers: kv::Store,
-    /// The pointer as it is and each change: a newer version going live stops the runner.
-    pointer_watch: kv::Watch,
-    /// The pointer as found, when it names another version (with its revision).
+    /// The pointer as found, when it names a bucket this one is to replace (an older version,
+    /// or the live generation a rebuild replaces), with its revision.
     pointer_old: Option<(Pointer, u64)>,
-    /// Does the pointer name this version?
+    /// Does the pointer name this bucket?
     live: bool,
     bucket: kv::Store,
     bucket_name: String,
+    /// The bucket's generation of the version.
+    generation: u32,
     /// The partition's checkpoint, if it has one.
     checkpoint: Option<Checkpoint>,
     /// No checkpoint and no rows: the model starts empty.
@@ -567,56 +687,53 @@ struct Opened {
 }
 
 impl Opened {
-    /// Sets up partition `partition` of `partitions` of read model `P`.
+    /// Sets up partition `partition` of `partitions` of read model `P`, for `build`.
     async fn open<P: KeyedProjection>(
         store: &JetStreamEventStore,
         options: &ReadModelOptions,
+        pointers: &kv::Store,
         (partition, partitions): (u32, u32),
+        build: &Build,
     ) -> Result<Self, ProjectionError> {
         let name = P::NAME;
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        {
-            return Err(ProjectionError::Apply {
-                projection: name.to_owned(),
-                sequence: 0,
-                reason: "a read model's name is made of letters, digits, '-' and '_'".to_owned(),
-            });
-        }
+        check_name(name)?;
         let context = store.context().clone();
         let replicas = store.config().replicas;
-        let bucket_name = options.bucket(name, P::VERSION);
-        let pointers = crate::jetstream::kv::open_bucket(
-            &context,
-            &options.pointer_bucket,
-            "read model pointers: the live bucket of each model (cim-nats)",
-            replicas,
-        )
-        .await
-        .map_err(|e| setup_error(name, &options.pointer_bucket, e))?;
-        let pointer = live_pointer::<P>(&pointers, &options.pointer_bucket).await?;
-        let pointer_watch = pointers
-            .watch_with_history(name)
-            .await
-            .map_err(|e| setup_error(name, &options.pointer_bucket, e))?;
+        let pointer = live_pointer::<P>(pointers, &options.pointer_bucket).await?;
+        let (bucket_name, generation) = match (build, &pointer) {
+            (Build::Rebuild(r), _) => (r.bucket.clone(), r.generation),
+            (Build::Live, Some((p, _))) if p.version == P::VERSION => {
+                (p.bucket.clone(), p.generation)
+            }
+            (Build::Live, _) => (options.bucket(name, P::VERSION), 0),
+        };
         let bucket = open_model_bucket(&context, name, &bucket_name, replicas).await?;
         let pointer = match pointer {
             Some(pointer) => Some(pointer),
-            None => match write_pointer(&pointers, name, &bucket_name, P::VERSION, None).await {
-                Ok(_) => None,
-                // Another runner (another partition) created it first: as it is now.
-                Err(e) => Some(
-                    live_pointer::<P>(&pointers, &options.pointer_bucket)
-                        .await?
-                        .ok_or(e)?,
-                ),
-            },
+            None if matches!(build, Build::Rebuild(_)) => {
+                return Err(setup_error(
+                    name,
+                    &options.pointer_bucket,
+                    "the pointer of a model being rebuilt is gone",
+                ))
+            }
+            None => {
+                let first = Pointer::new(&bucket_name, P::VERSION, 0);
+                match write_pointer(pointers, name, &first, None).await {
+                    Ok(_) => None,
+                    // Another runner (another partition) created it first: as it is now.
+                    Err(e) => Some(
+                        live_pointer::<P>(pointers, &options.pointer_bucket)
+                            .await?
+                            .ok_or(e)?,
+                    ),
+                }
+            }
         };
         let live = pointer
             .as_ref()
-            .is_none_or(|(p, _)| p.version == P::VERSION);
+            .is_none_or(|(p, _)| p.version == P::VERSION && p.bucket == bucket_name);
+        let pointer_old = pointer.filter(|_| !live);
         let found = reader::read_checkpoints(store.client(), &bucket)
             .await
             .map_err(|e| setup_error(name, &bucket_name, e))?;
@@ -670,12 +787,12 @@ impl Opened {
         .await?;
         Ok(Self {
             context,
-            pointers,
-            pointer_watch,
-            pointer_old: pointer.filter(|(p, _)| p.version != P::VERSION),
+            pointers: pointers.clone(),
+            pointer_old,
             live,
             bucket,
             bucket_name,
+            generation,
             checkpoint,
             fresh,
             committer,
@@ -704,25 +821,60 @@ async fn live_pointer<P: KeyedProjection>(
     Ok(pointer)
 }
 
-/// Starts the runner of what `opened` set up, reading `reader` (whose progress, in event stream
-/// sequences, is `progress`): from a partitioned view when `view` is given.
+/// The pointer as the runner's task last saw it, and its revision (`None` before it has seen
+/// one).
+type PointerSeen = Option<(Pointer, u64)>;
+
+/// How a runner of one bucket ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// It was asked to stop.
+    Stopped,
+    /// The pointer moved to a newer generation of its version (a rebuild went live): its
+    /// bucket is no longer the live one.
+    Replaced,
+}
+
+/// The work of a runner of one bucket (the live one, or a rebuild's), polled by the runner's
+/// task ([`supervisor`]), with its progress and how to stop it.
+struct Lane {
+    work:
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ended, ProjectionError>> + Send>>,
+    committed: watch::Receiver<u64>,
+    progress: watch::Receiver<Progress>,
+    live: watch::Receiver<bool>,
+    wanted: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+    bucket: String,
+}
+
+/// Makes the work of what `opened` set up, reading `reader` (whose progress, in event stream
+/// sequences, is `progress`): from a partitioned view when `view` is given. `floor`: for a
+/// rebuild, the live runner's committed sequence, which the new bucket must have reached before
+/// the pointer moves to it (so that readers do not see the model go back).
+#[allow(clippy::too_many_arguments)]
 fn launch<P: KeyedProjection>(
     opened: Opened,
-    projection: P,
+    projection: Arc<P>,
     options: ReadModelOptions,
     (reader, progress): (OrderedReader, watch::Receiver<Progress>),
     target: u64,
     view: Option<ViewFeed>,
-) -> ReadModelHandle<P> {
+    pointer: watch::Receiver<PointerSeen>,
+    floor: Option<watch::Receiver<u64>>,
+) -> Lane {
     let (start, skipped) = opened
         .checkpoint
         .map_or((0, Vec::new()), |c| (c.sequence, c.skipped));
     let bucket_name = opened.bucket_name;
+    let generation = opened.generation;
     let (committed_tx, committed) = watch::channel(start);
     let (live_tx, live_rx) = watch::channel(opened.live);
     let (wanted, wanted_rx) = watch::channel(0u64);
     let (stop, stop_rx) = watch::channel(false);
-    let stopped = Arc::new(std::sync::Mutex::new(None));
+    let mut pointer = pointer;
+    // The pointer as it is now is looked at first.
+    pointer.mark_changed();
     let run = Run {
         projection,
         rows: RowState {
@@ -744,8 +896,10 @@ fn launch<P: KeyedProjection>(
         committed: committed_tx,
         live: live_tx,
         pointers: opened.pointers,
-        pointer_watch: Some(opened.pointer_watch),
+        pointer,
         pointer_old: opened.pointer_old,
+        generation,
+        floor,
         target,
         retire: None,
         progress: progress.clone(),
@@ -753,42 +907,30 @@ fn launch<P: KeyedProjection>(
         context: opened.context,
         bucket_name: bucket_name.clone(),
     };
-    let stopped_in_task = Arc::clone(&stopped);
-    let task = tokio::spawn(async move {
+    let work = Box::pin(async move {
         let mut run = run;
-        if let Err(e) = run.run(reader, stop_rx, wanted_rx, start).await {
-            tracing::error!(read_model = P::NAME, error = %e, "read model runner stopped");
-            if let Ok(mut slot) = stopped_in_task.lock() {
-                *slot = Some(Arc::new(e));
-            }
-        }
-        drop(run);
+        run.run(reader, stop_rx, wanted_rx, start).await
     });
-    ReadModelHandle {
+    Lane {
+        work,
         committed,
         progress,
         live: live_rx,
         wanted,
         stop,
-        stopped,
         bucket: bucket_name,
-        task,
-        _projection: std::marker::PhantomData,
     }
 }
 
+/// Writes the pointer of model `name`: created when `revision` is `None`, else updated if its
+/// revision is still `revision`.
 async fn write_pointer(
     pointers: &kv::Store,
     name: &str,
-    bucket: &str,
-    version: u32,
+    pointer: &Pointer,
     revision: Option<u64>,
 ) -> Result<u64, ProjectionError> {
-    let value = serde_json::to_vec(&Pointer {
-        bucket: bucket.to_owned(),
-        version,
-    })
-    .map_err(|e| ProjectionError::Store {
+    let value = serde_json::to_vec(pointer).map_err(|e| ProjectionError::Store {
         projection: name.to_owned(),
         source: StoreError::with_source(StoreErrorKind::Encode, e),
     })?;
@@ -815,7 +957,7 @@ type Sending = std::pin::Pin<
 >;
 
 struct Run<P: KeyedProjection> {
-    projection: P,
+    projection: Arc<P>,
     rows: RowState<P::Row>,
     /// `None` while a commit is on its way (`sending`).
     committer: Option<Committer>,
@@ -827,13 +969,20 @@ struct Run<P: KeyedProjection> {
     committed: watch::Sender<u64>,
     live: watch::Sender<bool>,
     pointers: kv::Store,
-    /// The pointer's changes (`None` after a failure, set up again at the next tick).
-    pointer_watch: Option<kv::Watch>,
-    /// The pointer as found at start, when it named another version (with its revision).
+    /// The pointer's changes, as the runner's task watches them.
+    pointer: watch::Receiver<PointerSeen>,
+    /// The pointer as last seen, while it names a bucket this one is to replace (with its
+    /// revision: the pointer moves to this bucket by an update expecting it).
     pointer_old: Option<(Pointer, u64)>,
-    /// The stream's last sequence when the runner started.
+    /// This bucket's generation of the version.
+    generation: u32,
+    /// For a rebuild: the live runner's committed sequence, which this one must have reached
+    /// before the pointer moves.
+    floor: Option<watch::Receiver<u64>>,
+    /// The stream's last sequence when the build started (the runner started, or the rebuild
+    /// was asked for).
     target: u64,
-    /// The replaced version's bucket, and when to delete it.
+    /// The replaced bucket, and when to delete it.
     retire: Option<(String, tokio::time::Instant)>,
     /// The reader's progress, in event stream sequences (for the lag in traces, and to know
     /// when it has caught up).
@@ -851,7 +1000,7 @@ impl<P: KeyedProjection> Run<P> {
         mut stop: watch::Receiver<bool>,
         mut wanted: watch::Receiver<u64>,
         start: u64,
-    ) -> Result<(), ProjectionError> {
+    ) -> Result<Ended, ProjectionError> {
         let mut last = start;
         let mut written = start;
         let mut order = VersionOrder::default();
@@ -865,7 +1014,8 @@ impl<P: KeyedProjection> Run<P> {
                     if last > written {
                         self.commit(last).await?;
                     }
-                    return self.finish().await;
+                    self.finish().await?;
+                    return Ok(Ended::Stopped);
                 }
                 (committer, result) = async {
                     match &mut self.sending {
@@ -878,44 +1028,17 @@ impl<P: KeyedProjection> Run<P> {
                     self.stored(sequence, result)?;
                     self.maybe_go_live(&progress).await?;
                 }
-                entry = async {
-                    match &mut self.pointer_watch {
-                        Some(watch) => watch.next().await,
-                        None => std::future::pending().await,
+                () = async {
+                    if self.pointer.changed().await.is_err() {
+                        // The runner's task is gone; it no longer polls this either.
+                        std::future::pending::<()>().await;
                     }
-                }, if self.pointer_watch.is_some() => {
-                    match entry {
-                        Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
-                            if let Ok(pointer) = serde_json::from_slice::<Pointer>(&entry.value) {
-                                if pointer.version == P::VERSION
-                                    && pointer.bucket == self.bucket_name
-                                    && self.pointer_old.take().is_some()
-                                {
-                                    // Another partition's runner moved the pointer here.
-                                    let _ = self.live.send(true);
-                                }
-                                if pointer.version > P::VERSION {
-                                    // Readers moved on; what this version has not committed
-                                    // has no reader: finish the commit on its way and stop.
-                                    let _ = self.live.send(false);
-                                    tracing::info!(read_model = P::NAME, version = P::VERSION,
-                                        live = pointer.version, "a newer version is live: stopping");
-                                    self.finish().await?;
-                                    return Err(ProjectionError::Superseded {
-                                        projection: P::NAME.to_owned(),
-                                        version: P::VERSION,
-                                        live: pointer.version,
-                                    });
-                                }
-                            }
+                } => {
+                    let seen = self.pointer.borrow_and_update().clone();
+                    if let Some((pointer, revision)) = seen {
+                        if let Some(ended) = self.pointer_moved(pointer, revision).await? {
+                            return Ok(ended);
                         }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            tracing::warn!(read_model = P::NAME, error = %e,
-                                "watching the pointer failed; watching again");
-                            self.pointer_watch = None;
-                        }
-                        None => self.pointer_watch = None,
                     }
                 }
                 _ = wanted.changed() => {
@@ -930,9 +1053,6 @@ impl<P: KeyedProjection> Run<P> {
                     }
                 }
                 _ = tick.tick() => {
-                    if self.pointer_watch.is_none() {
-                        self.pointer_watch = self.pointers.watch_with_history(P::NAME).await.ok();
-                    }
                     if last > written {
                         self.send_commit(last).await?;
                         written = last;
@@ -1166,12 +1286,16 @@ impl<P: KeyedProjection> Run<P> {
             behind = self.progress.borrow().pending,
             "read model committed"
         );
-        // The lag first: a reader woken by the commit sees the gauge of it.
-        let progress = *self.progress.borrow();
-        crate::metrics::projection_lag(
-            P::NAME,
-            progress.pending + progress.sequence.saturating_sub(sequence),
-        );
+        // The lag first: a reader woken by the commit sees the gauge of it. A rebuild's is
+        // not the model's (readers see the live bucket's).
+        let rebuilding = self.generation > 0 && !*self.live.borrow();
+        if !rebuilding {
+            let progress = *self.progress.borrow();
+            crate::metrics::projection_lag(
+                P::NAME,
+                progress.pending + progress.sequence.saturating_sub(sequence),
+            );
+        }
         let _ = self.committed.send(sequence);
         Ok(())
     }
@@ -1182,9 +1306,68 @@ impl<P: KeyedProjection> Run<P> {
         self.finish().await
     }
 
-    /// A model built beside an older live version goes live once it has caught up: the pointer
-    /// moves to its bucket (readers follow), and the old bucket is deleted
-    /// [`ReadModelOptions::retire_after`] later.
+    /// The pointer changed (or is looked at for the first time): a newer version live stops
+    /// the runner ([`ProjectionError::Superseded`]); a newer generation of its version live
+    /// ends it as [`Ended::Replaced`]; the pointer naming its bucket makes it live (another
+    /// partition's runner moved it); else, while this bucket is to replace the one the pointer
+    /// names, the pointer's revision is kept for the move.
+    async fn pointer_moved(
+        &mut self,
+        pointer: Pointer,
+        revision: u64,
+    ) -> Result<Option<Ended>, ProjectionError> {
+        if pointer.version > P::VERSION {
+            // Readers moved on; what this version has not committed has no reader: finish the
+            // commit on its way and stop.
+            let _ = self.live.send(false);
+            tracing::info!(
+                read_model = P::NAME,
+                version = P::VERSION,
+                live = pointer.version,
+                "a newer version is live: stopping"
+            );
+            self.finish().await?;
+            return Err(ProjectionError::Superseded {
+                projection: P::NAME.to_owned(),
+                version: P::VERSION,
+                live: pointer.version,
+            });
+        }
+        if pointer.version == P::VERSION && pointer.bucket == self.bucket_name {
+            if self.pointer_old.take().is_some() {
+                // Another partition's runner moved the pointer here.
+                let _ = self.live.send(true);
+            }
+            return Ok(None);
+        }
+        if pointer.version == P::VERSION && pointer.generation > self.generation {
+            let _ = self.live.send(false);
+            tracing::info!(read_model = P::NAME, bucket = %self.bucket_name,
+                live = %pointer.bucket, "a rebuild of the model is live: this bucket is replaced");
+            self.finish().await?;
+            return Ok(Some(Ended::Replaced));
+        }
+        if let Some(old) = self.pointer_old.as_mut() {
+            *old = (pointer, revision);
+        }
+        Ok(None)
+    }
+
+    /// Does this bucket replace the one `pointer` names (an older version, or the live
+    /// generation of its version while the pointer records the rebuild into this bucket)?
+    fn replaces(&self, pointer: &Pointer) -> bool {
+        pointer.version < P::VERSION
+            || (pointer.version == P::VERSION
+                && pointer.generation < self.generation
+                && pointer
+                    .rebuild
+                    .as_ref()
+                    .is_some_and(|r| r.bucket == self.bucket_name))
+    }
+
+    /// A model built beside an older live version, or a rebuild beside the live generation,
+    /// goes live once it has caught up: the pointer moves to its bucket (readers follow), and
+    /// the old bucket is deleted [`ReadModelOptions::retire_after`] later.
     async fn maybe_go_live(
         &mut self,
         progress: &watch::Receiver<Progress>,
@@ -1194,7 +1377,7 @@ impl<P: KeyedProjection> Run<P> {
             if tokio::time::Instant::now() >= *at {
                 if let Err(e) = self.context.delete_key_value(old).await {
                     tracing::warn!(read_model = P::NAME, bucket = %old, error = %e,
-                        "the replaced version's bucket could not be deleted");
+                        "the replaced bucket could not be deleted");
                 }
                 self.retire = None;
             }
@@ -1202,10 +1385,21 @@ impl<P: KeyedProjection> Run<P> {
         let Some((old, revision)) = self.pointer_old.as_ref() else {
             return Ok(());
         };
-        let caught_up = {
-            let p = progress.borrow();
-            written >= self.target && p.pending == 0 && p.sequence <= written
-        };
+        if !self.replaces(old) {
+            // A rebuild the pointer no longer records: the runner's task stops it.
+            return Ok(());
+        }
+        let caught_up = written >= self.target
+            && match &self.floor {
+                // A rebuild: its bucket is as far as the live one readers leave (the live runner
+                // reads the same events, so this holds while events keep coming).
+                Some(floor) => written >= *floor.borrow(),
+                // A new version: it has read and committed every event stored so far.
+                None => {
+                    let p = progress.borrow();
+                    p.pending == 0 && p.sequence <= written
+                }
+            };
         if !caught_up {
             return Ok(());
         }
@@ -1216,29 +1410,36 @@ impl<P: KeyedProjection> Run<P> {
                 return Ok(());
             }
         }
-        let moved = write_pointer(
-            &self.pointers,
-            P::NAME,
-            &self.bucket_name,
-            P::VERSION,
-            Some(*revision),
-        )
-        .await;
+        let (from, from_version, revision) = (old.bucket.clone(), old.version, *revision);
+        let pointer = Pointer::new(&self.bucket_name, P::VERSION, self.generation);
+        let moved = write_pointer(&self.pointers, P::NAME, &pointer, Some(revision)).await;
         if let Err(e) = moved {
-            // A partition's runner: another partition's may have moved it first.
+            // Another partition's runner may have moved it first, or the pointer changed
+            // otherwise (a rebuild recorded, a generation switched) since it was last seen.
             let now = reader::read_pointer(&self.pointers, P::NAME).await;
-            let here = matches!(&now, Ok(Some((p, _))) if p.bucket == self.bucket_name);
-            if self.view.is_none() || !here {
-                return Err(e);
+            match now {
+                Ok(Some((p, _))) if p.version == P::VERSION && p.bucket == self.bucket_name => {
+                    self.pointer_old = None;
+                    let _ = self.live.send(true);
+                    return Ok(());
+                }
+                Ok(Some((p, r))) if self.replaces(&p) => {
+                    // Tried again at the next commit or tick.
+                    self.pointer_old = Some((p, r));
+                    return Ok(());
+                }
+                _ => return Err(e),
             }
-            self.pointer_old = None;
-            let _ = self.live.send(true);
-            return Ok(());
         }
-        tracing::info!(read_model = P::NAME, from = %old.bucket, to = %self.bucket_name,
-            "read model caught up: readers switched to the new version");
+        if from_version == P::VERSION {
+            tracing::info!(read_model = P::NAME, from = %from, to = %self.bucket_name,
+                "read model rebuilt: readers switched to the new bucket");
+        } else {
+            tracing::info!(read_model = P::NAME, from = %from, to = %self.bucket_name,
+                "read model caught up: readers switched to the new version");
+        }
         self.retire = Some((
-            old.bucket.clone(),
+            from,
             tokio::time::Instant::now() + self.options.retire_after,
         ));
         self.pointer_old = None;
@@ -1333,9 +1534,17 @@ impl<P: KeyedProjection> ReadModelHandle<P> {
         *self.live.borrow()
     }
 
-    /// This version's bucket.
-    pub fn bucket(&self) -> &str {
-        &self.bucket
+    /// The bucket the runner works: the one the pointer names for its version, the version's
+    /// first one while it is built beside an older version, and after a rebuild went live the
+    /// rebuild's.
+    pub fn bucket(&self) -> String {
+        self.bucket.borrow().clone()
+    }
+
+    /// The bucket a rebuild under way builds into beside [`ReadModelHandle::bucket`], if this
+    /// runner is building one.
+    pub fn rebuilding(&self) -> Option<String> {
+        self.rebuilding.borrow().clone()
     }
 
     /// Why the runner stopped, if it stopped with an error.

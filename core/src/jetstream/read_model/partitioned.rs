@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{launch, setup_error, KeyedProjection, Opened, ReadModelHandle, ReadModelOptions};
+use super::{setup_error, Checkpoint, KeyedProjection, ReadModelHandle, ReadModelOptions, Source};
 use super::{NatsEvent, OrderedReader, Progress, ReadModelRunner, ReadSpec, Start};
 use crate::jetstream::api::{self, Conn, MsgGet};
 use crate::jetstream::codec::RawMessage;
@@ -45,7 +45,9 @@ impl ReadModelRunner {
     ///
     /// A version built beside an older live one goes live (its runners move the pointer) when
     /// every partition's checkpoint has reached the last event the stream held when the runner
-    /// started.
+    /// started. A rebuild ([`super::request_rebuild`]) is built by every partition's runner
+    /// into the new generation's bucket, and goes live the same way, when every partition has
+    /// reached the rebuild's target.
     ///
     /// # Errors
     ///
@@ -80,77 +82,85 @@ impl ReadModelRunner {
         if let Some(reason) = misfit {
             return Err(setup_error(P::NAME, view.stream_name(), reason));
         }
-        let opened = Opened::open::<P>(store, &options, (partition, partitions)).await?;
-        let start = opened.checkpoint.as_ref().map_or(0, |c| c.sequence);
-        // Without a view position (a checkpoint of an older runner) the view is read from its
-        // beginning, and the events up to the checkpoint's sequence are skipped.
-        let at = opened
-            .checkpoint
-            .as_ref()
-            .and_then(|c| c.view_sequence)
-            .unwrap_or(0);
-        let domain = <P::Event as NatsEvent>::DOMAIN_WILDCARD;
-        let prefix = format!("{PARTITION_PREFIX}.{partition}.");
-        let filter = format!("{prefix}{domain}");
-        let reader = OrderedReader::start(
-            store.client().clone(),
-            ReadSpec {
-                stream: view.stream_name().to_owned(),
-                filter: Some(filter.clone()),
-                start: Start::Sequence(at + 1),
-                follow: true,
-                timeout: store.request_timeout(),
-            },
-        );
-        let conn = Conn::new(store.client().clone());
-        // The last event the view will hold of what the stream holds now (check markers of
-        // appends to several aggregates are not sourced into it).
-        let events = format!("{}*.*.*", domain.strip_suffix('>').unwrap_or(domain));
-        let last_event = MsgGet {
-            last_by_subj: Some(&events),
-            ..MsgGet::default()
+        let source = Source::View {
+            view: view.clone(),
+            lease: lease.clone(),
         };
-        let target = api::msg_get(
-            &conn,
-            store.stream_name(),
-            &last_event,
-            store.request_timeout(),
-        )
-        .await
-        .map_err(|e| ProjectionError::Store {
-            projection: P::NAME.to_owned(),
-            source: e,
-        })?
-        .map_or(0, |m| m.sequence);
-        let (read, progress) = watch::channel(Progress {
-            sequence: start,
-            pending: 0,
-        });
-        let feed = ViewFeed {
-            conn,
-            stream: view.stream_name().to_owned(),
-            origin: store.stream_name().to_owned(),
-            prefix,
-            filter,
-            partitions,
-            at,
-            current: at,
-            raw: reader.progress(),
-            read,
-            timeout: store.request_timeout(),
-        };
-        tracing::info!(read_model = P::NAME, partition, partitions, group = %lease.group,
-            member = %lease.member, epoch = lease.epoch, checkpoint = start, view_sequence = at,
-            "read model partition starting");
-        Ok(launch(
-            opened,
-            projection,
-            options,
-            (reader, progress),
-            target,
-            Some(feed),
-        ))
+        super::start_from(store, projection, options, source).await
     }
+}
+
+/// The reader of partition `partition` of `partitions` of `view` for model `P`, from the
+/// view position of `checkpoint` (the partition's in the bucket being built), and the feed
+/// that translates its messages into events.
+pub(super) fn view_reader<P: KeyedProjection>(
+    store: &JetStreamEventStore,
+    view: &PartitionedView,
+    (partition, partitions): (u32, u32),
+    checkpoint: Option<&Checkpoint>,
+) -> ((OrderedReader, watch::Receiver<Progress>), ViewFeed) {
+    let start = checkpoint.map_or(0, |c| c.sequence);
+    // Without a view position (a checkpoint of an older runner) the view is read from its
+    // beginning, and the events up to the checkpoint's sequence are skipped.
+    let at = checkpoint.and_then(|c| c.view_sequence).unwrap_or(0);
+    let domain = <P::Event as NatsEvent>::DOMAIN_WILDCARD;
+    let prefix = format!("{PARTITION_PREFIX}.{partition}.");
+    let filter = format!("{prefix}{domain}");
+    let reader = OrderedReader::start(
+        store.client().clone(),
+        ReadSpec {
+            stream: view.stream_name().to_owned(),
+            filter: Some(filter.clone()),
+            start: Start::Sequence(at + 1),
+            follow: true,
+            timeout: store.request_timeout(),
+        },
+    );
+    let (read, progress) = watch::channel(Progress {
+        sequence: start,
+        pending: 0,
+    });
+    let feed = ViewFeed {
+        conn: Conn::new(store.client().clone()),
+        stream: view.stream_name().to_owned(),
+        origin: store.stream_name().to_owned(),
+        prefix,
+        filter,
+        partitions,
+        at,
+        current: at,
+        raw: reader.progress(),
+        read,
+        timeout: store.request_timeout(),
+    };
+    ((reader, progress), feed)
+}
+
+/// The last event of model `P`'s domain that the stream holds now (0: none), the target of a
+/// partition's build: the view will hold it (check markers of appends to several aggregates
+/// are not sourced into it, and are left out).
+pub(super) async fn last_event<P: KeyedProjection>(
+    store: &JetStreamEventStore,
+) -> Result<u64, ProjectionError> {
+    let domain = <P::Event as NatsEvent>::DOMAIN_WILDCARD;
+    let events = format!("{}*.*.*", domain.strip_suffix('>').unwrap_or(domain));
+    let last_event = MsgGet {
+        last_by_subj: Some(&events),
+        ..MsgGet::default()
+    };
+    let conn = Conn::new(store.client().clone());
+    Ok(api::msg_get(
+        &conn,
+        store.stream_name(),
+        &last_event,
+        store.request_timeout(),
+    )
+    .await
+    .map_err(|e| ProjectionError::Store {
+        projection: P::NAME.to_owned(),
+        source: e,
+    })?
+    .map_or(0, |m| m.sequence))
 }
 
 /// Where a partition's runner is in the partitioned view, and how it reads the view's messages

@@ -305,14 +305,15 @@ impl<R: DeserializeOwned> ReadModel<R> {
         Ok((pointer, bucket))
     }
 
-    /// Follows the pointer again (after a new version went live); `true` when it moved.
+    /// Follows the pointer again (after a new version or a rebuild went live); `true` when it
+    /// moved to another bucket.
     ///
     /// # Errors
     ///
     /// As [`ReadModel::open`].
     pub async fn refresh(&mut self) -> Result<bool, ProjectionError> {
         let (pointer, bucket) = Self::follow(&self.context, &self.pointers, &self.name).await?;
-        let moved = pointer != self.pointer;
+        let moved = pointer.bucket != self.pointer.bucket;
         self.pointer = pointer;
         self.bucket = bucket;
         Ok(moved)
@@ -347,7 +348,7 @@ impl<R: DeserializeOwned> ReadModel<R> {
                 // through the pointer as it is now ([`ReadModel::refresh`] keeps it).
                 let (pointer, bucket) =
                     Self::follow(&self.context, &self.pointers, &self.name).await?;
-                if pointer == self.pointer {
+                if pointer.bucket == self.pointer.bucket {
                     return Err(error(&self.name, &self.pointer.bucket, first));
                 }
                 bucket
