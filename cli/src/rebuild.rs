@@ -16,6 +16,7 @@ use cim_nats::jetstream::{
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
+use crate::output::confirm;
 use crate::Error;
 
 /// The bucket of the read models' pointers.
@@ -24,27 +25,6 @@ const POINTERS: &str = "READ_MODELS";
 const POLL: Duration = Duration::from_millis(200);
 /// How often a plain progress line (or a JSON one) is printed.
 const EVERY: Duration = Duration::from_secs(1);
-
-/// Asks before doing `what`: `--yes` answers; without it, a terminal is needed to ask on.
-fn confirm(what: &str, yes: bool) -> Result<(), Error> {
-    use std::io::{BufRead, Write};
-    if yes {
-        return Ok(());
-    }
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Err(format!("not on a terminal: pass --yes to {what}").into());
-    }
-    eprint!("{what}? [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    stdin.lock().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err("cancelled".into())
-    }
-}
 
 pub(crate) async fn run(
     client: &async_nats::Client,

@@ -211,6 +211,8 @@ pub(super) async fn start<P: KeyedProjection>(
                 *slot = Some(Arc::new(e));
             }
         }
+        // Its channels close only now: a waiter woken by their end finds the cause.
+        drop(task);
     });
     Ok(ReadModelHandle {
         committed,
@@ -251,7 +253,7 @@ struct Task<P> {
 
 impl<P: KeyedProjection> Task<P> {
     async fn run(
-        mut self,
+        &mut self,
         mut stop: watch::Receiver<bool>,
         mut wanted: watch::Receiver<u64>,
     ) -> Result<(), ProjectionError> {
@@ -324,7 +326,7 @@ impl<P: KeyedProjection> Task<P> {
     }
 
     /// Stops both runners, each committing what it applied; the live one's outcome.
-    async fn shut_down(mut self) -> Result<(), ProjectionError> {
+    async fn shut_down(&mut self) -> Result<(), ProjectionError> {
         let _ = self.current.stop.send(true);
         if let Some(lane) = &self.building {
             let _ = lane.stop.send(true);
