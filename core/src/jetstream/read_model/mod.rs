@@ -504,7 +504,9 @@ pub struct ReadModelRunner;
 /// [`ReadModelHandle::lag`] and [`ReadModelHandle::wait_for`] are of it.
 pub struct ReadModelHandle<P: KeyedProjection> {
     committed: watch::Receiver<u64>,
-    progress: watch::Receiver<Progress>,
+    /// The live runner's reading progress (replaced when a rebuild goes live; read on demand,
+    /// not forwarded at each event).
+    progress: watch::Receiver<watch::Receiver<Progress>>,
     live: watch::Receiver<bool>,
     bucket: watch::Receiver<String>,
     rebuilding: watch::Receiver<Option<String>>,
@@ -512,6 +514,8 @@ pub struct ReadModelHandle<P: KeyedProjection> {
     stop: watch::Sender<bool>,
     stopped: Arc<std::sync::Mutex<Option<Arc<ProjectionError>>>>,
     task: JoinHandle<()>,
+    /// Closed once every bucket runner's task has ended.
+    alive: watch::Receiver<()>,
     _projection: std::marker::PhantomData<fn() -> P>,
 }
 
@@ -838,8 +842,7 @@ enum Ended {
 /// The work of a runner of one bucket (the live one, or a rebuild's), polled by the runner's
 /// task ([`supervisor`]), with its progress and how to stop it.
 struct Lane {
-    work:
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ended, ProjectionError>> + Send>>,
+    work: LaneTask,
     committed: watch::Receiver<u64>,
     progress: watch::Receiver<Progress>,
     live: watch::Receiver<bool>,
@@ -862,6 +865,7 @@ fn launch<P: KeyedProjection>(
     view: Option<ViewFeed>,
     pointer: watch::Receiver<PointerSeen>,
     floor: Option<watch::Receiver<u64>>,
+    alive: watch::Sender<()>,
 ) -> Lane {
     let (start, skipped) = opened
         .checkpoint
@@ -907,10 +911,18 @@ fn launch<P: KeyedProjection>(
         context: opened.context,
         bucket_name: bucket_name.clone(),
     };
-    let work = Box::pin(async move {
-        let mut run = run;
-        run.run(reader, stop_rx, wanted_rx, start).await
-    });
+    // A task of its own: the supervisor wakes only when it ends, not at each event it reads.
+    let work = LaneTask {
+        task: tokio::spawn(
+            async move {
+                let _alive = alive;
+                let mut run = run;
+                run.run(reader, stop_rx, wanted_rx, start).await
+            }
+            .in_current_span(),
+        ),
+        name: P::NAME,
+    };
     Lane {
         work,
         committed,
@@ -919,6 +931,34 @@ fn launch<P: KeyedProjection>(
         wanted,
         stop,
         bucket: bucket_name,
+    }
+}
+
+/// A bucket's runner, as a task of its own, aborted when dropped: when the supervisor's task is
+/// aborted (a crash), its runners stop with it.
+struct LaneTask {
+    task: JoinHandle<Result<Ended, ProjectionError>>,
+    name: &'static str,
+}
+
+impl std::future::Future for LaneTask {
+    type Output = Result<Ended, ProjectionError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let name = self.name;
+        std::pin::Pin::new(&mut self.task).poll(cx).map(|joined| {
+            // A runner that panicked ends as an aborted one does.
+            joined.unwrap_or_else(|_| Err(ProjectionError::Aborted(name.to_owned())))
+        })
+    }
+}
+
+impl Drop for LaneTask {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -1514,14 +1554,14 @@ impl<P: KeyedProjection> ReadModelHandle<P> {
     /// Events of the model's domain stored after the last one the runner read, as the server
     /// last said (0 when caught up).
     pub fn pending(&self) -> u64 {
-        self.progress.borrow().pending
+        self.progress.borrow().borrow().pending
     }
 
     /// How far the model is behind the stream: the last sequence the runner read, the sequence
     /// its rows are committed up to, and the events stored after the last one read (for the
     /// operations tooling; also in the runner's `debug` traces at each commit).
     pub fn lag(&self) -> Lag {
-        let progress = *self.progress.borrow();
+        let progress = *self.progress.borrow().borrow();
         Lag {
             read: StreamSequence(progress.sequence),
             committed: self.committed(),
@@ -1607,6 +1647,10 @@ impl<P: KeyedProjection> ReadModelHandle<P> {
     pub async fn abort(self) {
         self.task.abort();
         let _ = self.task.await;
+        // Its bucket runners, tasks of their own, are aborted with it: wait until they are gone
+        // too, so that nothing of this runner is committed after this returns.
+        let mut alive = self.alive;
+        while alive.changed().await.is_ok() {}
     }
 
     /// Has the runner ended?

@@ -33,6 +33,8 @@ struct Setup<P> {
     options: ReadModelOptions,
     source: Source,
     pointers: kv::Store,
+    /// Held by every bucket runner's task while it runs (see [`ReadModelHandle::abort`]).
+    alive: watch::Sender<()>,
 }
 
 impl<P: KeyedProjection> Setup<P> {
@@ -105,6 +107,7 @@ impl<P: KeyedProjection> Setup<P> {
                     None,
                     pointer,
                     floor,
+                    self.alive.clone(),
                 ))
             }
             Source::View { view, lease } => {
@@ -132,6 +135,7 @@ impl<P: KeyedProjection> Setup<P> {
                     Some(feed),
                     pointer,
                     floor,
+                    self.alive.clone(),
                 ))
             }
         }
@@ -141,7 +145,7 @@ impl<P: KeyedProjection> Setup<P> {
 /// What the handle shows: the current (live) bucket's runner's, forwarded by the task.
 struct Shown {
     committed: watch::Sender<u64>,
-    progress: watch::Sender<Progress>,
+    progress: watch::Sender<watch::Receiver<Progress>>,
     live: watch::Sender<bool>,
     bucket: watch::Sender<String>,
     rebuilding: watch::Sender<Option<String>>,
@@ -169,16 +173,18 @@ pub(super) async fn start<P: KeyedProjection>(
         .await
         .map_err(|e| setup_error(P::NAME, &options.pointer_bucket, e))?;
     let (pointer, pointer_rx) = watch::channel(None);
+    let (alive_tx, alive) = watch::channel(());
     let setup = Setup {
         store: store.clone(),
         projection: Arc::new(projection),
         options,
         source,
         pointers,
+        alive: alive_tx,
     };
     let current = setup.lane(&Build::Live, pointer_rx, None).await?;
     let (committed_tx, committed) = watch::channel(*current.committed.borrow());
-    let (progress_tx, progress) = watch::channel(*current.progress.borrow());
+    let (progress_tx, progress) = watch::channel(current.progress.clone());
     let (live_tx, live) = watch::channel(*current.live.borrow());
     let (bucket_tx, bucket) = watch::channel(current.bucket.clone());
     let (rebuilding_tx, rebuilding) = watch::channel(None);
@@ -224,6 +230,7 @@ pub(super) async fn start<P: KeyedProjection>(
         stop,
         stopped,
         task,
+        alive,
         _projection: std::marker::PhantomData,
     })
 }
@@ -284,10 +291,6 @@ impl<P: KeyedProjection> Task<P> {
                 () = changed(&mut self.current.committed) => {
                     let committed = *self.current.committed.borrow_and_update();
                     self.shown.committed.send_replace(committed);
-                }
-                () = changed(&mut self.current.progress) => {
-                    let progress = *self.current.progress.borrow_and_update();
-                    self.shown.progress.send_replace(progress);
                 }
                 () = changed(&mut self.current.live) => {
                     let live = *self.current.live.borrow_and_update();
@@ -429,9 +432,7 @@ impl<P: KeyedProjection> Task<P> {
         self.shown
             .committed
             .send_replace(*lane.committed.borrow_and_update());
-        self.shown
-            .progress
-            .send_replace(*lane.progress.borrow_and_update());
+        self.shown.progress.send_replace(lane.progress.clone());
         self.shown.live.send_replace(*lane.live.borrow_and_update());
         self.shown.bucket.send_replace(lane.bucket.clone());
         self.shown.rebuilding.send_replace(None);
