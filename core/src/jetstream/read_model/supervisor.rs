@@ -295,7 +295,9 @@ impl<P: KeyedProjection> Task<P> {
                 () = changed(&mut self.current.live) => {
                     let live = *self.current.live.borrow_and_update();
                     self.shown.live.send_replace(live);
-                    self.serve_requests(live).await;
+                    // The live bucket replaced by this runner's rebuild: it goes on serving
+                    // through the hand-over to the rebuilt bucket's runner.
+                    self.serve_requests(live || self.building.is_some()).await;
                 }
                 entry = async {
                     match &mut self.pointer_watch {
@@ -322,7 +324,7 @@ impl<P: KeyedProjection> Task<P> {
                             self.setup.pointers.watch_with_history(P::NAME).await.ok();
                     }
                     let live = *self.current.live.borrow();
-                    self.serve_requests(live).await;
+                    self.serve_requests(live || self.building.is_some()).await;
                 }
             }
         }
@@ -387,6 +389,9 @@ impl<P: KeyedProjection> Task<P> {
                 tracing::info!(read_model = P::NAME, from = %self.current.bucket,
                     to = %next.bucket, "the runner goes on in the rebuilt bucket");
                 self.promote(next, wanted);
+                // Serving again at once: a request right after the switch finds a runner.
+                let live = *self.current.live.borrow();
+                self.serve_requests(live).await;
                 Ok(true)
             }
             Err(e) => {
