@@ -384,6 +384,37 @@ async fn sequenced_dead_letters_park_a_poisoned_aggregate_in_order_while_others_
         .expect("parked")
         .iter()
         .all(|x| x.aggregate != "acc-p"));
+    // Parked again by a later failure: its key, deleted at the release, is created anew.
+    poison.lock().unwrap().push(("acc-p".to_owned(), 9));
+    deposit(&repo, "acc-p", 1).await;
+    deposit(&repo, "acc-p", 1).await;
+    support::wait_until(Duration::from_secs(10), "acc-p parked again", || {
+        let letters = letters.clone();
+        async move {
+            letters
+                .parked(None, None)
+                .await
+                .map(|p| p.iter().any(|x| x.aggregate == "acc-p"))
+                .unwrap_or(false)
+                && letters.list(None, None).await.map(|l| l.len()).unwrap_or(0) == 5
+        }
+    })
+    .await;
+    let again = of("acc-p", &letters.list(None, None).await.expect("list"));
+    assert_eq!(
+        again.iter().map(|l| l.reason.as_str()).collect::<Vec<_>>(),
+        ["permanent-error", "parked"]
+    );
+    poison.lock().unwrap().retain(|(id, _)| id != "acc-p");
+    assert_eq!(
+        letters
+            .redrive(again[0].sequence, Duration::from_secs(20))
+            .await
+            .expect("redriven"),
+        Redriven::Released { released: 1 }
+    );
+    assert_eq!(versions(&handled, "acc-p"), (1..=10).collect::<Vec<_>>());
+    let left = letters.list(None, None).await.expect("list");
 
     // acc-q: its head discarded; the parked version 3 fails again and becomes the head; once
     // fixed, its redrive releases version 4.
