@@ -113,20 +113,6 @@ impl KeyedProjection for BalancesInCents {
     }
 }
 
-async fn setup() -> (
-    cim_nats::testing::NatsServer,
-    async_nats::Client,
-    JetStreamEventStore,
-    Arc<Repository<Account>>,
-) {
-    let (server, client) = support::server().await;
-    let store = JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("bank"))
-        .await
-        .expect("store");
-    let repo = Arc::new(Repository::<Account>::new(store.clone()));
-    (server, client, store, repo)
-}
-
 fn account(i: usize) -> AggregateId {
     AggregateId::new(format!("acc-{i}")).expect("id")
 }
@@ -165,7 +151,7 @@ fn expected(deposits: u64) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_and_checkpoint_commit_together_and_any_kv_client_reads_them() {
-    let (_server, client, store, repo) = setup().await;
+    let (_server, client, store, repo) = support::bank_store().await;
     let last = fill(&repo, 600, 3).await;
     let handle = ReadModelRunner::start(&store, Balances, ReadModelOptions::default())
         .await
@@ -276,7 +262,7 @@ async fn rows_and_checkpoint_commit_together_and_any_kv_client_reads_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_at_random_points_resumes_with_every_event_applied_once() {
-    let (_server, client, store, repo) = setup().await;
+    let (_server, client, store, repo) = support::bank_store().await;
     const ACCOUNTS: usize = 20;
     const DEPOSITS: u64 = 30;
     let options = ReadModelOptions {
@@ -339,7 +325,7 @@ async fn a_runner_killed_at_random_points_resumes_with_every_event_applied_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_runner_on_the_same_model_stops_and_writes_nothing() {
-    let (_server, client, store, repo) = setup().await;
+    let (_server, client, store, repo) = support::bank_store().await;
     let options = ReadModelOptions {
         commit_interval: Duration::from_millis(5),
         ..ReadModelOptions::default()
@@ -391,7 +377,7 @@ async fn a_second_runner_on_the_same_model_stops_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_builds_beside_the_live_one_and_readers_switch_when_it_caught_up() {
-    let (_server, client, store, repo) = setup().await;
+    let (_server, client, store, repo) = support::bank_store().await;
     let options = ReadModelOptions {
         retire_after: Duration::from_millis(300),
         ..ReadModelOptions::default()
@@ -507,7 +493,7 @@ impl KeyedProjection for Hoarder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_too_large_stops_the_runner_naming_the_key_and_sends_nothing_of_it() {
-    let (_server, client, store, repo) = setup().await;
+    let (_server, client, store, repo) = support::bank_store().await;
     let id = account(1);
     repo.execute(&id, AccountCommand::Open { owner: "o".into() })
         .await
@@ -571,7 +557,7 @@ impl KeyedProjection for Fanout {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_changing_999_rows_commits_in_one_batch_and_one_changing_1000_stops() {
-    let (_server, client, store, repo) = setup().await;
+    let (_server, client, store, repo) = support::bank_store().await;
     let id = account(1);
     repo.execute(&id, AccountCommand::Open { owner: "o".into() })
         .await
@@ -665,7 +651,7 @@ async fn a_commit_the_user_may_not_publish_stops_the_runner_naming_the_bucket() 
 /// single runner refuses to work it as one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_model_reflects_its_slowest_partition() {
-    let (_server, client, store, _repo) = setup().await;
+    let (_server, client, store, _repo) = support::bank_store().await;
     let js = async_nats::jetstream::new(client.clone());
     let kv = |bucket: &str| async_nats::jetstream::kv::Config {
         bucket: bucket.to_owned(),

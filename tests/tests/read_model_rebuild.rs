@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cim_nats::jetstream::{
     request_rebuild, JetStreamEventStore, KeyedProjection, PartitionedView, Pointer, ReadModel,
-    ReadModelHandle, ReadModelOptions, ReadModelRunner, Rows, StoreConfig,
+    ReadModelHandle, ReadModelOptions, ReadModelRunner, Rows,
 };
 use cim_nats::subscriber::Lease;
 use cim_nats::{AggregateId, Envelope, ProjectionError, Repository, StreamSequence};
@@ -95,20 +95,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn account(i: usize) -> AggregateId {
     AggregateId::new(format!("acc-{i}")).expect("id")
-}
-
-async fn setup() -> (
-    cim_nats::testing::NatsServer,
-    async_nats::Client,
-    JetStreamEventStore,
-    Arc<Repository<Account>>,
-) {
-    let (server, client) = support::server().await;
-    let store = JetStreamEventStore::new(client.clone(), StoreConfig::for_domain("bank"))
-        .await
-        .expect("store");
-    let repo = Arc::new(Repository::<Account>::new(store.clone()));
-    (server, client, store, repo)
 }
 
 /// Opens `accounts` accounts and makes `deposits` deposits on each, from 8 tasks at once (each
@@ -261,7 +247,7 @@ async fn switched<P: KeyedProjection>(handle: &ReadModelHandle<P>, bucket: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_builds_beside_the_live_bucket_while_events_come_and_readers_switch() {
-    let (_server, client, store, repo) = setup().await;
+    let (_server, client, store, repo) = support::bank_store().await;
     let options = ReadModelOptions {
         // Commits before the held events are stored while the rebuild waits.
         commit_every: 100,
@@ -409,7 +395,7 @@ async fn a_rebuild_builds_beside_the_live_bucket_while_events_come_and_readers_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_a_rebuild_leaves_readers_on_the_live_bucket_and_a_restart_finishes_it() {
-    let (_server, client, store, repo) = setup().await;
+    let (_server, client, store, repo) = support::bank_store().await;
     let options = ReadModelOptions {
         commit_every: 100,
         retire_after: Duration::from_millis(200),
@@ -489,7 +475,7 @@ async fn a_crash_during_a_rebuild_leaves_readers_on_the_live_bucket_and_a_restar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_model_is_rebuilt_by_every_partition_and_switches_when_all_caught_up() {
-    let (_server, client, store, repo) = setup().await;
+    let (_server, client, store, repo) = support::bank_store().await;
     let last = fill(&repo, 120, 5).await;
     let view = PartitionedView::ensure(&store, 2).await.expect("view");
     let options = ReadModelOptions {
