@@ -12,7 +12,7 @@
 //! | `cim_nats_handler_failures_total` | counter | `stream`, `consumer` | handlings that failed (an error or a panic) |
 //! | `cim_nats_redeliveries_total` | counter | `stream`, `consumer` | events handed to a handler again (delivery count 2 or more) |
 //! | `cim_nats_dead_letters_total` | counter | `stream`, `consumer` | events sent to the dead letter |
-//! | `cim_nats_projection_lag_events` | gauge | `projection` | events of its stream not yet in a read model's committed rows, at its last commit |
+//! | `cim_nats_projection_lag_events` | gauge | `projection`, `partition` | events of its stream not yet in a read model's committed rows, at its last commit (per partition of a partitioned model; `0` for a model run as one) |
 //!
 //! For a consumer group, `stream` is the event stream and `consumer` the group's name.
 
@@ -107,6 +107,11 @@ pub(crate) fn dead_letter(stream: &std::sync::Arc<str>, consumer: &std::sync::Ar
 
 #[cfg(feature = "jetstream")]
 /// Records a read model's lag at a commit.
-pub(crate) fn projection_lag(projection: &str, lag: u64) {
-    metrics::gauge!(PROJECTION_LAG, "projection" => projection.to_owned()).set(lag as f64);
+pub(crate) fn projection_lag(projection: &str, partition: u32, lag: u64) {
+    metrics::gauge!(
+        PROJECTION_LAG,
+        "projection" => projection.to_owned(),
+        "partition" => partition.to_string()
+    )
+    .set(lag as f64);
 }

@@ -214,6 +214,15 @@ async fn appends_loads_handlings_dead_letters_and_lag_are_recorded() {
         totals
             .seen
             .keys()
+            .any(|(k, n, labels)| *k == MetricKind::Gauge
+                && n == m::PROJECTION_LAG
+                && labels.contains(&("partition".to_owned(), "0".to_owned()))),
+        "the lag gauge names its partition (0: a model run as one)"
+    );
+    assert!(
+        totals
+            .seen
+            .keys()
             .any(|(k, n, _)| *k == MetricKind::Gauge && n == m::PROJECTION_LAG),
         "the lag gauge was recorded"
     );

@@ -51,6 +51,11 @@ pub(super) struct Committer {
 }
 
 impl Committer {
+    /// The partition it commits.
+    pub(super) fn partition(&self) -> u32 {
+        self.partition
+    }
+
     pub(super) async fn new(
         conn: Conn,
         store: &kv::Store,

@@ -893,6 +893,7 @@ fn launch<P: KeyedProjection>(
             name: P::NAME,
         },
         max_value: opened.committer.max_value(),
+        partition: opened.committer.partition(),
         committer: Some(opened.committer),
         sending: None,
         skipped,
@@ -1016,6 +1017,8 @@ struct Run<P: KeyedProjection> {
     pointer_old: Option<(Pointer, u64)>,
     /// This bucket's generation of the version.
     generation: u32,
+    /// The partition it works (0 for a model run as one): the lag gauge's label.
+    partition: u32,
     /// For a rebuild: the live runner's committed sequence, which this one must have reached
     /// before the pointer moves.
     floor: Option<watch::Receiver<u64>>,
@@ -1333,6 +1336,7 @@ impl<P: KeyedProjection> Run<P> {
             let progress = *self.progress.borrow();
             crate::metrics::projection_lag(
                 P::NAME,
+                self.partition,
                 progress.pending + progress.sequence.saturating_sub(sequence),
             );
         }
