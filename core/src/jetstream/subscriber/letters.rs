@@ -446,7 +446,9 @@ impl DeadLetters {
             Ok(Err(e)) => return Err(failed(e)),
             Err(_) => {
                 return Err(failed(format!(
-                    "no answer from the subscriber on {subject} within {timeout:?}"
+                    "no answer from the subscriber on {subject} within {timeout:?}: it may \
+                     still be handling the letter and those parked behind it (list the dead \
+                     letters and parked aggregates again to see)"
                 )))
             }
         };
