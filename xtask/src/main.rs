@@ -8,7 +8,9 @@
 //! - `soak [--quick | --long | --seconds N]`: provision nats-server, then run the load and soak
 //!   program (release build, a process of its own): 60 s, 10 s with `--quick`, 10 min with
 //!   `--long`; then the decisions across aggregates at soak size (10,000 transfers between
-//!   accounts, 10,000 hostname registrations and decommissions, the test suite's checks).
+//!   accounts, 10,000 hostname registrations and decommissions, the test suite's checks), the
+//!   consumer groups with 100,000 events, and a read-model rebuild over 50,000 events asked for
+//!   through `cim-nats`.
 //! - `modules`: list the modules of `core/src` that import each other (none, or it fails).
 //! - `provision`: only find or install nats-server, and print what was found or installed.
 //!
@@ -330,6 +332,22 @@ fn soak(bin: &Path, args: &[OsString]) -> Result<(), String> {
             "--",
             "--nocapture",
             "--test-threads=1",
+        ]);
+    run(cmd)?;
+    // A read-model rebuild asked for through the tool, over 50,000 events (the README's lines).
+    let mut cmd = cargo();
+    cmd.env("NATS_SERVER_BIN", bin)
+        .env("CIM_REBUILD_EVENTS", "50000")
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "cim-nats-cli",
+            "--test",
+            "rebuild",
+            "--",
+            "rebuild_of_many_events",
+            "--nocapture",
         ]);
     run(cmd)
 }
