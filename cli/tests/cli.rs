@@ -400,18 +400,19 @@ async fn status_shows_a_consumer_group_its_members_partitions_and_lag() {
     )
     .await;
     // The group as the tool shows it: one member holding the 4 partitions, nothing pending.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let group = loop {
-        let status = &json_lines(&cli(&url, &["status", "--json"]))[0];
-        let group = status["groups"][0].clone();
-        let settled = group["leases"].as_array().is_some_and(|l| {
-            l.len() == 4 && l.iter().all(|p| p["pending"] == 0 && p["ack_pending"] == 0)
-        });
-        if settled || std::time::Instant::now() > deadline {
-            break group;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let group = || json_lines(&cli(&url, &["status", "--json"]))[0]["groups"][0].clone();
+    cim_nats::testing::wait_until(
+        Duration::from_secs(20),
+        "4 partitions held, nothing pending",
+        || {
+            let settled = group()["leases"].as_array().is_some_and(|l| {
+                l.len() == 4 && l.iter().all(|p| p["pending"] == 0 && p["ack_pending"] == 0)
+            });
+            async move { settled }
+        },
+    )
+    .await;
+    let group = group();
     assert_eq!(group["group"], "audit", "{group}");
     assert_eq!(group["partitions"], 4);
     assert_eq!(group["members"][0]["member"], "m1");
