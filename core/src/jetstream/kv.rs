@@ -69,6 +69,24 @@ pub(crate) async fn open_bucket(
     description: &str,
     replicas: usize,
 ) -> Result<kv::Store, SetupError> {
+    open_bucket_on(
+        context,
+        bucket,
+        description,
+        replicas,
+        jetstream::stream::StorageType::File,
+    )
+    .await
+}
+
+/// [`open_bucket`] on the given storage.
+pub(crate) async fn open_bucket_on(
+    context: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+    storage: jetstream::stream::StorageType,
+) -> Result<kv::Store, SetupError> {
     if let Ok(store) = context.get_key_value(bucket).await {
         return Ok(store);
     }
@@ -77,7 +95,7 @@ pub(crate) async fn open_bucket(
             bucket: bucket.to_owned(),
             description: description.to_owned(),
             history: 1,
-            storage: jetstream::stream::StorageType::File,
+            storage,
             num_replicas: replicas,
             ..Default::default()
         })

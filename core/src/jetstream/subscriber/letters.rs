@@ -672,8 +672,8 @@ impl Server {
         })
         .await;
         match held {
-            Ok(Some(true)) => {}
-            Ok(Some(false)) => {
+            Ok(Some((_, true))) => {}
+            Ok(Some((_, false))) => {
                 return refuse(format!(
                     "a redrive of aggregate {aggregate} is under way; try again when it ends"
                 ))

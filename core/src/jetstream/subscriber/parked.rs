@@ -92,36 +92,27 @@ pub(crate) async fn open(
     js: &jetstream::Context,
     config: &DeadLetterConfig,
 ) -> Result<kv::Store, SubscriberError> {
-    let bucket = parked_bucket(config);
-    if let Ok(store) = js.get_key_value(&bucket).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: bucket.clone(),
-            description: "aggregates parked behind a dead letter (cim-nats)".to_owned(),
-            history: 1,
-            storage: match config.storage {
-                crate::jetstream::config::Storage::File => jetstream::stream::StorageType::File,
-                crate::jetstream::config::Storage::Memory => jetstream::stream::StorageType::Memory,
+    let storage = match config.storage {
+        crate::jetstream::config::Storage::File => jetstream::stream::StorageType::File,
+        crate::jetstream::config::Storage::Memory => jetstream::stream::StorageType::Memory,
+    };
+    crate::jetstream::kv::open_bucket_on(
+        js,
+        &parked_bucket(config),
+        "aggregates parked behind a dead letter (cim-nats)",
+        config.replicas,
+        storage,
+    )
+    .await
+    .map_err(|e| {
+        SubscriberError::with_source(
+            SubscriberErrorKind::DeadLetterSetup {
+                stream: config.stream.clone(),
+                description: format!("could not open the bucket {}", parked_bucket(config)),
             },
-            num_replicas: config.replicas,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Created meanwhile by another subscriber.
-        Err(e) => js.get_key_value(&bucket).await.map_err(|_| {
-            SubscriberError::with_source(
-                SubscriberErrorKind::DeadLetterSetup {
-                    stream: config.stream.clone(),
-                    description: format!("could not create the bucket {bucket}"),
-                },
-                e,
-            )
-        }),
-    }
+            e,
+        )
+    })
 }
 
 /// The parked bucket if it exists (`None`: nothing was ever parked).
@@ -196,23 +187,23 @@ pub(crate) async fn list(
 }
 
 /// Rewrites a parked aggregate's key with `change` (which says whether to write), with the
-/// revision read, reading again when it moved. `None`: the key is gone; `Some(false)`: `change`
-/// declined.
+/// revision read, reading again when it moved. `None`: the key is gone; else the value as
+/// written, or as found when `change` declined (`false`).
 pub(crate) async fn rewrite(
     kv: &kv::Store,
     key: &str,
     change: impl Fn(&mut ParkedAggregate) -> bool,
-) -> Result<Option<bool>, String> {
+) -> Result<Option<(ParkedAggregate, bool)>, String> {
     for _ in 0..WRITE_ATTEMPTS {
         let Some((mut value, revision)) = read(kv, key).await.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         if !change(&mut value) {
-            return Ok(Some(false));
+            return Ok(Some((value, false)));
         }
         let body = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
         match kv.update(key, body.into(), revision).await {
-            Ok(_) => return Ok(Some(true)),
+            Ok(_) => return Ok(Some((value, true))),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => return Err(e.to_string()),
         }
@@ -280,27 +271,22 @@ impl Parking {
     /// raises the key's `last` to it. [`Behind::Released`] when the key is gone (a redrive
     /// released the aggregate).
     pub(crate) async fn promise(&self, aggregate: &str, original: u64) -> Result<Behind, String> {
-        let key = self.key(aggregate);
-        for _ in 0..WRITE_ATTEMPTS {
-            let Some((mut value, revision)) =
-                read(&self.kv, &key).await.map_err(|e| e.to_string())?
-            else {
-                self.set().remove(aggregate);
-                return Ok(Behind::Released);
-            };
-            if value.last >= original {
-                // Promised by an earlier delivery of this event.
-                return Ok(Behind::Head(value.head));
+        // Not raised when already as high: promised by an earlier delivery of this event.
+        let raised = rewrite(&self.kv, &self.key(aggregate), |value| {
+            let raise = value.last < original;
+            if raise {
+                value.last = original;
             }
-            value.last = original;
-            let body = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-            match self.kv.update(&key, body.into(), revision).await {
-                Ok(_) => return Ok(Behind::Head(value.head)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(e.to_string()),
+            raise
+        })
+        .await?;
+        match raised {
+            Some((value, _)) => Ok(Behind::Head(value.head)),
+            None => {
+                self.set().remove(aggregate);
+                Ok(Behind::Released)
             }
         }
-        Err(format!("the parked aggregate {key} kept changing"))
     }
 
     /// Parks `aggregate` behind the letter `head` (of the event at `original`): creates its key,
